@@ -1,0 +1,32 @@
+# The front door. `make reproduce` runs the main job, `make test` runs the test suite.
+# Each target only sets up the environment and calls the package; no logic lives here.
+
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    ?= .venv
+PROFILE ?= quick
+BIN     := $(VENV)/bin
+KERNEL  := rapidai4eo-byol
+
+.PHONY: setup test reproduce lint clean
+
+setup: $(VENV)/.installed
+
+# Rebuilt whenever pyproject.toml changes; the stamp file marks a finished install.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (rapidai4eo-byol)"
+	touch $@
+
+test: setup
+	$(BIN)/ruff check rapid_utils tests notebooks
+	$(BIN)/python -m pytest
+
+reproduce: setup
+	$(BIN)/rapid-utils reproduce --profile $(PROFILE)
+
+lint: setup
+	$(BIN)/ruff check rapid_utils tests notebooks
+
+clean:
+	rm -rf runs data/synthetic-*

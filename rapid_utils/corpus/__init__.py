@@ -1,0 +1,1 @@
+"""The RapidAI4EO corpus: its layout, the embedded synthetic generator, index and reader."""

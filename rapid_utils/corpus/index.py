@@ -1,0 +1,205 @@
+"""The corpus index: one row per usable site, with its location and CLC label shares.
+
+Built from `resources/` when the corpus has it (fast, one file for all sites), otherwise by
+walking `labels/` and `imagery/`. Sites that cannot be used are skipped, counted and logged;
+the table of skipped sites and reasons is kept in `index.attrs["skipped"]`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rapid_utils import labels
+from rapid_utils.corpus import layout
+from rapid_utils.corpus.reader import CorpusError, CorpusNotFoundError
+
+log = logging.getLogger(__name__)
+
+SKIPPED_COLUMNS = ["sample_id", "path", "reason"]
+
+
+def build_index(
+    root: str | Path,
+    check_imagery: bool = True,
+    share_tolerance: float = 0.05,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Index the corpus under `root`: sample_id, utmz, tile, lon, lat, geometry, shares, label.
+
+    Shares (`clc_111` ... `clc_523`) are fractions summing to 1; `label` is the index of
+    the dominant poster class and `label_name` its name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusNotFoundError(
+            f"no corpus folder at {root}: point the parameter to a RapidAI4EO download, "
+            f"or generate the embedded corpus with `rapid-utils synth --out {root}`"
+        )
+    if (root / layout.LABELS_CSV).is_file():
+        shares, geometries, skipped = _from_resources(root)
+    elif (root / "labels").is_dir():
+        shares, geometries, skipped = _from_label_files(root, progress)
+    else:
+        raise CorpusNotFoundError(
+            f"{root} holds no RapidAI4EO labels: expected {layout.LABELS_CSV} or a labels/ "
+            f"folder. Generate the embedded corpus with `rapid-utils synth --out {root}`"
+        )
+    fractions, problems = labels.normalise_shares(shares, tolerance=share_tolerance)
+    bad = problems != ""
+    skipped += [(sid, "", reason) for sid, reason in problems[bad].items()]
+    fractions = fractions[~bad]
+    if check_imagery:
+        missing = [sid for sid in fractions.index if not _has_imagery(root, sid)]
+        skipped += [
+            (sid, str(layout.site_dir(root, sid) / layout.PF_SR), "imagery missing")
+            for sid in missing
+        ]
+        fractions = fractions.drop(index=missing)
+    index = _assemble(fractions, geometries)
+    index.attrs["root"] = str(root)
+    index.attrs["skipped"] = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    _log_skipped(index.attrs["skipped"], len(index))
+    if index.empty:
+        raise CorpusError(f"no usable site in {root}; see the skipped reasons logged above")
+    return index
+
+
+def _has_imagery(root: Path, sample_id: str) -> bool:
+    return (layout.site_dir(root, sample_id) / layout.PF_SR).is_dir()
+
+
+def _from_resources(root: Path) -> tuple[pd.DataFrame, dict, list]:
+    path = root / layout.LABELS_CSV
+    try:
+        table = pd.read_csv(path, dtype={"sample_id": str})
+    except (OSError, ValueError, EOFError) as error:
+        raise CorpusError(f"cannot read label table {path}: {error}") from error
+    if "sample_id" not in table.columns:
+        raise CorpusError(f"{path} has no 'sample_id' column; is it the RapidAI4EO label table?")
+    share_columns = [c for c in table.columns if c.startswith("clc_")]
+    try:
+        for column in share_columns:
+            labels.parse_share_column(column)
+    except labels.LabelError as error:
+        raise labels.LabelError(f"{path}: {error}") from error
+    skipped = []
+    bad_ids = [sid for sid in table["sample_id"] if not _valid_sample_id(sid)]
+    skipped += [(sid, str(path), "malformed sample_id") for sid in bad_ids]
+    duplicated = table["sample_id"].duplicated()
+    skipped += [(sid, str(path), "duplicate row") for sid in table.loc[duplicated, "sample_id"]]
+    table = table[~duplicated & ~table["sample_id"].isin(bad_ids)]
+    shares = table.set_index("sample_id")[share_columns]
+    geometry_path = root / layout.GEOMETRIES_GEOJSON
+    geometries = {}
+    if geometry_path.is_file():
+        with gzip.open(geometry_path, "rt") as fh:
+            for feature in json.load(fh)["features"]:
+                geometries[str(feature["properties"]["sample_id"])] = feature["geometry"]
+    else:
+        log.warning("no %s: site locations will be missing (NaN lon/lat)", geometry_path)
+    return shares, geometries, skipped
+
+
+def _from_label_files(root: Path, progress: bool) -> tuple[pd.DataFrame, dict, list]:
+    rows, geometries, skipped = {}, {}, []
+    label_files = sorted((root / "labels").glob("*/*/labels_*.geojson"))
+    for path in tqdm(label_files, desc="reading label files", unit="file", disable=not progress):
+        sample_id = path.stem.removeprefix("labels_")
+        if not _valid_sample_id(sample_id):
+            skipped.append((sample_id, str(path), "malformed sample_id"))
+            continue
+        try:
+            feature = _read_label_feature(path)
+            properties = feature.get("properties") or {}
+            shares = {k: v for k, v in properties.items() if k.startswith("clc_")}
+            for column in shares:
+                labels.parse_share_column(column)
+            if not shares:
+                raise labels.LabelError("no clc_ properties")
+        except (OSError, ValueError, KeyError) as error:  # LabelError is a ValueError
+            skipped.append((sample_id, str(path), f"bad label file: {error}"))
+            continue
+        rows[sample_id] = shares
+        geometries[sample_id] = feature.get("geometry")
+    imagery_sites = {p.name for p in (root / "imagery").glob("*/*/*") if p.is_dir()}
+    skipped += [
+        (sid, str(layout.label_path(root, sid)), "label file missing")
+        for sid in sorted(imagery_sites - set(rows))
+        if _valid_sample_id(sid)
+    ]
+    shares = pd.DataFrame.from_dict(rows, orient="index").rename_axis("sample_id")
+    return shares, geometries, skipped
+
+
+def _read_label_feature(path: Path) -> dict:
+    """The single Feature of a label file (a bare Feature or a one-feature collection)."""
+    content = json.loads(path.read_text())
+    if content.get("type") == "FeatureCollection":
+        features = content.get("features") or []
+        if len(features) != 1:
+            raise ValueError(f"expected one Feature, found {len(features)}")
+        return features[0]
+    if content.get("type") != "Feature":
+        raise ValueError("not a GeoJSON Feature")
+    return content
+
+
+def _valid_sample_id(sample_id: str) -> bool:
+    try:
+        layout.SampleId.parse(sample_id)
+    except layout.SampleIdError:
+        return False
+    return True
+
+
+def _centroid(geometry: dict | None) -> tuple[float, float]:
+    """Mean of a polygon's outer ring vertices: exact enough for 600 m squares."""
+    if not geometry or geometry.get("type") != "Polygon":
+        return np.nan, np.nan
+    ring = np.asarray(geometry["coordinates"][0], dtype=float)
+    if len(ring) > 1 and np.allclose(ring[0], ring[-1]):
+        ring = ring[:-1]
+    lon, lat = ring.mean(axis=0)
+    return float(lon), float(lat)
+
+
+def _assemble(fractions: pd.DataFrame, geometries: dict) -> pd.DataFrame:
+    fractions = fractions.sort_index()
+    ids = fractions.index.to_series()
+    parts = ids.map(layout.SampleId.parse)
+    centroids = ids.map(lambda sid: _centroid(geometries.get(sid)))
+    index = pd.DataFrame(
+        {
+            "sample_id": ids.to_numpy(),
+            "utmz": [p.utmz for p in parts],
+            "tile": [f"{p.utmz}_{p.tile}" for p in parts],
+            "lon": [c[0] for c in centroids],
+            "lat": [c[1] for c in centroids],
+            "geometry": [geometries.get(sid) for sid in ids],
+        }
+    )
+    shares = fractions.reset_index(drop=True)
+    index = pd.concat([index, shares], axis=1)
+    index["label"] = labels.dominant_class(shares).to_numpy()
+    index["label_name"] = labels.class_names(index["label"])
+    return index
+
+
+def _log_skipped(skipped: pd.DataFrame, n_kept: int) -> None:
+    if skipped.empty:
+        return
+    reasons = skipped["reason"].str.split(":").str[0].value_counts()
+    summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+    log.warning(
+        "skipped %d of %d sites (%s); details in index.attrs['skipped']",
+        len(skipped),
+        len(skipped) + n_kept,
+        summary,
+    )
