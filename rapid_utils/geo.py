@@ -49,7 +49,7 @@ def footprint_lonlat(
     xs = np.array([left, right, right, left, left])
     ys = np.array([bottom, bottom, top, top, bottom])
     lons, lats = to_lonlat(xs, ys, epsg)
-    return [[round(float(lo), 7), round(float(la), 7)] for lo, la in zip(lons, lats)]
+    return [[round(float(lo), 7), round(float(la), 7)] for lo, la in zip(lons, lats, strict=True)]
 
 
 @functools.lru_cache(maxsize=1)

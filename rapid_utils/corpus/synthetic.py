@@ -201,7 +201,7 @@ def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
         lon = rng.uniform(-10.0, east - 2.0, 4 * n_clusters)
         lat = rng.uniform(south + 1.0, north - 1.0, 4 * n_clusters)
         land = geo.is_land(lon, lat)
-        centres.extend(zip(lon[land], lat[land]))
+        centres.extend(zip(lon[land], lat[land], strict=True))
     centres = centres[:n_clusters]
     classes = list(DOMINANT_PRIOR)
     base_prior = np.array([DOMINANT_PRIOR[c] for c in classes])
@@ -575,7 +575,7 @@ def generate_corpus(
                 pool.submit(_write_sites, root, chunk, chosen_dates, size, compress)
                 for chunk in chunks
             ]
-            for job, chunk in zip(jobs, chunks):
+            for job, chunk in zip(jobs, chunks, strict=True):
                 features.extend(job.result())
                 bar.update(len(chunk))
     bar.close()
