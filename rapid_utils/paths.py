@@ -1,0 +1,56 @@
+"""Where things live. Nothing else in the project builds paths by hand.
+
+Inputs (corpora) live under `data/`, generated outputs under `runs/{profile}/` and
+`figures/{profile}/`. Set RAPID_HOME to put them somewhere other than the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path:
+    """The compendium's root: $RAPID_HOME, else the repository holding this package."""
+    if "RAPID_HOME" in os.environ:
+        return Path(os.environ["RAPID_HOME"]).resolve()
+    if (_PACKAGE_PARENT / "pyproject.toml").is_file():
+        return _PACKAGE_PARENT
+    return Path.cwd()
+
+
+def notebooks_dir() -> Path:
+    """The numbered source notebooks (inputs to papermill)."""
+    return _PACKAGE_PARENT / "notebooks"
+
+
+def params_dir() -> Path:
+    """The YAML parameter profiles."""
+    return _PACKAGE_PARENT / "params"
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of a named profile (`ci`, `quick`, `poster`, ...)."""
+    return params_dir() / f"{profile}.yaml"
+
+
+def synthetic_corpus_dir(profile: str) -> Path:
+    """Where the embedded synthetic corpus of a profile is generated."""
+    return project_root() / "data" / f"synthetic-{profile}"
+
+
+def runs_dir(profile: str) -> Path:
+    """Executed notebooks, results files and derived data of a profile."""
+    return project_root() / "runs" / profile
+
+
+def figures_dir(profile: str) -> Path:
+    """Figures of a profile."""
+    return project_root() / "figures" / profile
+
+
+def band_stats_path(profile: str) -> Path:
+    """Per-band mean/std of a profile's training sites, used for normalisation."""
+    return runs_dir(profile) / "band_stats.json"
