@@ -1,0 +1,153 @@
+"""PyTorch access to the corpus: a Dataset of Planet Fusion chips and per-band statistics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from rapid_utils import labels
+from rapid_utils.corpus import layout
+from rapid_utils.corpus.reader import DateSelection, available_dates, read_raster, select_dates
+from rapid_utils.io import write_json_atomic
+
+DATE_SAMPLING = ("random", "first", "all")
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Mean and standard deviation per band, in stored units (reflectance x 10000)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    n_sites: int
+    n_pixels: int
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON (atomically)."""
+        write_json_atomic(path, asdict(self) | {"bands": list(layout.BANDS)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> BandStats:
+        """Read from a JSON file written by `save`."""
+        content = json.loads(Path(path).read_text())
+        return cls(tuple(content["mean"]), tuple(content["std"]),
+                   content["n_sites"], content["n_pixels"])
+
+
+def compute_band_stats(
+    root: str | Path,
+    sites: pd.DataFrame,
+    n_sites: int = 256,
+    dates_per_site: int = 4,
+    dates: DateSelection = "monthly",
+    seed: int = 0,
+    progress: bool = True,
+) -> BandStats:
+    """Per-band mean/std over valid pixels of a seeded sample of sites and dates.
+
+    Pass training sites only, so validation and test data do not leak into normalisation.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = sites["sample_id"].to_numpy()
+    chosen = chosen[rng.permutation(len(chosen))[:n_sites]]
+    total = np.zeros(len(layout.BANDS))
+    total_sq = np.zeros(len(layout.BANDS))
+    count = np.zeros(len(layout.BANDS))
+    for sample_id in tqdm(chosen, desc="band statistics", unit="site", disable=not progress):
+        site_dates = select_dates(available_dates(Path(root), sample_id), dates, sample_id)
+        for i in rng.permutation(len(site_dates))[:dates_per_site]:
+            chip = read_raster(layout.raster_path(Path(root), sample_id, site_dates[i]))
+            values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
+            total += values.sum(axis=(1, 2)).filled(0)
+            total_sq += (values**2).sum(axis=(1, 2)).filled(0)
+            count += values.count(axis=(1, 2))
+    if not count.all():
+        raise ValueError("no valid pixels to compute band statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen), int(count[0]))
+
+
+class PlanetFusionDataset(Dataset):
+    """Planet Fusion chips of indexed sites, with their land-cover targets.
+
+    Each item is a dict: `image` (float32, normalised; (4, H, W) for one date or
+    (T, 4, H, W) with `date_sampling="all"`), `label` (dominant class index, or a 0/1
+    vector of 7 for `target="multilabel"`), `sample_id` and `date` (ISO string(s)).
+    Nodata/NaN pixels are set to 0 after normalisation, i.e. to the band mean.
+    One date per site is drawn with torch's RNG, so DataLoader seeding makes it repeatable.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        index: pd.DataFrame,
+        band_stats: BandStats,
+        dates: DateSelection = "monthly",
+        date_sampling: str = "random",
+        target: str = "dominant",
+        multilabel_threshold: float = 0.1,
+        nodata: float | None = None,
+    ) -> None:
+        if date_sampling not in DATE_SAMPLING:
+            raise ValueError(f"date_sampling must be one of {DATE_SAMPLING}, got {date_sampling!r}")
+        if target not in ("dominant", "multilabel"):
+            raise ValueError(f"target must be 'dominant' or 'multilabel', got {target!r}")
+        if index.empty:
+            raise ValueError("the dataset's index has no sites")
+        self.root = Path(root)
+        self.sample_ids = index["sample_id"].tolist()
+        shares = index[list(labels.SHARE_COLUMNS)].reset_index(drop=True)
+        if target == "dominant":
+            self.targets = torch.tensor(labels.dominant_class(shares).to_numpy())
+        else:
+            multi = labels.multilabel_targets(shares, multilabel_threshold).to_numpy()
+            self.targets = torch.tensor(multi, dtype=torch.float32)
+        self.dates = dates
+        self.date_sampling = date_sampling
+        self.nodata = nodata
+        self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
+        self._site_dates: dict[str, list[dt.date]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def site_dates(self, sample_id: str) -> list[dt.date]:
+        """The selected dates of a site (listed from disk once, then cached)."""
+        if sample_id not in self._site_dates:
+            available = available_dates(self.root, sample_id)
+            self._site_dates[sample_id] = select_dates(available, self.dates, sample_id)
+        return self._site_dates[sample_id]
+
+    def load_chip(self, sample_id: str, date: dt.date) -> torch.Tensor:
+        """One normalised (4, H, W) chip; nodata pixels become 0 (the band mean)."""
+        chip = read_raster(layout.raster_path(self.root, sample_id, date), nodata=self.nodata)
+        image = (torch.from_numpy(chip.data.astype(np.float32)) - self.mean) / self.std
+        return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+
+    def __getitem__(self, item: int) -> dict:
+        sample_id = self.sample_ids[item]
+        site_dates = self.site_dates(sample_id)
+        if self.date_sampling == "all":
+            chosen = site_dates
+        elif self.date_sampling == "first":
+            chosen = site_dates[:1]
+        else:
+            chosen = [site_dates[int(torch.randint(len(site_dates), ()))]]
+        images = [self.load_chip(sample_id, date) for date in chosen]
+        single = self.date_sampling != "all"
+        return {
+            "image": images[0] if single else torch.stack(images),
+            "label": self.targets[item],
+            "sample_id": sample_id,
+            "date": chosen[0].isoformat() if single else [d.isoformat() for d in chosen],
+        }
