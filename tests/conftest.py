@@ -1,0 +1,29 @@
+"""Shared fixtures: one small synthetic corpus per session, and a disposable copy of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["MPLBACKEND"] = "agg"  # headless figures, set before anything imports matplotlib
+
+from rapid_utils.corpus.synthetic import generate_corpus  # noqa: E402
+
+TINY = {"n_sites": 24, "seed": 3, "size": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24-site, 32 px synthetic corpus with the default 24 monthly dates; do not modify it."""
+    return generate_corpus(
+        tmp_path_factory.mktemp("corpus") / "c", **TINY, workers=1, progress=False
+    )
+
+
+@pytest.fixture
+def corpus_copy(tiny_corpus: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny corpus, for tests that damage or delete files."""
+    return Path(shutil.copytree(tiny_corpus, tmp_path / "c"))
