@@ -15,6 +15,17 @@ from rapid_utils.corpus.synthetic import generate_corpus  # noqa: E402
 TINY = {"n_sites": 24, "seed": 3, "size": 32}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # rasterio and rioxarray still use Affine `*` internally; the warning is theirs, not ours
+    config.addinivalue_line("filterwarnings", "ignore:Use `@` matmul:PendingDeprecationWarning")
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """The generator settings of `tiny_corpus`."""
+    return dict(TINY)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 24-site, 32 px synthetic corpus with the default 24 monthly dates; do not modify it."""

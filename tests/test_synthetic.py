@@ -24,9 +24,7 @@ from rapid_utils.corpus.synthetic import (
     render_site,
     synth_dates,
 )
-from rapid_utils.labels import CLC_CODES, SHARE_COLUMNS
-
-from .conftest import TINY
+from rapid_utils.labels import CLC7, CLC_CODES, SHARE_COLUMNS
 
 SAMPLE_ID = re.compile(r"^(\d{1,2})N_(\d+)E-(\d+)N_(\d+)$")
 WEST, EAST, SOUTH, NORTH = -11.0, 32.0, 35.0, 71.0
@@ -55,9 +53,9 @@ def file_contents(root: Path) -> dict[str, bytes]:
 # --- layout -------------------------------------------------------------------------------
 
 
-def test_layout_of_generated_corpus(tiny_corpus):
+def test_layout_of_generated_corpus(tiny_corpus, tiny_settings):
     ids = site_ids(tiny_corpus)
-    assert len(ids) == TINY["n_sites"]
+    assert len(ids) == tiny_settings["n_sites"]
     assert (tiny_corpus / layout.LABELS_CSV).is_file()
     assert (tiny_corpus / layout.GEOMETRIES_GEOJSON).is_file()
     assert json.loads((tiny_corpus / MARKER).read_text())["complete"] is True
@@ -205,8 +203,6 @@ def test_label_shares_are_counted_from_the_drawn_map():
     counts = collections.Counter(code_map.ravel().tolist())
     assert sum(counts.values()) == 24 * 24
     # the plan's dominant poster class owns at least a large part of the map
-    from rapid_utils.labels import CLC7
-
     dominant_pixels = sum(n for code, n in counts.items() if CLC7[code] == plan.dominant)
     assert dominant_pixels / code_map.size > 0.3
 
@@ -214,8 +210,8 @@ def test_label_shares_are_counted_from_the_drawn_map():
 # --- placement ----------------------------------------------------------------------------
 
 
-def test_sites_lie_on_european_land(tiny_corpus):
-    plans = plan_sites(TINY["n_sites"], TINY["seed"], TINY["size"])
+def test_sites_lie_on_european_land(tiny_corpus, tiny_settings):
+    plans = plan_sites(tiny_settings["n_sites"], tiny_settings["seed"], tiny_settings["size"])
     assert sorted(p.sample_id for p in plans) == site_ids(tiny_corpus)
     lon = np.array([p.lon for p in plans])
     lat = np.array([p.lat for p in plans])
@@ -226,7 +222,7 @@ def test_sites_lie_on_european_land(tiny_corpus):
         assert plan.sample_id.startswith(f"{plan.epsg - 32600}N_")
         # the planned point lies inside its snapped footprint
         x, y = geo.to_utm(plan.lon, plan.lat, plan.epsg)
-        extent = TINY["size"] * layout.PIXEL_SIZE_M
+        extent = tiny_settings["size"] * layout.PIXEL_SIZE_M
         assert plan.left <= x < plan.left + extent
         assert plan.top - extent <= y < plan.top
 

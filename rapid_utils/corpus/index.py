@@ -53,7 +53,7 @@ def build_index(
         )
     fractions, problems = labels.normalise_shares(shares, tolerance=share_tolerance)
     bad = problems != ""
-    skipped += [(sid, "", reason) for sid, reason in problems[bad].items()]
+    skipped += [(sid, _label_source(root, sid), reason) for sid, reason in problems[bad].items()]
     fractions = fractions[~bad]
     if check_imagery:
         missing = [sid for sid in fractions.index if not _has_imagery(root, sid)]
@@ -69,6 +69,13 @@ def build_index(
     if index.empty:
         raise CorpusError(f"no usable site in {root}; see the skipped reasons logged above")
     return index
+
+
+def _label_source(root: Path, sample_id: str) -> str:
+    """The file a site's label shares came from: the resources table or its own label file."""
+    if (root / layout.LABELS_CSV).is_file():
+        return str(root / layout.LABELS_CSV)
+    return str(layout.label_path(root, sample_id))
 
 
 def _has_imagery(root: Path, sample_id: str) -> bool:
@@ -129,9 +136,11 @@ def _from_label_files(root: Path, progress: bool) -> tuple[pd.DataFrame, dict, l
         rows[sample_id] = shares
         geometries[sample_id] = feature.get("geometry")
     imagery_sites = {p.name for p in (root / "imagery").glob("*/*/*") if p.is_dir()}
+    # sites with a bad label file are already skipped above; do not count them twice
+    labelled = {path.stem.removeprefix("labels_") for path in label_files}
     skipped += [
         (sid, str(layout.label_path(root, sid)), "label file missing")
-        for sid in sorted(imagery_sites - set(rows))
+        for sid in sorted(imagery_sites - labelled)
         if _valid_sample_id(sid)
     ]
     shares = pd.DataFrame.from_dict(rows, orient="index").rename_axis("sample_id")
@@ -151,7 +160,9 @@ def _read_label_feature(path: Path) -> dict:
     return content
 
 
-def _valid_sample_id(sample_id: str) -> bool:
+def _valid_sample_id(sample_id: object) -> bool:
+    if not isinstance(sample_id, str):  # an empty cell of the label table reads as NaN
+        return False
     try:
         layout.SampleId.parse(sample_id)
     except layout.SampleIdError:

@@ -7,6 +7,7 @@ Both paths check every file at the boundary (readable, band count, nodata) and r
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from rasterio.errors import RasterioError
 from tqdm.auto import tqdm
 
 from rapid_utils.corpus import layout
+
+log = logging.getLogger(__name__)
 
 DateSelection = str | Sequence[dt.date | str]
 
@@ -74,7 +77,9 @@ def select_dates(
         return layout.monthly(list(available))
     if isinstance(selection, str):
         raise ValueError(f"dates must be 'all', 'monthly' or a list of dates, got {selection!r}")
-    wanted = [d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)) for d in selection]
+    wanted = sorted(
+        {d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)) for d in selection}
+    )
     missing = sorted(set(wanted) - set(available))
     if missing:
         shown = ", ".join(d.isoformat() for d in missing[:5])
@@ -150,6 +155,8 @@ def read_site(
                     raise BandCountError(f"{qa_path} has {qa.shape[0]} bands; qa_band={qa_band}")
                 cloudy = qa.data[qa_band - 1] >= qa_threshold
                 reflectance = np.where(cloudy[None], np.nan, reflectance)
+            else:
+                log.warning("no %s: %s of site %s is not cloud-masked", qa_path, date, sample_id)
         # rioxarray supplies coordinates and CRS; pixel values come from the checked read.
         with rioxarray.open_rasterio(path) as layer:
             layers.append(layer.copy(data=reflectance.astype(np.float32)))
