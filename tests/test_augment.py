@@ -1,0 +1,115 @@
+"""Batched multispectral augmentations: per-sample draws, repeatability, exact geometry, no clip."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rapid_utils.augment import (
+    VIEW1,
+    VIEW2,
+    ViewConfig,
+    augment,
+    byol_views,
+    draw_params,
+    gaussian_blur,
+)
+
+# Everything off: only the geometric parts a test switches on act.
+PLAIN = ViewConfig(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, rotate=False, jitter_p=0.0, blur_p=0.0
+)
+
+
+def identical_batch(n: int = 8, channels: int = 4, size: int = 16) -> torch.Tensor:
+    """`n` copies of one random image."""
+    image = torch.rand(channels, size, size, generator=torch.Generator().manual_seed(9))
+    return image.expand(n, -1, -1, -1).contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_and_dtype(dtype: torch.dtype) -> None:
+    batch = torch.randn(5, 4, 20, 20, dtype=dtype)
+    view1, view2 = byol_views(batch, torch.Generator().manual_seed(0), size=12)
+    assert view1.shape == view2.shape == (5, 4, 12, 12)
+    assert view1.dtype == view2.dtype == dtype
+    assert augment(torch.randn(3, 6, 10, 14), VIEW2).shape == (3, 6, 10, 14)  # any band count
+
+
+def test_same_seed_same_views_other_seed_other_views() -> None:
+    batch = torch.randn(4, 4, 16, 16)
+    first = byol_views(batch, torch.Generator().manual_seed(1))
+    again = byol_views(batch, torch.Generator().manual_seed(1))
+    other = byol_views(batch, torch.Generator().manual_seed(2))
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(first[0], other[0])
+
+
+def test_samples_are_augmented_independently() -> None:
+    view1, view2 = byol_views(identical_batch(), torch.Generator().manual_seed(3))
+    for view in (view1, view2):
+        for i in range(len(view)):
+            for j in range(i + 1, len(view)):
+                assert not torch.allclose(view[i], view[j]), (i, j)
+    # and each flip/rotation on its own is drawn per sample too
+    flips = augment(identical_batch(), replace(PLAIN, flip_p=0.5), torch.Generator().manual_seed(4))
+    assert len({tuple(v.flatten().tolist()) for v in flips}) > 1
+
+
+def test_plain_config_is_the_identity() -> None:
+    batch = torch.randn(3, 4, 16, 16)
+    torch.testing.assert_close(augment(batch, PLAIN), batch)
+
+
+def test_flips_and_quarter_turns_are_exact() -> None:
+    batch = identical_batch(n=16)
+    image = batch[0]
+    flipped = augment(batch, replace(PLAIN, flip_p=1.0))
+    torch.testing.assert_close(flipped, batch.flip(-1, -2))
+    turned = augment(batch, replace(PLAIN, rotate=True), torch.Generator().manual_seed(5))
+    rotations = [torch.rot90(image, k, dims=(-2, -1)) for k in range(4)]
+    seen = set()
+    for view in turned:
+        matches = [k for k, r in enumerate(rotations) if torch.allclose(view, r, atol=1e-5)]
+        assert len(matches) == 1
+        seen.update(matches)
+    assert seen == {0, 1, 2, 3}
+
+
+def test_jitter_does_not_clip() -> None:
+    batch = torch.rand(64, 4, 8, 8) * 0.9 + 0.05  # reflectance inside [0, 1]
+    strong = replace(PLAIN, jitter_p=1.0, brightness=0.5, contrast=0.5)
+    out = augment(batch, strong, torch.Generator().manual_seed(6))
+    assert out.min() < 0 and out.max() > 1
+    negative = batch - 2  # normalised data below zero passes through untouched
+    torch.testing.assert_close(augment(negative, PLAIN), negative)
+
+
+def test_jitter_is_per_band() -> None:
+    out = augment(identical_batch(n=1), replace(PLAIN, jitter_p=1.0), torch.Generator())
+    shifts = (out[0] - identical_batch(n=1)[0]).mean(dim=(-2, -1))
+    assert len(set(shifts.tolist())) == 4
+
+
+def test_blur_probabilities() -> None:
+    generator = torch.Generator().manual_seed(7)
+    n = 4000
+    assert draw_params(n, 4, (32, 32), VIEW1, generator).blur.all()
+    share = draw_params(n, 4, (32, 32), VIEW2, generator).blur.float().mean().item()
+    assert share == pytest.approx(0.1, abs=0.02)  # ~4 standard errors
+    jitter = draw_params(n, 4, (32, 32), VIEW2, generator).jitter.float().mean().item()
+    assert jitter == pytest.approx(0.8, abs=0.03)
+
+
+def test_blur_smooths_and_keeps_constants() -> None:
+    noise = torch.randn(2, 4, 32, 32)
+    blurred = gaussian_blur(noise, torch.tensor([0.5, 2.0]))
+    assert blurred.shape == noise.shape
+    assert blurred[1].std() < blurred[0].std() < noise.std()
+    constant = torch.full((1, 4, 32, 32), 3.0)
+    torch.testing.assert_close(gaussian_blur(constant, torch.tensor([1.5])), constant)
+    blur_only = replace(PLAIN, blur_p=1.0)
+    assert augment(noise, blur_only).std() < noise.std()
