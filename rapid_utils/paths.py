@@ -11,6 +11,10 @@ from pathlib import Path
 
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
+# File names inside a runs folder (notebooks receive the folder as a parameter).
+BAND_STATS_FILE = "band_stats.json"
+SPLITS_FILE = "splits.csv"
+
 
 def project_root() -> Path:
     """The compendium's root: $RAPID_HOME, else the repository holding this package."""
@@ -53,4 +57,9 @@ def figures_dir(profile: str) -> Path:
 
 def band_stats_path(profile: str) -> Path:
     """Per-band mean/std of a profile's training sites, used for normalisation."""
-    return runs_dir(profile) / "band_stats.json"
+    return runs_dir(profile) / BAND_STATS_FILE
+
+
+def splits_path(profile: str) -> Path:
+    """The split of every site (sample_id, split, label) written by notebook 02."""
+    return runs_dir(profile) / SPLITS_FILE

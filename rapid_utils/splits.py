@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
+
+from rapid_utils.io import atomic_path
+from rapid_utils.labels import CLASSES
 
 SHARES = {"train": 0.75, "val": 0.10, "test": 0.15}
 SPLITS = tuple(SHARES)
@@ -87,3 +92,41 @@ def label_fraction(train: pd.DataFrame, fraction: float, seed: int = 0) -> pd.Da
         ranked = members.index.to_numpy()[rng.permutation(len(members))]
         keep.extend(ranked[: max(1, math.ceil(fraction * len(members) - 1e-9))])
     return train.loc[train.index.isin(keep)]
+
+
+def fraction_column(fraction: float) -> str:
+    """Column name of a label fraction in `split_size_table`, e.g. 'train 10%'."""
+    return f"train {100 * fraction:g}%"
+
+
+def split_size_table(
+    index: pd.DataFrame, splits: pd.Series, fractions: Sequence[float], seed: int = 0
+) -> pd.DataFrame:
+    """Sites per dominant class (rows, CLASSES order) in each split and label fraction.
+
+    Columns: `all`, one per split (`train`, `val`, `test`) and one per label fraction of
+    the training split (`fraction_column(f)`, drawn with `label_fraction` and `seed`).
+    """
+    names = pd.Series(np.asarray(CLASSES)[index["label"].to_numpy()], index=index.index)
+    columns = {"all": names}
+    columns |= {split: names[splits == split] for split in SPLITS}
+    train = index[splits == "train"]
+    for fraction in fractions:
+        columns[fraction_column(fraction)] = names.loc[label_fraction(train, fraction, seed).index]
+    counts = {
+        name: values.value_counts().reindex(CLASSES, fill_value=0)
+        for name, values in columns.items()
+    }
+    table = pd.DataFrame(counts)
+    table.index.name = "class"
+    return table.astype("int64")
+
+
+def write_splits_csv(path: str | Path, index: pd.DataFrame, splits: pd.Series) -> Path:
+    """Write `sample_id,split,label` (label = dominant class index) atomically; return path."""
+    table = pd.DataFrame(
+        {"sample_id": index["sample_id"], "split": splits, "label": index["label"]}
+    ).sort_values("sample_id")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)

@@ -1,0 +1,82 @@
+"""The papermill batch and the rapid-utils command, end to end on the tiny `ci` profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rapid_utils import batch, cli, paths
+from rapid_utils.corpus.index import build_index
+
+
+@pytest.fixture
+def project_home(tmp_path, monkeypatch):
+    """Send every generated output (corpus, runs, figures) to a temporary folder."""
+    monkeypatch.setenv("RAPID_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_load_profile_merges_extra_files_in_order(tmp_path):
+    first = tmp_path / "a.yaml"
+    second = tmp_path / "b.yaml"
+    first.write_text("seed: 5\nsynth_sites: 7\n")
+    second.write_text("seed: 9\n")
+    values = batch.load_profile("ci", (first, second))
+    assert values["seed"] == 9
+    assert values["synth_sites"] == 7
+    assert values["corpus"] == "synthetic"
+
+
+def test_load_profile_errors_name_the_file(tmp_path):
+    with pytest.raises(batch.ProfileError, match="nope.yaml.*known profiles: .*ci"):
+        batch.load_profile("nope")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: [1, 2\n")
+    with pytest.raises(batch.ProfileError, match="broken.yaml is not valid YAML"):
+        batch.load_profile("ci", (broken,))
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(batch.ProfileError, match="flat mapping"):
+        batch.load_profile("ci", (listed,))
+
+
+def test_reproduce_ci_profile_writes_corpus_notebooks_and_figures(project_home):
+    runs = batch.reproduce("ci")
+    assert [run.name for run in runs] == list(batch.NOTEBOOKS)
+    assert all(run.error is None for run in runs), [run.error for run in runs]
+    for run in runs:
+        assert run.output.is_file()
+        executed = json.loads(run.output.read_text())
+        assert any("papermill" in c["metadata"].get("tags", []) or
+                   "injected-parameters" in c["metadata"].get("tags", [])
+                   for c in executed["cells"])
+    corpus = paths.synthetic_corpus_dir("ci")
+    assert len(build_index(corpus, progress=False)) == 40
+    figures = paths.figures_dir("ci")
+    for name in ("fig1_sample_locations", "fig2_monthly_images"):
+        assert (figures / f"{name}.png").stat().st_size > 10_000
+    assert paths.band_stats_path("ci").is_file()
+
+
+def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
+    override = tmp_path / "missing_corpus.yaml"
+    override.write_text(f"corpus: {tmp_path / 'no-such-corpus'}\n")
+    assert cli.main(["reproduce", "--profile", "ci", "--extra", str(override)]) == 1
+    executed = paths.runs_dir("ci") / "notebooks" / "01_data_exploration.ipynb"
+    assert executed.is_file()
+    assert "CorpusNotFoundError" in executed.read_text()
+
+
+def test_cli_synth_writes_a_corpus_and_refuses_foreign_folders(tmp_path):
+    out = tmp_path / "corpus"
+    code = cli.main(["synth", "--out", str(out), "--n-sites", "3", "--size", "16",
+                     "--dates", "2018-01-03,2018-07-02", "--workers", "1"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("imagery/*/*/*/PF-SR/*.tif"))[:2] == [
+        "2018-01-03.tif", "2018-01-03.tif"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert cli.main(["synth", "--out", str(foreign), "--n-sites", "2"]) == 2
+    assert (foreign / "notes.txt").read_text() == "mine"
