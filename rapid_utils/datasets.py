@@ -18,7 +18,7 @@ from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import DateSelection, available_dates, read_raster, select_dates
 from rapid_utils.io import write_json_atomic
 
-DATE_SAMPLING = ("random", "first", "all")
+DATE_SAMPLING = ("random", "first", "all", "pair")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ class PlanetFusionDataset(Dataset):
     (T, 4, H, W) with `date_sampling="all"`), `label` (dominant class index, or a 0/1
     vector of 7 for `target="multilabel"`), `sample_id` and `date` (ISO string(s)).
     Nodata/NaN pixels are set to 0 after normalisation, i.e. to the band mean.
-    One date per site is drawn with torch's RNG, so DataLoader seeding makes it repeatable.
+    `date_sampling="pair"` adds `image2` and `date2`, a second, different date of the same site
+    (the same one only if the site has a single date): temporal positives for BYOL.
+    Dates are drawn with torch's RNG, so DataLoader seeding makes them repeatable.
     """
 
     def __init__(
@@ -141,13 +143,19 @@ class PlanetFusionDataset(Dataset):
             chosen = site_dates
         elif self.date_sampling == "first":
             chosen = site_dates[:1]
+        elif self.date_sampling == "pair":
+            order = torch.randperm(len(site_dates)).tolist() * 2  # [i, i] for a single date
+            chosen = [site_dates[order[0]], site_dates[order[1]]]
         else:
             chosen = [site_dates[int(torch.randint(len(site_dates), ()))]]
         images = [self.load_chip(sample_id, date) for date in chosen]
         single = self.date_sampling != "all"
-        return {
+        item_dict = {
             "image": images[0] if single else torch.stack(images),
             "label": self.targets[item],
             "sample_id": sample_id,
             "date": chosen[0].isoformat() if single else [d.isoformat() for d in chosen],
         }
+        if self.date_sampling == "pair":
+            item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
+        return item_dict

@@ -1,0 +1,60 @@
+"""Evaluation metrics: the poster's classification scores and BYOL collapse guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+from sklearn.neighbors import KNeighborsClassifier
+
+from rapid_utils.labels import CLASSES
+
+
+def classification_metrics(y_true, y_pred, n_classes: int = 7) -> dict:
+    """Overall accuracy, macro-F1, per-class precision/recall (poster Fig. 5) and confusion matrix.
+
+    Every class of `labels.CLASSES` appears in the per-class entries, with 0 where a class is
+    never predicted or absent, so results files of small runs keep one shape. The confusion
+    matrix is nested lists, rows true and columns predicted classes.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    classes = list(range(n_classes))
+    precision, recall, _, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, average=None, zero_division=0
+    )
+    names = CLASSES[:n_classes]
+    macro_f1 = f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(macro_f1),
+        "precision": {name: float(p) for name, p in zip(names, precision, strict=True)},
+        "recall": {name: float(r) for name, r in zip(names, recall, strict=True)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "n": int(len(y_true)),
+    }
+
+
+def knn_accuracy(
+    train_features, train_labels, query_features, query_labels, k: int = 20
+) -> float:
+    """Accuracy of a cosine k-nearest-neighbour classifier: BYOL's cheap feature-quality guard.
+
+    `k` is capped at the number of training samples so tiny runs still give a value.
+    """
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_labels)), metric="cosine")
+    knn.fit(np.asarray(train_features), np.asarray(train_labels))
+    return float(np.mean(knn.predict(np.asarray(query_features)) == np.asarray(query_labels)))
+
+
+def projection_std(z: torch.Tensor) -> float:
+    """Mean per-dimension std of L2-normalised projections (N, d).
+
+    About 1/sqrt(d) for well-spread projections and 0 when BYOL has collapsed to a constant.
+    """
+    return float(F.normalize(z.float(), dim=1).std(dim=0).mean())

@@ -1,0 +1,496 @@
+"""Training loops: BYOL pretraining (checkpointed, resumable) and land-cover fine-tuning.
+
+Both loops run on whatever device `default_device` finds (CUDA when present, else CPU) and are
+seeded end to end: the same seed on the same machine gives the same weights and metrics.
+Fine-tuning writes one results file per run; pretraining one checkpoint that `models.build_model`
+reads with ``init="byol:<path>"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import rapid_utils
+from rapid_utils import augment, byol, metrics, models, splits
+from rapid_utils.datasets import BandStats, PlanetFusionDataset
+from rapid_utils.io import atomic_path, write_json_atomic
+
+CHECKPOINT_FILE = "checkpoint.pt"
+N_CLASSES = 7
+
+FINETUNE_VIEW = augment.ViewConfig(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, blur_p=0.0
+)
+"""Fine-tuning augmentation: random flips and quarter turns only (land cover has no 'up')."""
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: derive numpy/python seeds from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(
+    dataset: PlanetFusionDataset,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_workers: int,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose order and worker seeds follow `seed` alone."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _augment_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@torch.no_grad()
+def _features(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of `model` (eval mode) and labels over `loader`, on the CPU."""
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    for batch in loader:
+        outputs.append(model(batch["image"].to(device)).float().cpu())
+        targets.append(batch["label"])
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+# --------------------------------------------------------------------------- BYOL pretraining
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Parameters of a BYOL pretraining run (all of them are stored in the checkpoint)."""
+
+    arch: str = "resnet50"
+    epochs: int = 10
+    batch_size: int = 256
+    base_lr: float = 0.2  # LARS peak lr = base_lr * batch_size / 256 (BYOL Appendix C)
+    weight_decay: float = 1.5e-6
+    # BYOL's 0.996 suits hundreds of epochs; the poster trains ~10, so the EMA horizon
+    # 1 / (1 - tau) (100 steps at 0.99) must stay a small share of all optimizer steps.
+    tau_base: float = 0.99
+    warmup_epochs: int = 1
+    image_size: int = 200  # side of the augmented views, px
+    positives: str = "augment"  # "augment": two views of one image; "temporal": two dates
+    seed: int = 0
+    num_workers: int = 0
+    optimizer: str = "lars"  # "lars" or "sgd"
+    hidden_dim: int = 4096  # projector/predictor hidden width (BYOL)
+    projection_dim: int = 256
+    knn_sites: int = 1000  # labelled train and val sites for the per-epoch kNN guard
+    knn_k: int = 20
+
+    def __post_init__(self) -> None:
+        if self.positives not in ("augment", "temporal"):
+            raise ValueError(f"positives must be 'augment' or 'temporal', got {self.positives!r}")
+        if self.optimizer not in ("lars", "sgd"):
+            raise ValueError(f"optimizer must be 'lars' or 'sgd', got {self.optimizer!r}")
+
+
+def _build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
+    groups = byol.parameter_groups(model, config.weight_decay)
+    if config.optimizer == "lars":
+        return byol.LARS(groups, lr=0.0, momentum=0.9)
+    return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
+
+
+def _rng_state(loader_generator: torch.Generator) -> dict:
+    """Global RNG states in types `torch.load(weights_only=True)` accepts."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, key.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+        # Loaders are reseeded from seed + epoch, so this is a record rather than needed to resume.
+        "loader": loader_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path: Path, checkpoint: dict) -> None:
+    """Write `checkpoint` atomically: a killed run leaves the previous epoch's file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def _load_checkpoint(path: Path, config: PretrainConfig) -> dict:
+    """The checkpoint at `path`, refusing one written with other parameters."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    stored = checkpoint.get("config")
+    if stored != asdict(config):
+        changed = sorted(
+            k for k in asdict(config) if (stored or {}).get(k) != asdict(config)[k]
+        )
+        raise ValueError(
+            f"{path} was written by a pretraining run with other parameters (differing: "
+            f"{changed}); use another out_dir or delete the file to start afresh"
+        )
+    return checkpoint
+
+
+def _knn_subset(index: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    return index if len(index) <= n else index.sample(n, random_state=seed)
+
+
+def pretrain(
+    config: PretrainConfig,
+    corpus_root: str | Path,
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame,
+    band_stats: BandStats,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> list[dict]:
+    """Pretrain a BYOL encoder on `train_index` sites; return the per-epoch history.
+
+    Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
+    `knn_sites` labelled train and val sites at their first date), `lr` and `tau` (at the last
+    step), then saves ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed;
+    one with another config is refused.
+    """
+    device = default_device()
+    path = Path(out_dir) / CHECKPOINT_FILE
+    seed_everything(config.seed)
+
+    encoder = models.build_model(config.arch, in_channels=4, num_classes=0)
+    model = byol.BYOL(
+        encoder, models.feature_dim(encoder), config.hidden_dim, config.projection_dim
+    ).to(device)
+    optimizer = _build_optimizer(model, config)
+
+    sampling = "pair" if config.positives == "temporal" else "random"
+    dataset = PlanetFusionDataset(corpus_root, train_index, band_stats, date_sampling=sampling)
+    steps_per_epoch = len(dataset) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch_size {config.batch_size} exceeds the {len(dataset)} training sites"
+        )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps - 1)
+
+    knn_train, knn_val = (
+        _loader(
+            PlanetFusionDataset(
+                corpus_root, _knn_subset(index, config.knn_sites, config.seed), band_stats,
+                date_sampling="first",
+            ),
+            config.batch_size, config.seed, shuffle=False, num_workers=config.num_workers,
+        )
+        for index in (train_index, val_index)
+    )
+
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    if path.is_file():
+        checkpoint = _load_checkpoint(path, config)
+        model.load_state_dict(checkpoint["byol"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, step = checkpoint["epoch"], checkpoint["global_step"]
+        history = checkpoint["history"]
+        _set_rng_state(checkpoint["rng"])
+
+    for epoch in range(start_epoch, config.epochs):
+        loader = _loader(
+            dataset, config.batch_size, config.seed + epoch, shuffle=True,
+            num_workers=config.num_workers, drop_last=True,
+        )
+        views_rng = _augment_generator(config.seed + epoch, device)
+        model.train()
+        losses = []
+        for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
+                          disable=not progress, leave=False):
+            view1, view2 = _byol_views(batch, config, views_rng, device)
+            lr = byol.lr_schedule(
+                step, total_steps, config.base_lr, config.batch_size, warmup_steps
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = model(view1, view2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tau = byol.tau_schedule(step, total_steps, config.tau_base)
+            model.update_target(tau)
+            step += 1
+            losses.append(loss.item())
+
+        train_x, train_y = _features(model.encoder, knn_train, device)
+        val_x, val_y = _features(model.encoder, knn_val, device)
+        model.projector.eval()
+        with torch.no_grad():
+            z = model.projector(val_x.to(device))
+        history.append({
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "projection_std": metrics.projection_std(z),
+            "knn_accuracy": metrics.knn_accuracy(train_x, train_y, val_x, val_y, config.knn_k),
+            "lr": lr,
+            "tau": tau,
+        })
+        _save_checkpoint(path, {
+            models.BYOL_ENCODER_KEY: model.encoder.state_dict(),
+            "byol": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "global_step": step,
+            "history": history,
+            "config": asdict(config),
+            "rng": _rng_state(loader.generator),
+        })
+    return history
+
+
+def _byol_views(
+    batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two augmented views of a batch: of one image, or of two dates (temporal)."""
+    image = batch["image"].to(device, non_blocking=True)
+    if config.positives == "augment":
+        return augment.byol_views(image, generator, config.image_size)
+    image2 = batch["image2"].to(device, non_blocking=True)
+    return (
+        augment.augment(image, augment.VIEW1, generator, config.image_size),
+        augment.augment(image2, augment.VIEW2, generator, config.image_size),
+    )
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Parameters of one fine-tuning run (the poster's scenarios are inits x label fractions)."""
+
+    arch: str = "resnet50"
+    init: str = "random"  # "random", "imagenet" or "byol:<checkpoint path>"
+    imagenet_weights_path: str | None = None  # local torchvision state dict (offline clusters)
+    label_fraction: float = 1.0  # share of the training sites whose labels are used
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9); cosine decay per step
+    seed: int = 0
+    linear_probe: bool = False  # True: frozen encoder, only the head trains
+    num_workers: int = 0
+    augment: bool = True  # random flips and quarter turns of training chips
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+
+
+def results_name(config: FinetuneConfig) -> str:
+    """Results file name from the run's parameters, e.g. finetune_init-byol_frac-0.01_seed-0.json.
+
+    A BYOL init is named "byol" whatever its checkpoint path.
+    """
+    init = "byol" if config.init.startswith("byol:") else config.init
+    probe = "_linear" if config.linear_probe else ""
+    return f"finetune_init-{init}_frac-{config.label_fraction:g}{probe}_seed-{config.seed}.json"
+
+
+def _git_commit() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "rapid_utils": rapid_utils.__version__,
+    }
+
+
+def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
+    """Parameters to optimise; in a linear probe only the head's (the rest is frozen)."""
+    if linear_probe:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("fc."))
+    return (param for param in model.parameters() if param.requires_grad)
+
+
+def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[list, list]:
+    logits, labels = _features(model, loader, device)
+    return labels.tolist(), logits.argmax(dim=1).tolist()
+
+
+def finetune(
+    config: FinetuneConfig,
+    corpus_root: str | Path,
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame,
+    test_index: pd.DataFrame,
+    band_stats: BandStats,
+    results_path: str | Path,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune a 7-class model and write its results file; return the results.
+
+    Trains on `config.label_fraction` of `train_index` (stratified, seeded), one random date
+    per site and epoch; evaluates val and test at each site's first date after every epoch.
+    An existing complete results file is returned as it is unless `force`.
+    """
+    results_path = Path(results_path)
+    if results_path.is_file() and not force:
+        existing = json.loads(results_path.read_text())
+        if existing.get("complete"):
+            stored = existing["parameters"]
+            changed = sorted(k for k, v in asdict(config).items() if stored.get(k) != v)
+            if changed:
+                raise ValueError(
+                    f"{results_path} holds a run with other parameters ({changed}); "
+                    "pass force=True to replace it or choose another results path"
+                )
+            return existing
+
+    device = default_device()
+    seed_everything(config.seed)
+    # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
+    model = models.build_model(
+        config.arch, 4, N_CLASSES, config.init, config.imagenet_weights_path
+    ).to(device)
+    labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
+
+    train_set = PlanetFusionDataset(corpus_root, labelled, band_stats, date_sampling="random")
+    # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
+    drop_last = len(train_set) % config.batch_size == 1
+    eval_loaders = {
+        name: _loader(
+            PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first"),
+            config.batch_size, config.seed, shuffle=False, num_workers=config.num_workers,
+        )
+        for name, index in (("val", val_index), ("test", test_index))
+    }
+
+    params = list(_trainable(model, config.linear_probe))
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    steps_per_epoch = len(train_set) // config.batch_size + (
+        len(train_set) % config.batch_size > 1
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * steps_per_epoch)
+    )
+
+    per_epoch: dict[str, list[float]] = {
+        "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
+    }
+    predictions: dict[str, tuple[list, list]] = {}
+    for epoch in range(config.epochs):
+        loader = _loader(
+            train_set, config.batch_size, config.seed + epoch, shuffle=True,
+            num_workers=config.num_workers, drop_last=drop_last,
+        )
+        flips = _augment_generator(config.seed + epoch, device)
+        # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
+        model.train(not config.linear_probe)
+        per_epoch["lr"].append(scheduler.get_last_lr()[0])
+        losses = []
+        for batch in tqdm(loader, desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+                          disable=not progress, leave=False):
+            image = batch["image"].to(device, non_blocking=True)
+            if config.augment:
+                image = augment.augment(image, FINETUNE_VIEW, flips)
+            loss = F.cross_entropy(model(image), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        per_epoch["train_loss"].append(float(np.mean(losses)))
+        for name, eval_loader in eval_loaders.items():
+            predictions[name] = _predict(model, eval_loader, device)
+            y_true, y_pred = predictions[name]
+            per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+
+    results = {
+        "parameters": asdict(config) | {
+            "n_train": len(train_index),
+            "n_labelled": len(labelled),
+            "n_val": len(val_index),
+            "n_test": len(test_index),
+        },
+        "seed": config.seed,
+        "device": str(device),
+        "per_epoch": per_epoch,
+        "final": {
+            name: metrics.classification_metrics(*predictions[name], n_classes=N_CLASSES)
+            for name in ("test", "val")
+        },
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "complete": True,
+    }
+    write_json_atomic(results_path, results)
+    return results

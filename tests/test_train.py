@@ -1,0 +1,247 @@
+"""Metrics, BYOL pretraining (checkpoint, resume) and fine-tuning on a tiny CPU corpus."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rapid_utils import datasets, metrics, models, splits, train
+from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.synthetic import generate_corpus
+from rapid_utils.labels import CLASSES
+
+DATES = ["2018-01-03", "2018-04-03", "2018-07-02", "2018-10-05"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 30-site, 16 px, 4-date corpus with its splits and band statistics."""
+    root = generate_corpus(
+        tmp_path_factory.mktemp("train") / "c", n_sites=30, seed=1, size=16, dates=DATES,
+        workers=1, progress=False,
+    )
+    index = build_index(root, progress=False)
+    split = splits.assign_splits(index, seed=0)
+    train_index = index[split == "train"]
+    return {
+        "corpus_root": root,
+        "train_index": train_index,
+        "val_index": index[split == "val"],
+        "band_stats": datasets.compute_band_stats(root, train_index, progress=False),
+    }
+
+
+def tiny_pretrain(**changes) -> train.PretrainConfig:
+    base = dict(
+        arch="resnet18", epochs=1, batch_size=8, base_lr=0.5, warmup_epochs=0, image_size=16,
+        hidden_dim=32, projection_dim=16, knn_k=3,
+    )
+    return train.PretrainConfig(**(base | changes))
+
+
+def tiny_finetune(**changes) -> train.FinetuneConfig:
+    base = dict(arch="resnet18", epochs=2, batch_size=8, lr=1e-3)
+    return train.FinetuneConfig(**(base | changes))
+
+
+def run_pretrain(data: dict, config: train.PretrainConfig, out_dir: Path) -> list[dict]:
+    return train.pretrain(
+        config, data["corpus_root"], data["train_index"], data["val_index"],
+        data["band_stats"], out_dir, progress=False,
+    )
+
+
+def run_finetune(data: dict, config: train.FinetuneConfig, path: Path, **kwargs) -> dict:
+    return train.finetune(
+        config, data["corpus_root"], data["train_index"], data["val_index"], data["val_index"],
+        data["band_stats"], path, progress=False, **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_classification_metrics_by_hand() -> None:
+    y_true = [0, 0, 1, 1, 2, 2]
+    y_pred = [0, 1, 1, 1, 2, 0]
+    result = metrics.classification_metrics(y_true, y_pred)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    # precision: class 0 1/2, class 1 2/3, class 2 1/1; recall: 1/2, 1, 1/2
+    assert result["precision"]["artificial"] == pytest.approx(0.5)
+    assert result["precision"]["agricultural"] == pytest.approx(2 / 3)
+    assert result["precision"]["forest"] == pytest.approx(1.0)
+    assert result["recall"]["artificial"] == pytest.approx(0.5)
+    assert result["recall"]["agricultural"] == pytest.approx(1.0)
+    assert result["recall"]["forest"] == pytest.approx(0.5)
+    f1 = [0.5, 0.8, 2 / 3] + [0.0] * 4  # absent classes count as 0 in the 7-class macro mean
+    assert result["macro_f1"] == pytest.approx(sum(f1) / 7)
+    assert set(result["precision"]) == set(CLASSES) == set(result["recall"])
+    assert result["precision"]["water"] == 0.0
+    assert result["confusion_matrix"][0][:3] == [1, 1, 0]
+    assert result["confusion_matrix"][2][:3] == [1, 0, 1]
+    assert np.array(result["confusion_matrix"]).shape == (7, 7)
+
+
+def test_knn_accuracy_separable_clusters() -> None:
+    train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    query_x = np.array([[1.0, 0.05], [0.05, 1.0]])
+    assert metrics.knn_accuracy(train_x, [0, 0, 1, 1], query_x, [0, 1], k=1) == 1.0
+    assert metrics.knn_accuracy(train_x, [0, 0, 1, 1], query_x, [1, 0], k=1) == 0.0
+
+
+def test_projection_std_healthy_and_collapsed() -> None:
+    d = 64
+    z = torch.randn(4096, d, generator=torch.Generator().manual_seed(0))
+    assert metrics.projection_std(z) == pytest.approx(1 / math.sqrt(d), rel=0.05)
+    assert metrics.projection_std(torch.ones(100, d)) == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def test_pretrain_checkpoint_loads_with_build_model(data: dict, tmp_path: Path) -> None:
+    history = run_pretrain(data, tiny_pretrain(), tmp_path)
+    assert len(history) == 1
+    entry = history[0]
+    assert set(entry) == {"epoch", "loss", "projection_std", "knn_accuracy", "lr", "tau"}
+    assert all(math.isfinite(v) for v in entry.values())
+    path = tmp_path / train.CHECKPOINT_FILE
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["history"] == history
+    model = models.build_model("resnet18", 4, num_classes=7, init=f"byol:{path}")
+    for name, value in checkpoint[models.BYOL_ENCODER_KEY].items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_resume_matches_uninterrupted_run(
+    data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_pretrain(epochs=2)
+    straight = run_pretrain(data, config, tmp_path / "straight")
+
+    save = train._save_checkpoint
+
+    def save_then_die(path: Path, checkpoint: dict) -> None:
+        save(path, checkpoint)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(data, config, tmp_path / "resumed")
+    monkeypatch.setattr(train, "_save_checkpoint", save)
+    resumed = run_pretrain(data, config, tmp_path / "resumed")
+
+    assert resumed == straight
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)  # a finished run trains no more
+    assert run_pretrain(data, config, tmp_path / "resumed") == straight
+    a, b = (
+        torch.load(tmp_path / run / train.CHECKPOINT_FILE, weights_only=True)["byol"]
+        for run in ("straight", "resumed")
+    )
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_other_config(data: dict, tmp_path: Path) -> None:
+    run_pretrain(data, tiny_pretrain(), tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt.*base_lr"):
+        run_pretrain(data, tiny_pretrain(base_lr=0.1), tmp_path)
+
+
+def test_temporal_positives_run(data: dict, tmp_path: Path) -> None:
+    history = run_pretrain(data, tiny_pretrain(positives="temporal", optimizer="sgd"), tmp_path)
+    assert math.isfinite(history[0]["loss"])
+
+
+def test_pair_sampling_gives_two_dates(data: dict) -> None:
+    dataset = datasets.PlanetFusionDataset(
+        data["corpus_root"], data["train_index"], data["band_stats"], date_sampling="pair"
+    )
+    item = dataset[0]
+    assert item["date"] != item["date2"]
+    assert item["image2"].shape == item["image"].shape
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_results_file(data: dict, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    results = run_finetune(data, tiny_finetune(), path)
+    assert json.loads(path.read_text()) == results
+    assert results["complete"] is True
+    assert {"parameters", "per_epoch", "final", "seed", "versions", "git_commit"} <= set(results)
+    assert set(results["versions"]) == {"torch", "torchvision", "numpy", "rapid_utils"}
+    assert results["parameters"]["n_labelled"] == len(data["train_index"])
+    for values in results["per_epoch"].values():
+        assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    test = results["final"]["test"]
+    assert set(test["precision"]) == set(CLASSES) == set(test["recall"])
+    assert np.sum(test["confusion_matrix"]) == len(data["val_index"])
+
+    again = run_finetune(data, tiny_finetune(), tmp_path / "again.json")
+    assert again["per_epoch"] == results["per_epoch"] and again["final"] == results["final"]
+
+
+def test_finetune_reuses_complete_result_unless_forced(
+    data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.json"
+    config = tiny_finetune(epochs=1)
+    first = run_finetune(data, config, path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although a complete result exists")
+
+    monkeypatch.setattr(train.models, "build_model", no_training)
+    assert run_finetune(data, config, path) == first
+    with pytest.raises(AssertionError, match="trained although"):
+        run_finetune(data, config, path, force=True)
+
+
+def test_linear_probe_freezes_encoder(
+    data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = []
+    build = models.build_model
+
+    def keep(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train.models, "build_model", keep)
+    run_finetune(data, tiny_finetune(linear_probe=True, epochs=1), tmp_path / "r.json")
+    torch.manual_seed(0)  # finetune seeds with config.seed (0) right before building the model
+    fresh = build("resnet18", 4, 7).state_dict()
+    for name, value in built[0].state_dict().items():
+        if name.startswith("fc."):
+            assert not torch.equal(value, fresh[name]), name
+        else:
+            assert torch.equal(value, fresh[name]), name
+
+
+def test_label_fraction_uses_fewer_sites(data: dict, tmp_path: Path) -> None:
+    config = tiny_finetune(label_fraction=0.1, epochs=1)
+    results = run_finetune(data, config, tmp_path / train.results_name(config))
+    expected = len(splits.label_fraction(data["train_index"], 0.1, 0))
+    assert results["parameters"]["n_labelled"] == expected < len(data["train_index"])
+
+
+def test_missing_imagenet_weights_fail_before_training(data: dict, tmp_path: Path) -> None:
+    config = tiny_finetune(init="imagenet", imagenet_weights_path=str(tmp_path / "none.pt"))
+    with pytest.raises(models.WeightsUnavailableError):
+        run_finetune(data, config, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_results_name() -> None:
+    config = train.FinetuneConfig(init="byol:/some/dir/checkpoint.pt", label_fraction=0.01)
+    assert train.results_name(config) == "finetune_init-byol_frac-0.01_seed-0.json"
+    probe = dataclasses.replace(config, init="random", linear_probe=True, seed=2)
+    assert train.results_name(probe) == "finetune_init-random_frac-0.01_linear_seed-2.json"
