@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rapid-utils` console script."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # our one line per notebook suffices
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

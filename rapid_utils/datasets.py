@@ -11,11 +11,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from rapid_utils import labels
 from rapid_utils.corpus import layout
-from rapid_utils.corpus.reader import DateSelection, available_dates, read_raster, select_dates
+from rapid_utils.corpus.reader import (
+    DateSelection,
+    available_dates,
+    read_raster,
+    sample_chips,
+    select_dates,
+)
 from rapid_utils.io import write_json_atomic
 
 DATE_SAMPLING = ("random", "first", "all", "pair")
@@ -55,25 +60,23 @@ def compute_band_stats(
 
     Pass training sites only, so validation and test data do not leak into normalisation.
     """
-    rng = np.random.default_rng(seed)
-    chosen = sites["sample_id"].to_numpy()
-    chosen = chosen[rng.permutation(len(chosen))[:n_sites]]
     total = np.zeros(len(layout.BANDS))
     total_sq = np.zeros(len(layout.BANDS))
     count = np.zeros(len(layout.BANDS))
-    for sample_id in tqdm(chosen, desc="band statistics", unit="site", disable=not progress):
-        site_dates = select_dates(available_dates(Path(root), sample_id), dates, sample_id)
-        for i in rng.permutation(len(site_dates))[:dates_per_site]:
-            chip = read_raster(layout.raster_path(Path(root), sample_id, site_dates[i]))
-            values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
-            total += values.sum(axis=(1, 2)).filled(0)
-            total_sq += (values**2).sum(axis=(1, 2)).filled(0)
-            count += values.count(axis=(1, 2))
+    sites_seen = set()
+    chips = sample_chips(Path(root), sites["sample_id"].tolist(), n_sites, dates_per_site, dates,
+                         seed, progress, desc="band statistics")
+    for sample_id, chip in chips:
+        values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
+        total += values.sum(axis=(1, 2)).filled(0)
+        total_sq += (values**2).sum(axis=(1, 2)).filled(0)
+        count += values.count(axis=(1, 2))
+        sites_seen.add(sample_id)
     if not count.all():
         raise ValueError("no valid pixels to compute band statistics from")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen), int(count[0]))
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]))
 
 
 class PlanetFusionDataset(Dataset):

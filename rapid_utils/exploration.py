@@ -16,13 +16,7 @@ import xarray as xr
 
 from rapid_utils import labels
 from rapid_utils.corpus import layout
-from rapid_utils.corpus.reader import (
-    DateSelection,
-    available_dates,
-    read_raster,
-    read_site,
-    select_dates,
-)
+from rapid_utils.corpus.reader import DateSelection, read_site, sample_chips
 
 if TYPE_CHECKING:  # datasets imports torch; exploration and plots do not need it
     from rapid_utils.datasets import BandStats
@@ -83,18 +77,15 @@ def sample_band_values(
 ) -> dict[str, np.ndarray]:
     """Reflectance (0-1) of valid pixels from a seeded sample of sites and dates, per band."""
     rng = np.random.default_rng(seed)
-    ids = index["sample_id"].sort_values().to_numpy()
-    ids = ids[rng.permutation(len(ids))[:n_sites]]
     values: list[list[np.ndarray]] = [[] for _ in layout.BANDS]
-    for sample_id in ids:
-        site_dates = select_dates(available_dates(Path(root), sample_id), dates, sample_id)
-        for i in rng.permutation(len(site_dates))[:dates_per_site]:
-            chip = read_raster(layout.raster_path(Path(root), sample_id, site_dates[i]))
-            valid = ~np.ma.getmaskarray(chip).any(axis=0)
-            pixels = chip.data[:, valid]
-            keep = rng.permutation(pixels.shape[1])[:pixels_per_image]
-            for band, row in enumerate(pixels[:, keep]):
-                values[band].append(row.astype(np.float64) / layout.REFLECTANCE_SCALE)
+    chips = sample_chips(Path(root), index["sample_id"].tolist(), n_sites, dates_per_site, dates,
+                         seed)
+    for _, chip in chips:
+        valid = ~np.ma.getmaskarray(chip).any(axis=0)
+        pixels = chip.data[:, valid]
+        keep = rng.permutation(pixels.shape[1])[:pixels_per_image]
+        for band, row in enumerate(pixels[:, keep]):
+            values[band].append(row.astype(np.float64) / layout.REFLECTANCE_SCALE)
     return {
         band: np.concatenate(parts) if parts else np.empty(0)
         for band, parts in zip(layout.BANDS, values, strict=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,30 @@ def read_raster(
     if np.issubdtype(data.dtype, np.floating):
         mask = mask | np.isnan(data.data)
     return np.ma.MaskedArray(data.data, mask=mask)
+
+
+def sample_chips(
+    root: Path,
+    sample_ids: Sequence[str],
+    n_sites: int,
+    dates_per_site: int,
+    dates: DateSelection = "monthly",
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "sampling chips",
+) -> Iterator[tuple[str, np.ma.MaskedArray]]:
+    """Yield (sample_id, PF-SR chip) for a seeded sample of sites and of their dates.
+
+    Sites are drawn from `sample_ids` in sorted order, so the sample depends only on the set
+    of sites and the seed. Shared by normalisation statistics and exploration plots.
+    """
+    rng = np.random.default_rng(seed)
+    ordered = np.sort(np.asarray(sample_ids, dtype=str))
+    chosen = ordered[rng.permutation(len(ordered))[:n_sites]]
+    for sample_id in tqdm(chosen, desc=desc, unit="site", disable=not progress):
+        site_dates = select_dates(available_dates(Path(root), sample_id), dates, sample_id)
+        for i in rng.permutation(len(site_dates))[:dates_per_site]:
+            yield sample_id, read_raster(layout.raster_path(Path(root), sample_id, site_dates[i]))
 
 
 def read_site(
