@@ -8,7 +8,7 @@ in a global figure manager: notebooks show a figure by ending a cell with it, an
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -349,4 +349,147 @@ def plot_split_sizes(table: pd.DataFrame) -> Figure:
     right.set_ylabel("labelled training sites (log)")
     right.set_title("Label fractions of the training split, per class")
     right.grid(axis="y", alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- training figures
+
+
+def plot_pretraining_history(
+    history: Sequence[Mapping[str, float]], projection_dim: int = 256
+) -> Figure:
+    """BYOL loss, projection std (with the 1/sqrt(d) reference) and kNN accuracy per epoch.
+
+    `history` is `train.pretrain`'s list of per-epoch dicts; `projection_dim` (the config's d)
+    places the reference line of well-spread projections.
+    """
+    table = pd.DataFrame(list(history))
+    dim = projection_dim
+    fig = Figure(figsize=(12.0, 3.6), layout="constrained")
+    loss_ax, std_ax, knn_ax = fig.subplots(1, 3)
+    epochs = table["epoch"].to_numpy()
+    loss_ax.plot(epochs, table["loss"], marker="o", color="0.2")
+    loss_ax.set_title("BYOL loss")
+    loss_ax.set_ylabel("loss (0 to 4)")
+    std_ax.plot(epochs, table["projection_std"], marker="o", color="#1f5fbf", label="measured")
+    std_ax.axhline(1 / np.sqrt(dim), color="#1b6e2d", linestyle="--",
+                   label=f"1/√{dim}: well spread")
+    std_ax.axhline(0, color="#d7263d", linestyle=":", label="0: collapsed")
+    std_ax.set_ylim(bottom=-0.005)
+    std_ax.set_title("Projection std (collapse guard)")
+    std_ax.legend(fontsize=8)
+    knn_ax.plot(epochs, 100 * table["knn_accuracy"], marker="o", color="#f0a202")
+    knn_ax.set_ylim(0, 100)
+    knn_ax.set_title("kNN accuracy on validation sites")
+    knn_ax.set_ylabel("accuracy (%)")
+    for ax in (loss_ax, std_ax, knn_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def plot_embedding(features: np.ndarray, class_ids: Sequence[int]) -> Figure:
+    """2-D PCA of encoder features (N, D), one marker style per poster class."""
+    from sklearn.decomposition import PCA  # imported here: only this figure needs it
+
+    features = np.asarray(features, dtype=np.float64)
+    class_ids = np.asarray(class_ids)
+    n_components = min(2, *features.shape)
+    pca = PCA(n_components=n_components).fit(features)
+    points = np.zeros((len(features), 2))
+    points[:, :n_components] = pca.transform(features)
+    explained = np.zeros(2)
+    explained[:n_components] = pca.explained_variance_ratio_
+    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    counts = {name: int(np.sum(class_ids == k)) for k, name in enumerate(labels.CLASSES)}
+    for k, name in enumerate(labels.CLASSES):
+        chosen = class_ids == k
+        if chosen.any():
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=30, c=CLASS_COLORS[name],
+                       marker=CLASS_MARKERS[name], edgecolors="0.2", linewidths=0.4, alpha=0.85)
+    ax.legend(handles=[_class_handle(n, f"{n} ({counts[n]})") for n in labels.CLASSES if counts[n]],
+              title="dominant class (sites)", fontsize=8, title_fontsize=8)
+    ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
+    ax.set_title(f"Encoder features of {len(features):,} sites (PCA)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _run_title(results: Mapping) -> str:
+    p = results["parameters"]
+    probe = ", linear probe" if p.get("linear_probe") else ""
+    init = "byol" if str(p["init"]).startswith("byol:") else p["init"]
+    return f"{p['arch']}, init {init}, {p['label_fraction']:g} of labels{probe}, seed {p['seed']}"
+
+
+def plot_finetune_curves(results: Mapping) -> Figure:
+    """Training loss, validation and test accuracy per epoch of one fine-tuning results dict."""
+    per_epoch = results["per_epoch"]
+    epochs = np.arange(1, len(per_epoch["train_loss"]) + 1)
+    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, per_epoch["train_loss"], marker="o", color="0.2")
+    loss_ax.set_ylabel("cross-entropy")
+    loss_ax.set_title("Training loss")
+    for split, colour in (("val", "#1f5fbf"), ("test", "#d7263d")):
+        acc_ax.plot(epochs, 100 * np.asarray(per_epoch[f"{split}_accuracy"]), marker="o",
+                    color=colour, label=split)
+    acc_ax.set_ylim(0, 100)
+    acc_ax.set_ylabel("overall accuracy (%)")
+    acc_ax.set_title("Accuracy")
+    acc_ax.legend(fontsize=8)
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(_run_title(results))
+    return fig
+
+
+def plot_precision_recall(results: Mapping, split: str = "test") -> Figure:
+    """Per-class precision and recall bars (poster Fig. 5) of a results dict's final metrics."""
+    final = results["final"][split]
+    positions = np.arange(len(labels.CLASSES))
+    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for offset, key, hatch in ((-0.2, "precision", ""), (0.2, "recall", "//")):
+        values = [100 * final[key].get(name, 0.0) for name in labels.CLASSES]
+        ax.bar(positions + offset, values, width=0.4, hatch=hatch, label=key,
+               color=[CLASS_COLORS[c] for c in labels.CLASSES], edgecolor="0.2", linewidth=0.6)
+    ax.set_xticks(positions, labels.CLASSES, rotation=20)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{split}: precision (plain) and recall (hatched) per class; "
+                 f"accuracy {final['accuracy']:.1%}, macro-F1 {final['macro_f1']:.2f}, "
+                 f"n {final['n']}", fontsize=9)
+    fig.suptitle(_run_title(results))
+    return fig
+
+
+def plot_confusion(results: Mapping, split: str = "test") -> Figure:
+    """Row-normalised confusion matrix (true class rows, predicted columns) of a results dict."""
+    import seaborn as sns  # imported here: only this figure needs it
+
+    matrix = np.asarray(results["final"][split]["confusion_matrix"], dtype=float)
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.full_like(matrix, np.nan), where=rows > 0)
+    names = list(labels.CLASSES[: len(matrix)])
+    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(
+        pd.DataFrame(shares, index=names, columns=names), ax=ax, vmin=0, vmax=1,
+        cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8}, square=True,
+        cbar_kws={"label": "share of the true class's sites"}, linewidths=0.5, linecolor="white",
+    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (row sums in brackets)")
+    ax.set_yticklabels([f"{n} ({int(r)})" for n, r in zip(names, rows[:, 0], strict=True)],
+                       rotation=0)
+    ax.set_title(f"{split} confusion matrix, rows normalised (empty rows blank)", fontsize=9)
+    fig.suptitle(_run_title(results))
     return fig

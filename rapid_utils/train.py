@@ -294,6 +294,27 @@ def pretrain(
     return history
 
 
+def encoder_features(
+    checkpoint: str | Path,
+    arch: str,
+    corpus_root: str | Path,
+    index: pd.DataFrame,
+    band_stats: BandStats,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, D) of a pretrained BYOL encoder and class ids (N,) of `index` sites.
+
+    Each site is read at its first date, as in the kNN guard of `pretrain`.
+    """
+    device = default_device()
+    encoder = models.build_model(arch, 4, 0, f"byol:{checkpoint}").to(device)
+    dataset = PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first")
+    loader = _loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
+    features, class_ids = _features(encoder, loader, device)
+    return features.numpy(), class_ids.numpy()
+
+
 def _byol_views(
     batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
