@@ -10,6 +10,7 @@ import pytest
 
 os.environ["MPLBACKEND"] = "agg"  # headless figures, set before anything imports matplotlib
 
+from rapid_utils import batch, paths  # noqa: E402
 from rapid_utils.corpus.synthetic import generate_corpus  # noqa: E402
 
 TINY = {"n_sites": 24, "seed": 3, "size": 32}
@@ -38,3 +39,23 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def corpus_copy(tiny_corpus: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny corpus, for tests that damage or delete files."""
     return Path(shutil.copytree(tiny_corpus, tmp_path / "c"))
+
+
+@pytest.fixture
+def run_notebooks(monkeypatch: pytest.MonkeyPatch):
+    """Execute notebooks in order through the batch runner; fail the test on any error.
+
+    Call it with ({notebook name: parameters}, output folder). The kernel finds rapid_utils
+    even where the package is not installed (PYTHONPATH), and draws with the agg backend.
+    """
+    root = str(paths.notebooks_dir().parent)
+    pythonpath = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
+    monkeypatch.setenv("MPLBACKEND", "agg")
+
+    def run(parameters_by_name: dict[str, dict], output_dir: Path) -> None:
+        for name, parameters in parameters_by_name.items():
+            outcome = batch.run_notebook(name, output_dir / f"{name}.ipynb", parameters)
+            assert outcome.error is None, f"{name}: {outcome.error} (see {outcome.output})"
+
+    return run

@@ -117,15 +117,9 @@ def test_committed_notebook_is_clean(name: str) -> None:
 
 
 @pytest.mark.slow
-def test_notebooks_pretrain_then_finetune(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_notebooks_pretrain_then_finetune(tmp_path: Path, run_notebooks) -> None:
     corpus = generate_corpus(tmp_path / "c", n_sites=30, seed=2, size=16, dates=DATES,
                              workers=1, progress=False)
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    root = str(paths.notebooks_dir().parent)
-    pythonpath = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))  # the kernel imports rapid_utils
     notebooks = paths.notebooks_dir()
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     common = {
@@ -133,12 +127,7 @@ def test_notebooks_pretrain_then_finetune(
         "figures_dir": str(figures),
         "runs_dir": os.path.relpath(runs, notebooks),  # relative to the notebook's folder
     } | TINY
-    for name, parameters in NOTEBOOKS.items():
-        pm.execute_notebook(
-            notebooks / f"{name}.ipynb", tmp_path / f"{name}.ipynb",
-            parameters=common | parameters, kernel_name="python3", cwd=str(notebooks),
-            progress_bar=False, execution_timeout=300,
-        )
+    run_notebooks({name: common | p for name, p in NOTEBOOKS.items()}, tmp_path)
 
     checkpoint = runs / "byol" / "byol_augment_seed0" / train.CHECKPOINT_FILE
     assert checkpoint.is_file()

@@ -227,12 +227,8 @@ def test_committed_notebook_is_clean(name: str) -> None:
 
 @pytest.mark.slow
 def test_notebooks_run_end_to_end(
-    corpus: Path, index: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    corpus: Path, index: pd.DataFrame, tmp_path: Path, run_notebooks
 ) -> None:
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    root = str(paths.notebooks_dir().parent)
-    pythonpath = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))  # the kernel imports rapid_utils
     notebooks = paths.notebooks_dir()
     figures, runs = tmp_path / "figures", tmp_path / "runs"
     common = {
@@ -242,16 +238,7 @@ def test_notebooks_run_end_to_end(
         "seed": 0,
         "split_by": "site",
     }
-    for name, parameters in NOTEBOOKS.items():
-        pm.execute_notebook(
-            notebooks / f"{name}.ipynb",
-            tmp_path / f"{name}.ipynb",
-            parameters=common | parameters,
-            kernel_name="python3",
-            cwd=str(notebooks),
-            progress_bar=False,
-            execution_timeout=300,
-        )
+    run_notebooks({name: common | p for name, p in NOTEBOOKS.items()}, tmp_path)
     for figure in (f for names in FIGURES.values() for f in names):
         assert (figures / f"{figure}.png").is_file(), figure
         assert (figures / f"{figure}.pdf").is_file(), figure
