@@ -1,13 +1,19 @@
-"""The `rapid-utils` command: generate the embedded corpus, run the notebook batch."""
+"""The `rapid-utils` command: generate the embedded corpus, run the notebook batch, train.
+
+`pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
+`torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+from pathlib import Path
 
-from rapid_utils import batch
+from rapid_utils import batch, paths, study, train
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import generate_corpus
 
@@ -31,6 +37,53 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One option per field of a training config dataclass, with its default."""
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif field.default is None:
+            parser.add_argument(flag, default=None)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
+
+
+def _config(args: argparse.Namespace, config_class: type):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", required=True, help="corpus root (real or embedded)")
+    parser.add_argument("--runs", required=True,
+                        help="runs folder: band_stats.json, byol/ checkpoints, results/")
+    parser.add_argument("--split-by", default="site", choices=("site", "tile"))
+    parser.add_argument("--stats-sites", type=int, default=256,
+                        help="training sites for band statistics when band_stats.json is missing")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    config = _config(args, train.PretrainConfig)
+    data = study.load_study(args.corpus, args.runs, args.split_by, config.seed, args.stats_sites)
+    out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
+    history = train.pretrain(config, data.corpus, data.sites("train"), data.sites("val"),
+                             data.band_stats, out_dir)
+    logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    args.init = study.resolve_init(args.init, args.runs, args.positives, args.seed,
+                                   args.byol_checkpoint)
+    config = _config(args, train.FinetuneConfig)
+    data = study.load_study(args.corpus, args.runs, args.split_by, config.seed, args.stats_sites)
+    results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
+    results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
+                             data.sites("test"), data.band_stats, results_path, force=args.force)
+    logging.info("test accuracy %.3f -> %s", results["final"]["test"]["accuracy"], results_path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `rapid-utils`."""
     parser = argparse.ArgumentParser(prog="rapid-utils", description=__doc__)
@@ -52,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--extra", action="append", default=[],
                            help="another YAML file overriding profile values (repeatable)")
     reproduce.set_defaults(func=_reproduce)
+
+    pretrain = commands.add_parser("pretrain", help="BYOL pretraining (torchrun-ready)")
+    _add_study_options(pretrain)
+    _add_config_options(pretrain, train.PretrainConfig)
+    pretrain.set_defaults(func=_pretrain)
+
+    finetune = commands.add_parser("finetune", help="fine-tune and write a results file")
+    _add_study_options(finetune)
+    _add_config_options(finetune, train.FinetuneConfig)
+    finetune.add_argument("--positives", default="augment",
+                          help="with --init byol: which pretraining run's checkpoint to use")
+    finetune.add_argument("--byol-checkpoint", default="",
+                          help="with --init byol: a checkpoint path instead of the default")
+    finetune.add_argument("--force", action="store_true", help="retrain over a complete result")
+    finetune.set_defaults(func=_finetune)
     return parser
 
 

@@ -14,6 +14,7 @@ _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 # File names inside a runs folder (notebooks receive the folder as a parameter).
 BAND_STATS_FILE = "band_stats.json"
 SPLITS_FILE = "splits.csv"
+CHECKPOINT_FILE = "checkpoint.pt"  # inside a BYOL run folder
 
 
 def project_root() -> Path:
@@ -63,3 +64,13 @@ def band_stats_path(profile: str) -> Path:
 def splits_path(profile: str) -> Path:
     """The split of every site (sample_id, split, label) written by notebook 02."""
     return runs_dir(profile) / SPLITS_FILE
+
+
+def byol_run_dir(runs: Path, positives: str, seed: int) -> Path:
+    """Checkpoint folder of one BYOL pretraining run inside a runs folder."""
+    return Path(runs) / "byol" / f"byol_{positives}_seed{seed}"
+
+
+def results_dir(runs: Path) -> Path:
+    """Fine-tuning results files (one JSON per run) inside a runs folder."""
+    return Path(runs) / "results"

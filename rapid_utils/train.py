@@ -1,7 +1,14 @@
 """Training loops: BYOL pretraining (checkpointed, resumable) and land-cover fine-tuning.
 
-Both loops run on whatever device `default_device` finds (CUDA when present, else CPU) and are
-seeded end to end: the same seed on the same machine gives the same weights and metrics.
+Both loops run on whatever device they find (CUDA when present, else CPU) and are seeded end to
+end: the same seed on the same machine gives the same weights and metrics. Under `torchrun` they
+train data-parallel (DistributedDataParallel; SyncBatchNorm on GPUs; the EMA target updated
+once per optimizer step on every process; only rank 0 evaluates and writes). On CUDA, forward
+passes run in bf16 autocast with channels_last tensors.
+
+Poster scale (ResNet-50, 200 px, ~375K training sites), one node with 8 GPUs:
+    torchrun --standalone --nproc_per_node=8 -m rapid_utils.cli pretrain ...
+(see the README, "Scaling up", for the exact command).
 Fine-tuning writes one results file per run; pretraining one checkpoint that `models.build_model`
 reads with ``init="byol:<path>"``.
 """
@@ -18,29 +25,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 import rapid_utils
-from rapid_utils import augment, byol, metrics, models, splits
+from rapid_utils import augment, byol, distributed, metrics, models, paths, splits
 from rapid_utils.datasets import BandStats, PlanetFusionDataset
 from rapid_utils.io import atomic_path, write_json_atomic
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = paths.CHECKPOINT_FILE
 N_CLASSES = 7
 
 FINETUNE_VIEW = augment.ViewConfig(
     crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, blur_p=0.0
 )
 """Fine-tuning augmentation: random flips and quarter turns only (land cover has no 'up')."""
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -57,25 +61,95 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+# Config fields that change how fast batches arrive, not what is learnt: a run may resume, or
+# a result be reused, with other values.
+LOADER_FIELDS = ("num_workers", "pin_memory", "prefetch_factor")
+
+
+def _changed_fields(config: object, stored: dict | None) -> list[str]:
+    """Config fields whose value differs from `stored`, loader settings aside."""
+    current = asdict(config)
+    return sorted(
+        k for k, v in current.items() if k not in LOADER_FIELDS and (stored or {}).get(k) != v
+    )
+
+
 def _loader(
     dataset: PlanetFusionDataset,
     batch_size: int,
     seed: int,
     shuffle: bool,
-    num_workers: int,
+    num_workers: int = 0,
+    pin_memory: bool = True,
+    prefetch_factor: int = 2,
     drop_last: bool = False,
+    context: distributed.Context | None = None,
 ) -> DataLoader:
-    """A DataLoader whose order and worker seeds follow `seed` alone."""
+    """A DataLoader whose order and worker seeds follow `seed` alone.
+
+    With a multi-process `context`, each process reads its own shard of a shuffled order
+    (DistributedSampler seeded by `seed`) and `batch_size` is per process. Pinned memory
+    applies on CUDA only; `prefetch_factor` batches per worker are loaded ahead.
+    """
+    sampler = None
+    if context is not None and context.active:
+        sampler = DistributedSampler(
+            dataset, context.world_size, context.rank, shuffle=shuffle, seed=seed,
+            drop_last=drop_last,
+        )
+        shuffle = False
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
+
+
+def _accelerate(model: nn.Module, device: torch.device, context: distributed.Context) -> nn.Module:
+    """Move to `device`; on CUDA use SyncBatchNorm across processes and channels_last."""
+    if device.type == "cuda":
+        if context.active:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device`, channels_last on CUDA (matching `_accelerate`)."""
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _wrap(model: nn.Module, device: torch.device, context: distributed.Context) -> nn.Module:
+    """DistributedDataParallel around `model` when several processes train, else `model`."""
+    if not context.active:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
+def _mean_over_processes(value: float, context: distributed.Context) -> float:
+    if not context.active:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return float(total.item()) / context.world_size
 
 
 def _augment_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -91,7 +165,8 @@ def _features(
     model.eval()
     outputs, targets = [], []
     for batch in loader:
-        outputs.append(model(batch["image"].to(device)).float().cpu())
+        with _autocast(device):
+            outputs.append(model(_to_device(batch["image"], device)).float().cpu())
         targets.append(batch["label"])
     model.train(was_training)
     return torch.cat(outputs), torch.cat(targets)
@@ -116,7 +191,9 @@ class PretrainConfig:
     image_size: int = 200  # side of the augmented views, px
     positives: str = "augment"  # "augment": two views of one image; "temporal": two dates
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (per training process)
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
+    prefetch_factor: int = 2  # batches each worker loads ahead
     optimizer: str = "lars"  # "lars" or "sgd"
     hidden_dim: int = 4096  # projector/predictor hidden width (BYOL)
     projection_dim: int = 256
@@ -170,11 +247,8 @@ def _save_checkpoint(path: Path, checkpoint: dict) -> None:
 def _load_checkpoint(path: Path, config: PretrainConfig) -> dict:
     """The checkpoint at `path`, refusing one written with other parameters."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    stored = checkpoint.get("config")
-    if stored != asdict(config):
-        changed = sorted(
-            k for k in asdict(config) if (stored or {}).get(k) != asdict(config)[k]
-        )
+    changed = _changed_fields(config, checkpoint.get("config"))
+    if changed:
         raise ValueError(
             f"{path} was written by a pretraining run with other parameters (differing: "
             f"{changed}); use another out_dir or delete the file to start afresh"
@@ -202,25 +276,34 @@ def pretrain(
     step), then saves ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed;
     one with another config is refused.
     """
-    device = default_device()
+    context = distributed.setup()
+    device = distributed.device(context)
     path = Path(out_dir) / CHECKPOINT_FILE
     seed_everything(config.seed)
+    if config.batch_size % context.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} (global) must divide by the {context.world_size} "
+            "processes"
+        )
 
     encoder = models.build_model(config.arch, in_channels=4, num_classes=0)
     model = byol.BYOL(
         encoder, models.feature_dim(encoder), config.hidden_dim, config.projection_dim
-    ).to(device)
+    )
+    model = _accelerate(model, device, context)
     optimizer = _build_optimizer(model, config)
 
     sampling = "pair" if config.positives == "temporal" else "random"
     dataset = PlanetFusionDataset(corpus_root, train_index, band_stats, date_sampling=sampling)
-    steps_per_epoch = len(dataset) // config.batch_size
+    local_batch = config.batch_size // context.world_size
+    steps_per_epoch = (len(dataset) // context.world_size) // local_batch
     if steps_per_epoch == 0:
         raise ValueError(
             f"batch_size {config.batch_size} exceeds the {len(dataset)} training sites"
         )
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps - 1)
+    loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
     knn_train, knn_val = (
         _loader(
@@ -228,7 +311,7 @@ def pretrain(
                 corpus_root, _knn_subset(index, config.knn_sites, config.seed), band_stats,
                 date_sampling="first",
             ),
-            config.batch_size, config.seed, shuffle=False, num_workers=config.num_workers,
+            config.batch_size, config.seed, shuffle=False, **loading,
         )
         for index in (train_index, val_index)
     )
@@ -242,56 +325,70 @@ def pretrain(
         start_epoch, step = checkpoint["epoch"], checkpoint["global_step"]
         history = checkpoint["history"]
         _set_rng_state(checkpoint["rng"])
+    trainer = _wrap(model, device, context)
 
     for epoch in range(start_epoch, config.epochs):
         loader = _loader(
-            dataset, config.batch_size, config.seed + epoch, shuffle=True,
-            num_workers=config.num_workers, drop_last=True,
+            dataset, local_batch, config.seed + epoch, shuffle=True, drop_last=True,
+            context=context, **loading,
         )
-        views_rng = _augment_generator(config.seed + epoch, device)
+        # Each process draws its own views; rank 0 matches a single-process run.
+        views_rng = _augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         model.train()
         losses = []
         for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
-                          disable=not progress, leave=False):
+                          disable=not (progress and context.is_main), leave=False):
             view1, view2 = _byol_views(batch, config, views_rng, device)
             lr = byol.lr_schedule(
                 step, total_steps, config.base_lr, config.batch_size, warmup_steps
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = model(view1, view2)
+            with _autocast(device):
+                loss = trainer(view1, view2).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             tau = byol.tau_schedule(step, total_steps, config.tau_base)
-            model.update_target(tau)
+            model.update_target(tau)  # identical on every process: same online weights
             step += 1
             losses.append(loss.item())
 
-        train_x, train_y = _features(model.encoder, knn_train, device)
-        val_x, val_y = _features(model.encoder, knn_val, device)
-        model.projector.eval()
-        with torch.no_grad():
-            z = model.projector(val_x.to(device))
-        history.append({
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "projection_std": metrics.projection_std(z),
-            "knn_accuracy": metrics.knn_accuracy(train_x, train_y, val_x, val_y, config.knn_k),
-            "lr": lr,
-            "tau": tau,
-        })
-        _save_checkpoint(path, {
-            models.BYOL_ENCODER_KEY: model.encoder.state_dict(),
-            "byol": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "global_step": step,
-            "history": history,
-            "config": asdict(config),
-            "rng": _rng_state(loader.generator),
-        })
+        entry = {"epoch": epoch + 1, "loss": _mean_over_processes(float(np.mean(losses)), context),
+                 "lr": lr, "tau": tau}
+        if context.is_main:
+            entry |= _collapse_guards(model, knn_train, knn_val, config.knn_k, device)
+            history.append(entry)
+            _save_checkpoint(path, {
+                models.BYOL_ENCODER_KEY: model.encoder.state_dict(),
+                "byol": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "global_step": step,
+                "history": history,
+                "config": asdict(config),
+                "rng": _rng_state(loader.generator),
+            })
+        else:
+            history.append(entry)
+        distributed.barrier(context)
     return history
+
+
+def _collapse_guards(
+    model: byol.BYOL, knn_train: DataLoader, knn_val: DataLoader, k: int, device: torch.device
+) -> dict:
+    """Projection std and kNN accuracy of the online network on labelled sites (rank 0 only)."""
+    train_x, train_y = _features(model.encoder, knn_train, device)
+    val_x, val_y = _features(model.encoder, knn_val, device)
+    model.projector.eval()
+    with torch.no_grad():
+        z = model.projector(val_x.to(device))
+    model.projector.train()
+    return {
+        "projection_std": metrics.projection_std(z),
+        "knn_accuracy": metrics.knn_accuracy(train_x, train_y, val_x, val_y, k),
+    }
 
 
 def encoder_features(
@@ -307,8 +404,10 @@ def encoder_features(
 
     Each site is read at its first date, as in the kNN guard of `pretrain`.
     """
-    device = default_device()
-    encoder = models.build_model(arch, 4, 0, f"byol:{checkpoint}").to(device)
+    device = distributed.device(distributed.Context())
+    encoder = _accelerate(
+        models.build_model(arch, 4, 0, f"byol:{checkpoint}"), device, distributed.Context()
+    )
     dataset = PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first")
     loader = _loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
     features, class_ids = _features(encoder, loader, device)
@@ -319,10 +418,10 @@ def _byol_views(
     batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two augmented views of a batch: of one image, or of two dates (temporal)."""
-    image = batch["image"].to(device, non_blocking=True)
+    image = _to_device(batch["image"], device)
     if config.positives == "augment":
         return augment.byol_views(image, generator, config.image_size)
-    image2 = batch["image2"].to(device, non_blocking=True)
+    image2 = _to_device(batch["image2"], device)
     return (
         augment.augment(image, augment.VIEW1, generator, config.image_size),
         augment.augment(image2, augment.VIEW2, generator, config.image_size),
@@ -347,7 +446,9 @@ class FinetuneConfig:
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9); cosine decay per step
     seed: int = 0
     linear_probe: bool = False  # True: frozen encoder, only the head trains
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (per training process)
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
+    prefetch_factor: int = 2  # batches each worker loads ahead
     augment: bool = True  # random flips and quarter turns of training chips
 
     def __post_init__(self) -> None:
@@ -422,8 +523,7 @@ def finetune(
     if results_path.is_file() and not force:
         existing = json.loads(results_path.read_text())
         if existing.get("complete"):
-            stored = existing["parameters"]
-            changed = sorted(k for k, v in asdict(config).items() if stored.get(k) != v)
+            changed = _changed_fields(config, existing["parameters"])
             if changed:
                 raise ValueError(
                     f"{results_path} holds a run with other parameters ({changed}); "
@@ -431,21 +531,34 @@ def finetune(
                 )
             return existing
 
-    device = default_device()
+    context = distributed.setup()
+    device = distributed.device(context)
     seed_everything(config.seed)
+    if config.batch_size % context.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} (global) must divide by the {context.world_size} "
+            "processes"
+        )
     # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
-    model = models.build_model(
-        config.arch, 4, N_CLASSES, config.init, config.imagenet_weights_path
-    ).to(device)
+    model = models.build_model(config.arch, 4, N_CLASSES, config.init, config.imagenet_weights_path)
+    model = _accelerate(model, device, context)
     labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
+    loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
     train_set = PlanetFusionDataset(corpus_root, labelled, band_stats, date_sampling="random")
+    local_batch = config.batch_size // context.world_size
     # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
-    drop_last = len(train_set) % config.batch_size == 1
+    # Several processes always drop the ragged end (DistributedSampler would pad it).
+    drop_last = context.active or len(train_set) % local_batch == 1
+
+    def train_loader(epoch: int) -> DataLoader:
+        return _loader(train_set, local_batch, config.seed + epoch, shuffle=True,
+                       drop_last=drop_last, context=context, **loading)
+
     eval_loaders = {
         name: _loader(
             PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first"),
-            config.batch_size, config.seed, shuffle=False, num_workers=config.num_workers,
+            config.batch_size, config.seed, shuffle=False, **loading,
         )
         for name, index in (("val", val_index), ("test", test_index))
     }
@@ -457,61 +570,60 @@ def finetune(
         optimizer = torch.optim.SGD(
             params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
         )
-    steps_per_epoch = len(train_set) // config.batch_size + (
-        len(train_set) % config.batch_size > 1
-    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * steps_per_epoch)
+        optimizer, T_max=max(1, config.epochs * len(train_loader(0)))
     )
+    trainer = _wrap(model, device, context)
 
     per_epoch: dict[str, list[float]] = {
         "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
     }
     predictions: dict[str, tuple[list, list]] = {}
     for epoch in range(config.epochs):
-        loader = _loader(
-            train_set, config.batch_size, config.seed + epoch, shuffle=True,
-            num_workers=config.num_workers, drop_last=drop_last,
-        )
-        flips = _augment_generator(config.seed + epoch, device)
+        flips = _augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
         model.train(not config.linear_probe)
         per_epoch["lr"].append(scheduler.get_last_lr()[0])
         losses = []
-        for batch in tqdm(loader, desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
-                          disable=not progress, leave=False):
-            image = batch["image"].to(device, non_blocking=True)
+        for batch in tqdm(train_loader(epoch), desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+                          disable=not (progress and context.is_main), leave=False):
+            image = _to_device(batch["image"], device)
             if config.augment:
                 image = augment.augment(image, FINETUNE_VIEW, flips)
-            loss = F.cross_entropy(model(image), batch["label"].to(device))
+            with _autocast(device):
+                loss = F.cross_entropy(trainer(image).float(), batch["label"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        per_epoch["train_loss"].append(float(np.mean(losses)))
-        for name, eval_loader in eval_loaders.items():
-            predictions[name] = _predict(model, eval_loader, device)
-            y_true, y_pred = predictions[name]
-            per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+        per_epoch["train_loss"].append(_mean_over_processes(float(np.mean(losses)), context))
+        if context.is_main:  # evaluation and results are rank 0's alone
+            for name, eval_loader in eval_loaders.items():
+                predictions[name] = _predict(model, eval_loader, device)
+                y_true, y_pred = predictions[name]
+                per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+        distributed.barrier(context)
 
-    results = {
-        "parameters": asdict(config) | {
-            "n_train": len(train_index),
-            "n_labelled": len(labelled),
-            "n_val": len(val_index),
-            "n_test": len(test_index),
-        },
-        "seed": config.seed,
-        "device": str(device),
-        "per_epoch": per_epoch,
-        "final": {
-            name: metrics.classification_metrics(*predictions[name], n_classes=N_CLASSES)
-            for name in ("test", "val")
-        },
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "complete": True,
-    }
-    write_json_atomic(results_path, results)
-    return results
+    if context.is_main:
+        write_json_atomic(results_path, {
+            "parameters": asdict(config) | {
+                "n_train": len(train_index),
+                "n_labelled": len(labelled),
+                "n_val": len(val_index),
+                "n_test": len(test_index),
+                "world_size": context.world_size,
+            },
+            "seed": config.seed,
+            "device": str(device),
+            "per_epoch": per_epoch,
+            "final": {
+                name: metrics.classification_metrics(*predictions[name], n_classes=N_CLASSES)
+                for name in ("test", "val")
+            },
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "complete": True,
+        })
+    distributed.barrier(context)
+    return json.loads(results_path.read_text())

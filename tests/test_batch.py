@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rapid_utils import batch, cli, paths
+from rapid_utils import batch, cli, paths, study
 from rapid_utils.corpus.index import build_index
 
 
@@ -80,3 +80,34 @@ def test_cli_synth_writes_a_corpus_and_refuses_foreign_folders(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     assert cli.main(["synth", "--out", str(foreign), "--n-sites", "2"]) == 2
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_cli_pretrain_then_finetune_share_split_and_statistics(tmp_path):
+    corpus = tmp_path / "c"
+    assert cli.main(["synth", "--out", str(corpus), "--n-sites", "40", "--size", "16",
+                     "--dates", "2018-01-03,2018-07-02", "--workers", "1"]) == 0
+    runs = tmp_path / "runs"
+    common = ["--corpus", str(corpus), "--runs", str(runs), "--arch", "resnet18",
+              "--epochs", "1", "--batch-size", "8", "--no-pin-memory"]
+    assert cli.main(["pretrain", *common, "--image-size", "16", "--hidden-dim", "32",
+                     "--projection-dim", "16"]) == 0
+    checkpoint = paths.byol_run_dir(runs, "augment", 0) / paths.CHECKPOINT_FILE
+    assert checkpoint.is_file()
+    stats_written = (runs / paths.BAND_STATS_FILE).stat().st_mtime_ns
+    assert cli.main(["finetune", *common, "--init", "byol", "--label-fraction", "0.5"]) == 0
+    assert (runs / paths.BAND_STATS_FILE).stat().st_mtime_ns == stats_written  # reused
+    results = json.loads(
+        (paths.results_dir(runs) / "finetune_init-byol_frac-0.5_seed-0.json").read_text()
+    )
+    assert results["complete"]
+    assert results["parameters"]["init"] == f"byol:{checkpoint.resolve()}"
+    assert results["parameters"]["n_labelled"] < results["parameters"]["n_train"]
+
+
+def test_resolve_init(tmp_path):
+    assert study.resolve_init("random", tmp_path) == "random"
+    assert study.resolve_init("byol:/x/ckpt.pt", tmp_path) == "byol:/x/ckpt.pt"
+    expected = paths.byol_run_dir(tmp_path, "temporal", 3) / paths.CHECKPOINT_FILE
+    assert study.resolve_init("byol", tmp_path, "temporal", 3) == f"byol:{expected.resolve()}"
+    with pytest.raises(ValueError, match="init must be"):
+        study.resolve_init("imagenet21k", tmp_path)

@@ -1,0 +1,86 @@
+"""The data every training run of a study starts from: index, split and normalisation.
+
+Notebooks 03 and 04 and the `rapid-utils pretrain|finetune` commands all call `load_study`,
+so a pretraining run and the fine-tuning runs that follow it see the same split and the
+same band statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rapid_utils import paths, splits
+from rapid_utils.corpus.index import build_index
+from rapid_utils.datasets import BandStats, compute_band_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A corpus split into train/val/test, with the band statistics of its training sites."""
+
+    corpus: Path
+    index: pd.DataFrame
+    split: pd.Series
+    band_stats: BandStats
+
+    def sites(self, name: str) -> pd.DataFrame:
+        """The index rows of one split: 'train', 'val' or 'test'."""
+        if name not in splits.SPLITS:
+            raise ValueError(f"split must be one of {splits.SPLITS}, got {name!r}")
+        return self.index[self.split == name]
+
+    def split_sizes(self) -> pd.Series:
+        """Sites per split."""
+        return pd.Series({name: len(self.sites(name)) for name in splits.SPLITS}, name="sites")
+
+
+def load_study(
+    corpus: str | Path,
+    runs: str | Path,
+    split_by: str = "site",
+    seed: int = 0,
+    stats_sites: int = 256,
+) -> Study:
+    """Index the corpus, split it, and read (or compute and store) its band statistics.
+
+    Band statistics come from `runs/band_stats.json` (notebook 01 writes it); when it is
+    missing they are computed from the training sites with the same seed and stored there.
+    """
+    corpus = Path(corpus).expanduser().resolve()
+    index = build_index(corpus, progress=False)
+    split = splits.assign_splits(index, by=split_by, seed=seed)
+    stats_path = Path(runs) / paths.BAND_STATS_FILE
+    if stats_path.is_file():
+        stats = BandStats.load(stats_path)
+        log.info("band statistics from %s", stats_path)
+    else:
+        stats = compute_band_stats(
+            corpus, index[split == "train"], n_sites=stats_sites, seed=seed, progress=False
+        )
+        stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
+        log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)
+    return Study(corpus, index, split, stats)
+
+
+def resolve_init(init: str, runs: str | Path, positives: str = "augment", seed: int = 0,
+                 byol_checkpoint: str = "") -> str:
+    """The model factory's init for 'random', 'imagenet', 'byol' or 'byol:<path>'.
+
+    'byol' means `byol_checkpoint` when given, else the checkpoint that pretraining with the
+    same `positives` and `seed` writes under `runs` (notebook 03, `rapid-utils pretrain`).
+    """
+    if init in ("random", "imagenet") or init.startswith("byol:"):
+        return init
+    if init != "byol":
+        raise ValueError(
+            f"init must be 'random', 'imagenet', 'byol' or 'byol:<path>', got {init!r}"
+        )
+    default = paths.byol_run_dir(Path(runs), positives, seed) / paths.CHECKPOINT_FILE
+    checkpoint = Path(byol_checkpoint).expanduser() if byol_checkpoint else default
+    return f"byol:{checkpoint.resolve()}"

@@ -1,0 +1,90 @@
+"""Data-parallel training as under torchrun: two CPU processes (Gloo) on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rapid_utils import datasets, distributed, models, splits, train
+from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.synthetic import generate_corpus
+
+WORLD_SIZE = 2
+DATES = ["2018-01-03", "2018-07-02"]
+PRETRAIN = dict(arch="resnet18", epochs=2, batch_size=8, base_lr=0.5, warmup_epochs=0,
+                image_size=16, hidden_dim=32, projection_dim=16, knn_k=3)
+FINETUNE = dict(arch="resnet18", epochs=1, batch_size=8)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    """One torchrun-like process: the environment torchrun sets, then both training loops."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    index = build_index(root, progress=False)
+    split = splits.assign_splits(index, seed=0)
+    train_index, val_index = index[split == "train"], index[split == "val"]
+    stats = datasets.compute_band_stats(root, train_index, progress=False)
+    history = train.pretrain(train.PretrainConfig(**PRETRAIN), root, train_index, val_index,
+                             stats, Path(out) / "byol", progress=False)
+    results = train.finetune(
+        train.FinetuneConfig(**FINETUNE, init=f"byol:{Path(out) / 'byol' / 'checkpoint.pt'}"),
+        root, train_index, val_index, val_index, stats, Path(out) / "results.json",
+        progress=False,
+    )
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"history": history,
+                                                             "results": results}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
+    root = generate_corpus(tmp_path / "c", n_sites=40, seed=4, size=16, dates=DATES, workers=1,
+                           progress=False)
+    out = tmp_path / "out"
+    mp.spawn(_worker, args=(_free_port(), str(root), str(out)), nprocs=WORLD_SIZE, join=True)
+
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    # the epoch loss is averaged over processes, so both report the same numbers
+    assert [e["loss"] for e in ranks[0]["history"]] == [e["loss"] for e in ranks[1]["history"]]
+    assert "knn_accuracy" in ranks[0]["history"][-1]  # guards run on rank 0 only
+    assert "knn_accuracy" not in ranks[1]["history"][-1]
+    assert ranks[0]["results"] == ranks[1]["results"]  # every rank returns rank 0's file
+    assert ranks[0]["results"]["parameters"]["world_size"] == WORLD_SIZE
+    assert len(list(out.glob("**/*.tmp"))) == 0  # atomic writes left nothing behind
+
+    checkpoint = torch.load(out / "byol" / train.CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["epoch"] == 2
+    # the encoder key stays loadable by the model factory
+    encoder = models.build_model("resnet18", 4, 0, f"byol:{out / 'byol' / 'checkpoint.pt'}")
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, checkpoint[models.BYOL_ENCODER_KEY][name])
+
+
+def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    context = distributed.setup()
+    assert context == distributed.Context()
+    assert context.is_main and not context.active
+    assert distributed.device(context).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    distributed.barrier(context)  # a no-op, must not need a process group
+
+
+def test_global_batch_must_divide_by_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(distributed, "setup", lambda: distributed.Context(0, 3, 0))
+    with pytest.raises(ValueError, match="batch_size 8 .* 3 processes"):
+        train.pretrain(train.PretrainConfig(**PRETRAIN), "unused", None, None, None, "unused")
