@@ -7,7 +7,7 @@ PROFILE ?= quick
 BIN     := $(VENV)/bin
 KERNEL  := rapidai4eo-byol
 
-.PHONY: setup test reproduce lint clean
+.PHONY: setup test reproduce lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,14 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/ruff check rapid_utils tests notebooks
+	$(BIN)/ruff check rapid_utils tests notebooks benchmarks
 	$(BIN)/python -m pytest
 
 reproduce: setup
 	$(BIN)/rapid-utils reproduce --profile $(PROFILE)
 
 lint: setup
-	$(BIN)/ruff check rapid_utils tests notebooks
+	$(BIN)/ruff check rapid_utils tests notebooks benchmarks
+
+# BYOL training throughput and peak memory, ours next to lightly's (a few minutes on a laptop CPU).
+bench: setup
+	$(BIN)/python benchmarks/byol_throughput.py
 
 clean:
 	rm -rf runs data/synthetic-*

@@ -7,6 +7,7 @@ order, each receiving the profile values it declares in its `parameters` cell.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,12 +17,11 @@ from typing import Any
 import papermill
 import yaml
 
-from rapid_utils import paths
+from rapid_utils import models, paths, results, study, train
 from rapid_utils.corpus.synthetic import generate_corpus
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_data_exploration", "02_label_mapping")
 SYNTHETIC = "synthetic"
 REQUIRED_KEYS = ("corpus", "seed")
 
@@ -66,16 +66,20 @@ def resolve_corpus(profile: str, values: dict[str, Any]) -> Path:
 
 @dataclass
 class NotebookRun:
-    """Outcome of one executed notebook."""
+    """Outcome of one job of the batch: an executed notebook, or why it did not run."""
 
     name: str
     output: Path
     seconds: float
     error: str | None = None
+    status: str = "done"  # "done", "failed", "reused" (complete result) or "skipped"
 
 
 def run_notebook(name: str, output: Path, parameters: dict[str, Any]) -> NotebookRun:
-    """Execute one notebook with papermill, passing only the parameters it declares."""
+    """Execute one notebook with papermill, passing only the parameters it declares.
+
+    A failing notebook is saved with its error (papermill does that) and reported, not raised.
+    """
     source = paths.notebooks_dir() / f"{name}.ipynb"
     declared = papermill.inspect_notebook(str(source))
     chosen = {key: value for key, value in parameters.items() if key in declared}
@@ -88,25 +92,134 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Noteboo
         )
     except papermill.PapermillExecutionError as error:
         return NotebookRun(name, output, time.perf_counter() - start,
-                           f"{error.ename}: {error.evalue}")
+                           f"{error.ename}: {error.evalue}", "failed")
     return NotebookRun(name, output, time.perf_counter() - start)
 
 
-def reproduce(profile: str, extra_files: tuple[str | Path, ...] = ()) -> list[NotebookRun]:
-    """Run the whole study for a profile; executed notebooks land in `runs/{profile}/`."""
+@dataclass
+class Job:
+    """One notebook execution planned by `plan_jobs`."""
+
+    notebook: str
+    output: Path
+    parameters: dict[str, Any]
+    scenario: str | None = None  # fine-tuning jobs: the scenario key (results.SCENARIOS)
+    results_file: Path | None = None  # fine-tuning jobs: skipped when already complete
+
+
+# Profile keys that mean different things for pretraining and fine-tuning, renamed to the
+# notebooks' own parameter names.
+ALIASES = {
+    "03_byol_pretraining": {"pretrain_epochs": "epochs", "pretrain_batch_size": "batch_size"},
+    "04_finetuning": {"finetune_epochs": "epochs", "finetune_batch_size": "batch_size"},
+}
+
+
+def _for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
+    renamed = dict(values)
+    for profile_key, parameter in ALIASES.get(notebook, {}).items():
+        if profile_key in values:
+            renamed[parameter] = values[profile_key]
+    return renamed
+
+
+def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
+    """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05."""
+    runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
+    split_seed = int(values["seed"])
+    common = values | {
+        "corpus_dir": str(corpus),
+        "runs_dir": str(runs),
+        "figures_dir": str(paths.figures_dir(profile)),
+        "split_seed": split_seed,
+        "byol_seed": split_seed,
+    }
+    jobs = [Job(name, notebooks_out / f"{name}.ipynb", _for_notebook(name, common))
+            for name in ("01_data_exploration", "02_label_mapping", "03_byol_pretraining")]
+    scenarios = values.get("scenarios") or [s.key for s in results.SCENARIOS]
+    unknown = [key for key in scenarios if key not in results.SCENARIO_BY_KEY]
+    if unknown:
+        raise ProfileError(
+            f"unknown scenarios {unknown}; choose from {list(results.SCENARIO_BY_KEY)}"
+        )
+    for key in scenarios:
+        scenario = results.SCENARIO_BY_KEY[key]
+        for seed in values.get("seeds") or [split_seed]:
+            parameters = _for_notebook("04_finetuning", common) | {
+                "init": scenario.init, "label_fraction": scenario.label_fraction,
+                "seed": int(seed),
+            }
+            init = study.resolve_init(scenario.init, runs, values.get("positives", "augment"),
+                                      split_seed)
+            name = train.results_name(
+                train.FinetuneConfig(init=init, label_fraction=scenario.label_fraction,
+                                     seed=int(seed))
+            )
+            safe_key = key.replace("%", "pct")
+            jobs.append(Job("04_finetuning", notebooks_out / f"04_finetuning_{safe_key}_seed{seed}"
+                            ".ipynb", parameters, key, paths.results_dir(runs) / name))
+    jobs.append(Job("05_figures", notebooks_out / "05_figures.ipynb", common))
+    return jobs
+
+
+def _complete(results_file: Path) -> bool:
+    try:
+        return bool(json.loads(results_file.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
+    """Why ImageNet weights cannot be had for the profile's arch, or None when they can."""
+    weights = values.get("imagenet_weights_path") or None
+    try:
+        models.build_model(values.get("arch", "resnet50"), 4, 7, "imagenet", weights)
+    except models.WeightsUnavailableError as error:
+        return str(error)
+    return None
+
+
+def reproduce(
+    profile: str, extra_files: tuple[str | Path, ...] = (), force: bool = False
+) -> list[NotebookRun]:
+    """Run the whole study for a profile; executed notebooks land in `runs/{profile}/notebooks`.
+
+    Fine-tuning runs with a complete results file are reused (so an interrupted batch resumes)
+    unless `force`. Scenarios that cannot run (ImageNet weights unavailable, BYOL pretraining
+    failed) are skipped and recorded, with the reason, in the results folder's skipped.json.
+    """
     values = load_profile(profile, extra_files)
     corpus = resolve_corpus(profile, values)
-    parameters = values | {
-        "corpus_dir": str(corpus),
-        "runs_dir": str(paths.runs_dir(profile)),
-        "figures_dir": str(paths.figures_dir(profile)),
-    }
-    runs = []
-    for number, name in enumerate(NOTEBOOKS, start=1):
-        output = paths.runs_dir(profile) / "notebooks" / f"{name}.ipynb"
-        run = run_notebook(name, output, parameters)
-        status = "done" if run.error is None else f"FAILED ({run.error})"
-        log.info("[%d/%d] %s %s in %.1f s -> %s", number, len(NOTEBOOKS), name, status,
-                 run.seconds, output)
-        runs.append(run)
-    return runs
+    jobs = plan_jobs(profile, values, corpus)
+    results_dir = paths.results_dir(paths.runs_dir(profile))
+    skipped: dict[str, str] = {}
+    if any(results.SCENARIO_BY_KEY[j.scenario].init == "imagenet" for j in jobs if j.scenario):
+        reason = _imagenet_unavailable(values)
+        if reason:
+            skipped |= {j.scenario: reason for j in jobs
+                        if j.scenario and results.SCENARIO_BY_KEY[j.scenario].init == "imagenet"}
+    results.write_skipped(results_dir, skipped)
+
+    outcomes: list[NotebookRun] = []
+    start = time.perf_counter()
+    for number, job in enumerate(jobs, start=1):
+        label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
+                                if job.scenario else "")
+        if job.scenario in skipped:
+            outcome = NotebookRun(label, job.output, 0.0, skipped[job.scenario], "skipped")
+        elif job.results_file and not force and _complete(job.results_file):
+            outcome = NotebookRun(label, job.output, 0.0, None, "reused")
+        else:
+            parameters = job.parameters | ({"force": True} if force and job.scenario else {})
+            outcome = run_notebook(job.notebook, job.output, parameters)
+            outcome.name = label
+            if job.notebook == "03_byol_pretraining" and outcome.error:
+                reason = f"BYOL pretraining failed: see {job.output}"
+                skipped |= {j.scenario: reason for j in jobs
+                            if j.scenario and results.SCENARIO_BY_KEY[j.scenario].init == "byol"}
+                results.write_skipped(results_dir, skipped)
+        outcomes.append(outcome)
+        log.info("[%d/%d] %s: %s%s in %.0f s (total %.0f s)", number, len(jobs), label,
+                 outcome.status, f" ({outcome.error.splitlines()[0][:120]})" if outcome.error
+                 else "", outcome.seconds, time.perf_counter() - start)
+    return outcomes

@@ -27,14 +27,19 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    runs = batch.reproduce(args.profile, tuple(args.extra))
-    failed = [run for run in runs if run.error]
-    logging.info("%d notebooks in %.0f s, %d failed", len(runs), time.perf_counter() - start,
-                 len(failed))
-    for run in failed:
-        logging.error("failed: %s (%s); the executed notebook is kept at %s",
-                      run.name, run.error, run.output)
-    return 1 if failed else 0
+    runs = batch.reproduce(args.profile, tuple(args.extra), force=args.force)
+    counts = {status: sum(r.status == status for r in runs)
+              for status in ("done", "reused", "skipped", "failed")}
+    logging.info("%d jobs in %.0f s: %s", len(runs), time.perf_counter() - start,
+                 ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for run in runs:
+        if run.status == "skipped":
+            logging.warning("skipped: %s: %s", run.name, run.error.splitlines()[0])
+    for run in runs:
+        if run.status == "failed":
+            logging.error("failed: %s (%s); the executed notebook is kept at %s",
+                          run.name, run.error, run.output)
+    return 1 if counts["failed"] else 0
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
@@ -58,13 +63,16 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True,
                         help="runs folder: band_stats.json, byol/ checkpoints, results/")
     parser.add_argument("--split-by", default="site", choices=("site", "tile"))
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the train/val/test split; keep it fixed across runs")
     parser.add_argument("--stats-sites", type=int, default=256,
                         help="training sites for band statistics when band_stats.json is missing")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     config = _config(args, train.PretrainConfig)
-    data = study.load_study(args.corpus, args.runs, args.split_by, config.seed, args.stats_sites)
+    data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
+                            args.stats_sites)
     out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
     history = train.pretrain(config, data.corpus, data.sites("train"), data.sites("val"),
                              data.band_stats, out_dir)
@@ -73,10 +81,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    args.init = study.resolve_init(args.init, args.runs, args.positives, args.seed,
+    args.init = study.resolve_init(args.init, args.runs, args.positives, args.byol_seed,
                                    args.byol_checkpoint)
     config = _config(args, train.FinetuneConfig)
-    data = study.load_study(args.corpus, args.runs, args.split_by, config.seed, args.stats_sites)
+    data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
+                            args.stats_sites)
     results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
     results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
                              data.sites("test"), data.band_stats, results_path, force=args.force)
@@ -104,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")
     reproduce.add_argument("--extra", action="append", default=[],
                            help="another YAML file overriding profile values (repeatable)")
+    reproduce.add_argument("--force", action="store_true",
+                           help="rerun fine-tuning even where a complete results file exists")
     reproduce.set_defaults(func=_reproduce)
 
     pretrain = commands.add_parser("pretrain", help="BYOL pretraining (torchrun-ready)")
@@ -116,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(finetune, train.FinetuneConfig)
     finetune.add_argument("--positives", default="augment",
                           help="with --init byol: which pretraining run's checkpoint to use")
+    finetune.add_argument("--byol-seed", type=int, default=0,
+                          help="with --init byol: the seed of that pretraining run")
     finetune.add_argument("--byol-checkpoint", default="",
                           help="with --init byol: a checkpoint path instead of the default")
     finetune.add_argument("--force", action="store_true", help="retrain over a complete result")

@@ -18,10 +18,10 @@ import xarray as xr
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from matplotlib.ticker import FuncFormatter
 
-from rapid_utils import exploration, geo, labels
+from rapid_utils import exploration, geo, labels, results
 from rapid_utils.corpus import layout
 from rapid_utils.splits import SPLITS
 
@@ -492,4 +492,187 @@ def plot_confusion(results: Mapping, split: str = "test") -> Figure:
                        rotation=0)
     ax.set_title(f"{split} confusion matrix, rows normalised (empty rows blank)", fontsize=9)
     fig.suptitle(_run_title(results))
+    return fig
+
+
+# --------------------------------------------------------------------------- poster figures 3-5
+
+# One colour per scenario in every figure: Okabe-Ito, safe for the common colour-vision
+# deficiencies; the BYOL fractions share a hue family (blues/green), markers add redundancy.
+SCENARIO_COLORS: dict[str, str] = {
+    "scratch-100%": "#000000",  # black
+    "byol-100%": "#0072B2",  # blue
+    "byol-10%": "#56B4E9",  # sky blue
+    "byol-1%": "#009E73",  # bluish green
+    "imagenet-100%": "#D55E00",  # vermillion
+    "scratch-1%": "#CC79A7",  # reddish purple
+}
+SCENARIO_MARKERS: dict[str, str] = {
+    "scratch-100%": "s",
+    "byol-100%": "o",
+    "byol-10%": "^",
+    "byol-1%": "v",
+    "imagenet-100%": "D",
+    "scratch-1%": "X",
+}
+
+
+def _box(ax, xy: tuple[float, float], text: str, colour: str, width: float = 1.5,
+         height: float = 0.8) -> None:
+    x, y = xy
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height,
+                                boxstyle="round,pad=0.05,rounding_size=0.12", facecolor=colour,
+                                edgecolor="0.2", linewidth=1.0))
+    ax.text(x, y, text, ha="center", va="center", fontsize=10)
+
+
+def _arrow(ax, start, end, **style) -> None:
+    options = {"arrowstyle": "-|>", "mutation_scale": 14, "linewidth": 1.3, "color": "0.2"}
+    ax.add_patch(FancyArrowPatch(start, end, **(options | style)))
+
+
+def plot_byol_diagram() -> Figure:
+    """Poster Fig. 3: BYOL (Grill et al. 2020) as trained here, drawn with patches."""
+    online, target = "#cfe3f3", "#fbe0cc"  # light tints of Okabe-Ito blue and vermillion
+    fig = Figure(figsize=(13.0, 5.2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(-0.2, 14.6)
+    ax.set_ylim(-0.4, 5.0)
+    ax.axis("off")
+    top, bottom, middle = 3.6, 1.0, 2.3
+    _box(ax, (0.6, middle), "site chip x\n(4 bands)", "0.92", width=1.3, height=1.0)
+    _box(ax, (2.5, top), r"view $v$", "0.97", width=1.1)
+    _box(ax, (2.5, bottom), r"view $v^\prime$", "0.97", width=1.1)
+    views = ((top, r"$t \sim \mathcal{T}$"), (bottom, r"$t^\prime \sim \mathcal{T}^\prime$"))
+    for y, name in views:
+        _arrow(ax, (1.3, middle + (0.25 if y > middle else -0.25)), (1.95, y))
+        ax.text(1.45, (middle + y) / 2 + (0.2 if y > middle else -0.2), name, fontsize=10,
+                ha="right", va="center")
+    stages_online = [(r"encoder $f_\theta$" "\n(ResNet)", 4.4),
+                     (r"projector $g_\theta$" "\n(MLP)", 6.5),
+                     (r"predictor $q_\theta$" "\n(MLP)", 8.6)]
+    stages_target = [(r"encoder $f_\xi$" "\n(ResNet)", 4.4),
+                     (r"projector $g_\xi$" "\n(MLP)", 6.5)]
+    for stages, y, colour, start in ((stages_online, top, online, 3.05),
+                                     (stages_target, bottom, target, 3.05)):
+        x_prev = start
+        for text, x in stages:
+            _arrow(ax, (x_prev, y), (x - 0.8, y))
+            _box(ax, (x, y), text, colour)
+            x_prev = x + 0.8
+    for x, text, y in ((5.45, r"$y_\theta$", top), (7.55, r"$z_\theta$", top),
+                       (5.45, r"$y^\prime_\xi$", bottom),
+                       (7.55, r"$z^\prime_\xi$", bottom)):
+        ax.text(x, y + 0.22, text, fontsize=10, ha="center", va="bottom")
+    _box(ax, (8.6, bottom), "stop-gradient\n" r"$\mathrm{sg}(z^\prime_\xi)$", "0.97")
+    _arrow(ax, (7.3, bottom), (7.8, bottom))
+    loss = r"loss  $2 - 2\cos(q_\theta(z_\theta),\ \mathrm{sg}(z^\prime_\xi))$"
+    _box(ax, (11.9, middle), loss + "\n(symmetrised: swap v and v′)", "#fff4c2", width=4.2,
+         height=1.0)
+    _arrow(ax, (9.4, top), (11.0, middle + 0.5), connectionstyle="arc3,rad=-0.15")
+    _arrow(ax, (9.4, bottom), (11.0, middle - 0.5), connectionstyle="arc3,rad=0.15")
+    ax.text(10.35, top - 0.25, r"$q_\theta(z_\theta)$", fontsize=10, ha="left")
+    # EMA: the target's weights follow the online weights, no gradient flows to them.
+    _arrow(ax, (5.45, top - 0.55), (5.45, bottom + 0.55), linestyle="--", color="#D55E00",
+           linewidth=1.6)
+    ema = r"$\xi \leftarrow \tau\xi + (1-\tau)\theta$"
+    ax.text(5.6, middle, "EMA update\n" + ema, fontsize=10, color="#D55E00", ha="left",
+            va="center")
+    ax.text(4.4, top + 0.75, "online network (θ, trained by gradient)", fontsize=11,
+            ha="left", va="bottom", color="#0072B2", weight="bold")
+    ax.text(4.4, bottom - 0.7, "target network (ξ, no gradient)", fontsize=11,
+            ha="left", va="top", color="#D55E00", weight="bold")
+    ax.text(11.9, middle - 1.0, r"after pretraining: keep encoder $f_\theta$," "\n"
+            "fine-tune it for the 7 classes", fontsize=10, ha="center", va="top", color="0.3")
+    ax.set_title("BYOL self-supervised pretraining (poster Fig. 3)", fontsize=12)
+    return fig
+
+
+def _skipped_note(skipped: Mapping[str, str] | None, keys: Sequence[str]) -> str:
+    notes = [f"{results.SCENARIO_BY_KEY[k].label if k in results.SCENARIO_BY_KEY else k} "
+             f"skipped: {reason}" for k, reason in (skipped or {}).items() if k in keys]
+    return "\n".join(notes)
+
+
+def plot_accuracy_curves(per_epoch: pd.DataFrame, skipped: Mapping[str, str] | None = None
+                         ) -> Figure:
+    """Poster Fig. 4: test accuracy per epoch per scenario, mean over seeds, min-max band.
+
+    `per_epoch` is `results.per_epoch_table`; `skipped` (scenario key -> reason) adds a
+    legend entry and a title note for scenarios that could not run.
+    """
+    fig = Figure(figsize=(9.0, 5.4), layout="constrained")
+    ax = fig.subplots()
+    keys = [s.key for s in results.ALL_SCENARIOS]
+    for key in keys:
+        rows = per_epoch[per_epoch["scenario"] == key]
+        if rows.empty:
+            continue
+        by_epoch = rows.groupby("epoch")["test_accuracy"]
+        mean, low, high = (100 * getattr(by_epoch, f)() for f in ("mean", "min", "max"))
+        n_seeds = rows["seed"].nunique()
+        colour = SCENARIO_COLORS[key]
+        ax.fill_between(mean.index, low, high, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(mean.index, mean, color=colour, marker=SCENARIO_MARKERS[key], markersize=5,
+                linewidth=1.8, linestyle=":" if key not in {s.key for s in results.SCENARIOS}
+                else "-",
+                label=f"{results.SCENARIO_BY_KEY[key].label} "
+                      f"(n = {n_seeds} seed{'' if n_seeds == 1 else 's'})")
+    handles, names = ax.get_legend_handles_labels()
+    handles.append(Patch(facecolor="0.5", alpha=0.25, label="min-max over seeds"))
+    for key in skipped or {}:
+        if not (per_epoch["scenario"] == key).any():
+            label = results.SCENARIO_BY_KEY[key].label if key in results.SCENARIO_BY_KEY else key
+            handles.append(Line2D([], [], color=SCENARIO_COLORS.get(key, "0.5"), linestyle="none",
+                                  marker="x", label=f"{label}: skipped"))
+    ax.legend(handles=handles, fontsize=9, loc="best", framealpha=0.95)
+    ax.set_xlabel("fine-tuning epoch", fontsize=11)
+    ax.set_ylabel("test accuracy (%)", fontsize=11)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    title = "Test accuracy per epoch: mean over seeds, band min to max (poster Fig. 4)"
+    note = _skipped_note(skipped, [k for k in (skipped or {})
+                                   if not (per_epoch["scenario"] == k).any()])
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    return fig
+
+
+FIG5_SCENARIOS = ("byol-100%", "imagenet-100%", "scratch-100%")
+
+
+def plot_class_scores(summary: pd.DataFrame, skipped: Mapping[str, str] | None = None,
+                      scenarios: Sequence[str] = FIG5_SCENARIOS) -> Figure:
+    """Poster Fig. 5: per-class precision and recall (means over seeds) of a few scenarios.
+
+    `summary` is `results.summary_table`. Scenarios absent from it are left out and named in
+    the title (with the reason from `skipped` where given).
+    """
+    present = [k for k in scenarios if k in summary.index]
+    missing = [k for k in scenarios if k not in summary.index]
+    fig = Figure(figsize=(12.0, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    positions = np.arange(len(labels.CLASSES))
+    width = 0.8 / max(len(present), 1)
+    for ax, metric in zip(axes, ("precision", "recall"), strict=True):
+        for i, key in enumerate(present):
+            values = [100 * summary.loc[key, f"{metric}_{c}"] for c in labels.CLASSES]
+            n = int(summary.loc[key, "n_seeds"])
+            ax.bar(positions + (i - (len(present) - 1) / 2) * width, values, width=width,
+                   color=SCENARIO_COLORS[key], edgecolor="0.2", linewidth=0.5,
+                   label=f"{summary.loc[key, 'label']} (n = {n} seed{'' if n == 1 else 's'})")
+        ax.set_xticks(positions, labels.CLASSES, rotation=25, fontsize=10)
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{metric} per class (test, mean over seeds)", fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("%", fontsize=11)
+    if present:  # below the axes, so no bar height can hide under it
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=len(present), fontsize=10)
+    title = "Per-class precision and recall (poster Fig. 5)"
+    if missing:
+        reasons = [f"{results.SCENARIO_BY_KEY[k].label}: "
+                   f"{'skipped, ' + skipped[k] if skipped and k in skipped else 'no results'}"
+                   for k in missing]
+        title += "\nnot shown: " + "; ".join(reasons)
+    fig.suptitle(title, fontsize=11)
     return fig

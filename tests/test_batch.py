@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from rapid_utils import batch, cli, paths, study
+from rapid_utils import batch, cli, paths, results, study
 from rapid_utils.corpus.index import build_index
 
 
@@ -41,31 +43,55 @@ def test_load_profile_errors_name_the_file(tmp_path):
         batch.load_profile("ci", (listed,))
 
 
-def test_reproduce_ci_profile_writes_corpus_notebooks_and_figures(project_home):
-    runs = batch.reproduce("ci")
-    assert [run.name for run in runs] == list(batch.NOTEBOOKS)
-    assert all(run.error is None for run in runs), [run.error for run in runs]
-    for run in runs:
-        assert run.output.is_file()
-        executed = json.loads(run.output.read_text())
-        assert any("papermill" in c["metadata"].get("tags", []) or
-                   "injected-parameters" in c["metadata"].get("tags", [])
-                   for c in executed["cells"])
-    corpus = paths.synthetic_corpus_dir("ci")
-    assert len(build_index(corpus, progress=False)) == 40
+@pytest.mark.slow
+def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home):
+    outcomes = batch.reproduce("ci")
+    by_name = {run.name: run for run in outcomes}
+    assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 1  # 01-03, 04 per scenario, 05
+    assert [run.status for run in outcomes if run.status == "failed"] == []
+    imagenet = by_name["04_finetuning [imagenet-100%, seed 0]"]
+    assert imagenet.status == "skipped" and "imagenet_weights_path" in imagenet.error
+    for run in outcomes:
+        if run.status == "done":
+            executed = json.loads(run.output.read_text())
+            assert any("injected-parameters" in c["metadata"].get("tags", [])
+                       for c in executed["cells"])
+    assert len(build_index(paths.synthetic_corpus_dir("ci"), progress=False)) == 40
     figures = paths.figures_dir("ci")
-    for name in ("fig1_sample_locations", "fig2_monthly_images"):
-        assert (figures / f"{name}.png").stat().st_size > 10_000
-    assert paths.band_stats_path("ci").is_file()
+    for name in ("fig1_sample_locations", "fig2_monthly_images", "fig3_byol_model",
+                 "fig4_test_accuracy", "fig5_class_precision_recall"):
+        assert (figures / f"{name}.png").stat().st_size > 10_000, name
+    table = pd.read_csv(figures / "results.csv")
+    ran = [s.key for s in results.ALL_SCENARIOS if s.key != "imagenet-100%"]
+    assert sorted(table["scenario"]) == sorted(ran)
+    assert np.isfinite(table["test_accuracy_mean"]).all()
+    skipped = results.skipped_scenarios(paths.results_dir(paths.runs_dir("ci")))
+    assert list(skipped) == ["imagenet-100%"]
+
+    # An interrupted or repeated batch reuses every complete fine-tuning result.
+    again = batch.reproduce("ci")
+    statuses = {run.name: run.status for run in again if run.name.startswith("04_")}
+    assert set(statuses.values()) == {"reused", "skipped"}
 
 
 def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
     override = tmp_path / "missing_corpus.yaml"
-    override.write_text(f"corpus: {tmp_path / 'no-such-corpus'}\n")
+    override.write_text(f"corpus: {tmp_path / 'no-such-corpus'}\nscenarios: [byol-1%]\n")
     assert cli.main(["reproduce", "--profile", "ci", "--extra", str(override)]) == 1
     executed = paths.runs_dir("ci") / "notebooks" / "01_data_exploration.ipynb"
     assert executed.is_file()
     assert "CorpusNotFoundError" in executed.read_text()
+    # BYOL fine-tuning cannot run without its pretraining: skipped, with the reason recorded
+    skipped = results.skipped_scenarios(paths.results_dir(paths.runs_dir("ci")))
+    assert skipped["byol-1%"].startswith("BYOL pretraining failed")
+
+
+def test_unknown_scenario_is_a_profile_error(project_home, tmp_path):
+    override = tmp_path / "typo.yaml"
+    override.write_text("scenarios: [byol-50%]\n")
+    values = batch.load_profile("ci", (override,))
+    with pytest.raises(batch.ProfileError, match="unknown scenarios.*byol-50%"):
+        batch.plan_jobs("ci", values, tmp_path)
 
 
 def test_cli_synth_writes_a_corpus_and_refuses_foreign_folders(tmp_path):

@@ -1,0 +1,245 @@
+"""Results files -> tables, claims and poster figures 3-5, and notebook 05 on fake results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from rapid_utils import labels, paths, plots, results
+from rapid_utils.io import write_json_atomic
+
+# Final test accuracy per scenario and seed; the curves rise linearly to it over EPOCHS.
+ACCURACY = {
+    "scratch-100%": {0: 0.50, 1: 0.54, 2: 0.52},
+    "byol-100%": {0: 0.60, 1: 0.66, 2: 0.66},
+    "byol-10%": {0: 0.58, 1: 0.60},
+    "byol-1%": {0: 0.55, 1: 0.57, 2: 0.59},
+    "scratch-1%": {0: 0.40, 1: 0.44, 2: 0.42},
+}
+EPOCHS = 4
+INITS = {"random": "random", "byol": "byol:/runs/byol/byol_augment_seed0/checkpoint.pt",
+         "imagenet": "imagenet"}
+
+
+def fake_results(scenario: str, seed: int, accuracy: float, epochs: int = EPOCHS,
+                 linear_probe: bool = False, complete: bool = True) -> dict:
+    """A results dict in `train.finetune`'s exact format with a known final test accuracy.
+
+    Per-class precision is `accuracy` for every class and recall `accuracy - 0.1`; macro-F1
+    is `accuracy - 0.05`.
+    """
+    spec = results.SCENARIO_BY_KEY[scenario]
+    n_classes = len(labels.CLASSES)
+    final = {
+        "accuracy": accuracy,
+        "macro_f1": accuracy - 0.05,
+        "precision": {c: accuracy for c in labels.CLASSES},
+        "recall": {c: accuracy - 0.1 for c in labels.CLASSES},
+        "confusion_matrix": np.eye(n_classes, dtype=int).tolist(),
+        "n": 100,
+    }
+    curve = [float(accuracy * (e + 1) / epochs) for e in range(epochs)]
+    return {
+        "parameters": {
+            "arch": "resnet18", "init": INITS[spec.init], "imagenet_weights_path": None,
+            "label_fraction": spec.label_fraction, "epochs": epochs, "batch_size": 64,
+            "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw", "seed": seed,
+            "linear_probe": linear_probe, "num_workers": 0, "pin_memory": True,
+            "prefetch_factor": 2, "augment": True, "n_train": 1000, "n_labelled": 10,
+            "n_val": 100, "n_test": 100, "world_size": 1,
+        },
+        "seed": seed,
+        "device": "cpu",
+        "per_epoch": {"train_loss": [2.0 / (e + 1) for e in range(epochs)],
+                      "val_accuracy": [a - 0.01 for a in curve], "test_accuracy": curve,
+                      "lr": [1e-3] * epochs},
+        "final": {"test": final, "val": final},
+        "versions": {"torch": "x", "torchvision": "x", "numpy": "x", "rapid_utils": "x"},
+        "git_commit": None,
+        "complete": complete,
+    }
+
+
+def write_fake_results(directory: Path, accuracy: dict = ACCURACY) -> Path:
+    """Results files named as `train.results_name` does, plus skipped.json for ImageNet."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for scenario, by_seed in accuracy.items():
+        spec = results.SCENARIO_BY_KEY[scenario]
+        for seed, value in by_seed.items():
+            name = f"finetune_init-{spec.init}_frac-{spec.label_fraction:g}_seed-{seed}.json"
+            write_json_atomic(directory / name, fake_results(scenario, seed, value))
+    results.write_skipped(directory, {"imagenet-100%": "ImageNet weights unavailable offline"})
+    return directory
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    return write_fake_results(paths.results_dir(tmp_path / "runs"))
+
+
+@pytest.fixture
+def loaded(results_dir: Path) -> list[dict]:
+    return results.load_results(results_dir)
+
+
+def test_scenarios_are_the_poster_five_in_order() -> None:
+    assert [s.key for s in results.SCENARIOS] == [
+        "scratch-100%", "byol-100%", "byol-10%", "byol-1%", "imagenet-100%"]
+    assert set(plots.SCENARIO_COLORS) == {s.key for s in results.ALL_SCENARIOS}
+    assert len(set(plots.SCENARIO_COLORS.values())) == len(plots.SCENARIO_COLORS)
+
+
+@pytest.mark.parametrize("scenario", [s.key for s in results.ALL_SCENARIOS])
+def test_scenario_of_round_trips(scenario: str) -> None:
+    assert results.scenario_of(fake_results(scenario, 0, 0.5)) == scenario
+
+
+def test_scenario_of_rejects_probes_and_other_fractions() -> None:
+    assert results.scenario_of(fake_results("byol-1%", 0, 0.5, linear_probe=True)) is None
+    other = fake_results("byol-1%", 0, 0.5)
+    other["parameters"]["label_fraction"] = 0.5
+    assert results.scenario_of(other) is None
+    plain = fake_results("byol-10%", 0, 0.5)
+    plain["parameters"]["init"] = "byol"
+    assert results.scenario_of(plain) == "byol-10%"
+
+
+def test_load_results_skips_incomplete_and_corrupt(results_dir: Path, caplog) -> None:
+    write_json_atomic(results_dir / "finetune_init-byol_frac-1_seed-9.json",
+                      fake_results("byol-100%", 9, 0.9, complete=False))
+    (results_dir / "finetune_init-random_frac-1_seed-8.json").write_text('{"parameters": {')
+    with caplog.at_level(logging.WARNING, logger="rapid_utils.results"):
+        loaded = results.load_results(results_dir)
+    assert len(loaded) == sum(len(v) for v in ACCURACY.values())
+    assert "seed-9.json" in caplog.text and "seed-8.json" in caplog.text
+    assert "skipped.json" not in caplog.text
+    assert results.load_results(results_dir / "absent") == []
+
+
+def test_per_epoch_table(loaded: list[dict]) -> None:
+    table = results.per_epoch_table(loaded)
+    assert list(table.columns) == ["scenario", "seed", "epoch", "test_accuracy", "val_accuracy",
+                                   "train_loss"]
+    assert len(table) == EPOCHS * sum(len(v) for v in ACCURACY.values())
+    assert list(table["scenario"].unique()) == [
+        "scratch-100%", "byol-100%", "byol-10%", "byol-1%", "scratch-1%"]
+    last = table[(table["scenario"] == "byol-1%") & (table["epoch"] == EPOCHS)]
+    assert last["test_accuracy"].tolist() == pytest.approx([0.55, 0.57, 0.59])
+
+
+def test_summary_means_and_stds(loaded: list[dict]) -> None:
+    summary = results.summary_table(loaded)
+    assert list(summary.index) == ["scratch-100%", "byol-100%", "byol-10%", "byol-1%",
+                                   "scratch-1%"]
+    row = summary.loc["byol-100%"]
+    assert row["n_seeds"] == 3
+    assert row["test_accuracy_mean"] == pytest.approx(0.64)
+    # deviations -0.04, 0.02, 0.02: variance 0.0024 / 2
+    assert row["test_accuracy_std"] == pytest.approx(math.sqrt(0.0012))
+    assert row["macro_f1_mean"] == pytest.approx(0.59)
+    assert row["precision_forest"] == pytest.approx(0.64)
+    assert row["recall_water"] == pytest.approx(0.54)
+    assert summary.loc["byol-10%", "test_accuracy_std"] == pytest.approx(0.01 * math.sqrt(2))
+    single = results.summary_table([fake_results("byol-1%", 0, 0.5)])
+    assert math.isnan(single.loc["byol-1%", "test_accuracy_std"])
+
+
+def test_claims_arithmetic(loaded: list[dict]) -> None:
+    summary = results.summary_table(loaded)
+    claims = results.poster_claims(summary)
+    assert list(claims.index) == ["byol-100% - scratch-100%", "byol-1% - scratch-100%",
+                                  "byol-1% - scratch-1%"]
+    first = claims.loc["byol-100% - scratch-100%"]
+    assert first["difference_mean"] == pytest.approx(12.0)  # 64 - 52
+    assert first["spread"] == pytest.approx(np.std([10, 12, 14], ddof=1))  # paired
+    assert "paired" in first["spread_method"]
+    assert first["poster_points"] == 12.0
+    assert claims.loc["byol-1% - scratch-1%", "difference_mean"] == pytest.approx(15.0)
+    # unpaired (seeds 0, 1 vs 0, 1, 2): combined std
+    unpaired = results.poster_claims(results.summary_table(
+        [fake_results("byol-100%", s, a) for s, a in ACCURACY["byol-10%"].items()]
+        + [fake_results("scratch-100%", s, a) for s, a in ACCURACY["scratch-100%"].items()]))
+    row = unpaired.loc["byol-100% - scratch-100%"]
+    assert row["difference_mean"] == pytest.approx(7.0)
+    assert row["spread"] == pytest.approx(100 * math.hypot(0.01 * math.sqrt(2), 0.02))
+    assert "unpaired" in row["spread_method"]
+    missing = results.poster_claims(summary.drop(index="byol-1%"), {"byol-1%": "no checkpoint"})
+    assert math.isnan(missing.loc["byol-1% - scratch-100%", "difference_mean"])
+    assert "no checkpoint" in missing.loc["byol-1% - scratch-100%", "note"]
+    assert "+12.0" in results.claims_text(claims)
+
+
+def test_write_summary(loaded: list[dict], tmp_path: Path) -> None:
+    summary = results.summary_table(loaded)
+    csv_path, md_path = results.write_summary(summary, tmp_path / "figures",
+                                              results.poster_claims(summary))
+    table = pd.read_csv(csv_path, index_col="scenario")
+    assert table.loc["byol-1%", "test_accuracy_mean"] == pytest.approx(0.57)
+    assert json.loads(table.loc["byol-1%", "test_accuracy_by_seed"]) == {
+        "0": 0.55, "1": 0.57, "2": 0.59}
+    text = md_path.read_text()
+    assert "| BYOL 1% (`byol-1%`) | 3 | 57.0 ± 2.0 |" in text
+    assert "byol-100% - scratch-100% | +12.0 |" in text
+    assert not list((tmp_path / "figures").glob("*.tmp"))
+
+
+def test_skipped_scenarios(results_dir: Path, tmp_path: Path) -> None:
+    assert results.skipped_scenarios(results_dir) == {
+        "imagenet-100%": "ImageNet weights unavailable offline"}
+    assert results.skipped_scenarios(tmp_path) == {}
+    (tmp_path / results.SKIPPED_FILE).write_text("not json")
+    assert results.skipped_scenarios(tmp_path) == {}
+    with pytest.raises(ValueError, match="unknown scenario"):
+        results.write_skipped(tmp_path, {"imagenet": "x"})
+
+
+def test_plot_byol_diagram() -> None:
+    fig = plots.plot_byol_diagram()
+    assert isinstance(fig, Figure)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for word in (r"predictor $q_\theta$", "EMA", "stop-gradient", r"2 - 2\cos"):
+        assert word in texts
+
+
+def test_plot_accuracy_curves(loaded: list[dict]) -> None:
+    table = results.per_epoch_table(loaded)
+    fig = plots.plot_accuracy_curves(table, {"imagenet-100%": "offline"})
+    ax = fig.axes[0]
+    assert len(ax.lines) == 5  # one mean line per scenario present
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "BYOL 100% (n = 3 seeds)" in legend and "ImageNet 100%: skipped" in legend
+    assert "ImageNet 100% skipped: offline" in ax.get_title()
+
+
+def test_plot_class_scores(loaded: list[dict]) -> None:
+    summary = results.summary_table(loaded)
+    fig = plots.plot_class_scores(summary, {"imagenet-100%": "offline"})
+    precision_ax, recall_ax = fig.axes
+    assert len(precision_ax.patches) == len(recall_ax.patches) == 2 * len(labels.CLASSES)
+    assert "ImageNet 100%: skipped, offline" in fig.get_suptitle()
+    heights = sorted({round(p.get_height(), 6) for p in precision_ax.patches})
+    assert heights == pytest.approx([52.0, 64.0])
+
+
+def test_notebook_05_on_fake_results(results_dir: Path, tmp_path: Path, run_notebooks) -> None:
+    figures = tmp_path / "figures"
+    run_notebooks({"05_figures": {"runs_dir": str(results_dir.parent),
+                                  "figures_dir": str(figures),
+                                  "corpus_dir": str(tmp_path / "no-corpus")}}, tmp_path)
+    for name in ("fig3_byol_model", "fig4_test_accuracy", "fig5_class_precision_recall"):
+        assert (figures / f"{name}.png").is_file(), name
+        assert (figures / f"{name}.pdf").is_file(), name
+    table = pd.read_csv(figures / "results.csv", index_col="scenario")
+    assert len(table) == 5 and np.isfinite(table["test_accuracy_mean"]).all()
+    assert (figures / "results.md").is_file()
+    executed = nbformat.read(tmp_path / "05_figures.ipynb", as_version=4)
+    outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
+    assert "ImageNet weights unavailable offline" in outputs
