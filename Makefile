@@ -7,7 +7,7 @@ PROFILE ?= quick
 BIN     := $(VENV)/bin
 KERNEL  := rapidai4eo-byol
 
-.PHONY: setup test reproduce lint bench clean
+.PHONY: setup test reproduce docs lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: setup
 
 reproduce: setup
 	$(BIN)/rapid-utils reproduce --profile $(PROFILE)
+
+# HTML pages of the executed notebooks with an index (runs/$(PROFILE)/html/index.html).
+docs: setup
+	$(BIN)/rapid-utils docs --profile $(PROFILE)
 
 lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from rapid_utils import batch, paths, study, train
+from rapid_utils import batch, docs, paths, study, train
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import generate_corpus
 
@@ -40,6 +40,12 @@ def _reproduce(args: argparse.Namespace) -> int:
             logging.error("failed: %s (%s); the executed notebook is kept at %s",
                           run.name, run.error, run.output)
     return 1 if counts["failed"] else 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    index = docs.build_docs(args.profile)
+    logging.info("documentation: %s", index)
+    return 0
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
@@ -117,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="rerun fine-tuning even where a complete results file exists")
     reproduce.set_defaults(func=_reproduce)
 
+    render = commands.add_parser("docs", help="render a profile's executed notebooks to HTML")
+    render.add_argument("--profile", default="quick")
+    render.set_defaults(func=_docs)
+
     pretrain = commands.add_parser("pretrain", help="BYOL pretraining (torchrun-ready)")
     _add_study_options(pretrain)
     _add_config_options(pretrain, train.PretrainConfig)
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (batch.ProfileError, FileExistsError, ValueError) as error:
+    except (batch.ProfileError, FileExistsError, FileNotFoundError, ValueError) as error:
         logging.error("error: %s", error)
         return 2
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rapid_utils import batch, cli, paths, results, study
+from rapid_utils import batch, cli, docs, paths, results, study
 from rapid_utils.corpus.index import build_index
 
 
@@ -67,6 +67,12 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home):
     assert np.isfinite(table["test_accuracy_mean"]).all()
     skipped = results.skipped_scenarios(paths.results_dir(paths.runs_dir("ci")))
     assert list(skipped) == ["imagenet-100%"]
+
+    index = docs.build_docs("ci")
+    page = index.read_text()
+    assert "05_figures.html" in page and "fig4_test_accuracy.png" in page
+    assert "byol-1%" in page  # the results table
+    assert (index.parent / "03_byol_pretraining.html").stat().st_size > 10_000
 
     # An interrupted or repeated batch reuses every complete fine-tuning result.
     again = batch.reproduce("ci")
@@ -137,3 +143,8 @@ def test_resolve_init(tmp_path):
     assert study.resolve_init("byol", tmp_path, "temporal", 3) == f"byol:{expected.resolve()}"
     with pytest.raises(ValueError, match="init must be"):
         study.resolve_init("imagenet21k", tmp_path)
+
+
+def test_docs_without_a_run_say_what_to_do(project_home):
+    with pytest.raises(FileNotFoundError, match="rapid-utils reproduce --profile ci"):
+        docs.build_docs("ci")

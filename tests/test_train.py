@@ -245,3 +245,14 @@ def test_results_name() -> None:
     assert train.results_name(config) == "finetune_init-byol_frac-0.01_seed-0.json"
     probe = dataclasses.replace(config, init="random", linear_probe=True, seed=2)
     assert train.results_name(probe) == "finetune_init-random_frac-0.01_linear_seed-2.json"
+
+
+def test_small_label_shares_repeat_whole_passes_per_epoch():
+    sites = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = train._loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=25)
+    drawn = torch.cat([batch[0] for batch in loader])
+    assert len(drawn) == 25
+    assert sorted(drawn[:10].tolist()) == list(range(10))  # each pass is a permutation
+    assert sorted(drawn[10:20].tolist()) == list(range(10))
+    plain = train._loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=5)
+    assert len(torch.cat([batch[0] for batch in plain])) == 10  # never fewer than one pass
