@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import papermill
 import pytest
 
 from rapid_utils import batch, cli, docs, paths, results, study
@@ -148,3 +149,21 @@ def test_resolve_init(tmp_path):
 def test_docs_without_a_run_say_what_to_do(project_home):
     with pytest.raises(FileNotFoundError, match="rapid-utils reproduce --profile ci"):
         docs.build_docs("ci")
+
+
+BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "workers", "seeds",
+              "scenarios", "pretrain_epochs", "pretrain_batch_size", "finetune_epochs",
+              "finetune_batch_size"}
+
+
+@pytest.mark.parametrize("profile", ["ci", "quick", "poster"])
+def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
+    values = batch.load_profile(profile)
+    declared = set()
+    for notebook in paths.notebooks_dir().glob("*.ipynb"):
+        declared |= set(papermill.inspect_notebook(str(notebook)))
+    assert set(values) - declared - BATCH_KEYS == set()  # no typo is silently ignored
+    jobs = batch.plan_jobs(profile, values, tmp_path)
+    assert jobs[-1].notebook == "05_figures"
+    n_seeds = len(values.get("seeds") or [values["seed"]])
+    assert sum(job.scenario is not None for job in jobs) == len(values["scenarios"]) * n_seeds
