@@ -8,6 +8,7 @@ in a global figure manager: notebooks show a figure by ending a cell with it, an
 from __future__ import annotations
 
 import calendar
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -588,9 +589,15 @@ def plot_byol_diagram() -> Figure:
     return fig
 
 
+def _brief(reason: str, width: int = 70) -> str:
+    """The gist of a skip reason for a figure title; the full text is in notebook 05."""
+    gist = reason.splitlines()[0].split(" (")[0].split(". ")[0] if reason else "no reason"
+    return textwrap.shorten(gist, width, placeholder="...")
+
+
 def _skipped_note(skipped: Mapping[str, str] | None, keys: Sequence[str]) -> str:
     notes = [f"{results.SCENARIO_BY_KEY[k].label if k in results.SCENARIO_BY_KEY else k} "
-             f"skipped: {reason}" for k, reason in (skipped or {}).items() if k in keys]
+             f"skipped: {_brief(reason)}" for k, reason in (skipped or {}).items() if k in keys]
     return "\n".join(notes)
 
 
@@ -670,9 +677,11 @@ def plot_class_scores(summary: pd.DataFrame, skipped: Mapping[str, str] | None =
         fig.legend(handles, names, loc="outside lower center", ncols=len(present), fontsize=10)
     title = "Per-class precision and recall (poster Fig. 5)"
     if missing:
-        reasons = [f"{results.SCENARIO_BY_KEY[k].label}: "
-                   f"{'skipped, ' + skipped[k] if skipped and k in skipped else 'no results'}"
-                   for k in missing]
+        reasons = [
+            f"{results.SCENARIO_BY_KEY[k].label}: "
+            + (f"skipped, {_brief(skipped[k])}" if skipped and k in skipped else "no results")
+            for k in missing
+        ]
         title += "\nnot shown: " + "; ".join(reasons)
     fig.suptitle(title, fontsize=11)
     return fig
