@@ -45,7 +45,7 @@ def corpus_copy(tiny_corpus: Path, tmp_path: Path) -> Path:
 def run_notebooks(monkeypatch: pytest.MonkeyPatch):
     """Execute notebooks in order through the batch runner; fail the test on any error.
 
-    Call it with ({notebook name: parameters}, output folder). The kernel finds rapid_utils
+    Call it with ({notebook name: parameters}, corpus, output folder). The kernel finds rapid_utils
     even where the package is not installed (PYTHONPATH), and draws with the agg backend.
     """
     root = str(paths.notebooks_dir().parent)
@@ -53,9 +53,16 @@ def run_notebooks(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
     monkeypatch.setenv("MPLBACKEND", "agg")
 
-    def run(parameters_by_name: dict[str, dict], output_dir: Path) -> None:
+    def run(parameters_by_name: dict[str, dict], corpus: Path, output_dir: Path) -> None:
+        """Figures go to output_dir/figures; runs_dir is output_dir/runs, given relative to
+        the notebooks folder so relative paths are exercised too."""
+        common = {
+            "corpus_dir": str(corpus),
+            "figures_dir": str(output_dir / "figures"),
+            "runs_dir": os.path.relpath(output_dir / "runs", paths.notebooks_dir()),
+        }
         for name, parameters in parameters_by_name.items():
-            outcome = batch.run_notebook(name, output_dir / f"{name}.ipynb", parameters)
+            outcome = batch.run_notebook(name, output_dir / f"{name}.ipynb", common | parameters)
             assert outcome.error is None, f"{name}: {outcome.error} (see {outcome.output})"
 
     return run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import nbformat
@@ -120,14 +119,8 @@ def test_committed_notebook_is_clean(name: str) -> None:
 def test_notebooks_pretrain_then_finetune(tmp_path: Path, run_notebooks) -> None:
     corpus = generate_corpus(tmp_path / "c", n_sites=30, seed=2, size=16, dates=DATES,
                              workers=1, progress=False)
-    notebooks = paths.notebooks_dir()
     figures, runs = tmp_path / "figures", tmp_path / "runs"
-    common = {
-        "corpus_dir": str(corpus),
-        "figures_dir": str(figures),
-        "runs_dir": os.path.relpath(runs, notebooks),  # relative to the notebook's folder
-    } | TINY
-    run_notebooks({name: common | p for name, p in NOTEBOOKS.items()}, tmp_path)
+    run_notebooks({name: TINY | p for name, p in NOTEBOOKS.items()}, corpus, tmp_path)
 
     checkpoint = runs / "byol" / "byol_augment_seed0" / train.CHECKPOINT_FILE
     assert checkpoint.is_file()

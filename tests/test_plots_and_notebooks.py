@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -229,16 +228,9 @@ def test_committed_notebook_is_clean(name: str) -> None:
 def test_notebooks_run_end_to_end(
     corpus: Path, index: pd.DataFrame, tmp_path: Path, run_notebooks
 ) -> None:
-    notebooks = paths.notebooks_dir()
     figures, runs = tmp_path / "figures", tmp_path / "runs"
-    common = {
-        "corpus_dir": str(corpus),
-        "figures_dir": str(figures),
-        "runs_dir": os.path.relpath(runs, notebooks),  # relative to the notebook's folder
-        "seed": 0,
-        "split_by": "site",
-    }
-    run_notebooks({name: common | p for name, p in NOTEBOOKS.items()}, tmp_path)
+    common = {"seed": 0, "split_by": "site"}
+    run_notebooks({name: common | p for name, p in NOTEBOOKS.items()}, corpus, tmp_path)
     for figure in (f for names in FIGURES.values() for f in names):
         assert (figures / f"{figure}.png").is_file(), figure
         assert (figures / f"{figure}.pdf").is_file(), figure

@@ -231,9 +231,8 @@ def test_plot_class_scores(loaded: list[dict]) -> None:
 
 def test_notebook_05_on_fake_results(results_dir: Path, tmp_path: Path, run_notebooks) -> None:
     figures = tmp_path / "figures"
-    run_notebooks({"05_figures": {"runs_dir": str(results_dir.parent),
-                                  "figures_dir": str(figures),
-                                  "corpus_dir": str(tmp_path / "no-corpus")}}, tmp_path)
+    run_notebooks({"05_figures": {"runs_dir": str(results_dir.parent)}},  # reads only results
+                  tmp_path / "no-corpus", tmp_path)
     for name in ("fig3_byol_model", "fig4_test_accuracy", "fig5_class_precision_recall"):
         assert (figures / f"{name}.png").is_file(), name
         assert (figures / f"{name}.pdf").is_file(), name
