@@ -162,3 +162,17 @@ class PlanetFusionDataset(Dataset):
         if self.date_sampling == "pair":
             item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
         return item_dict
+
+
+def open_dataset(
+    root: str | Path,
+    index: pd.DataFrame,
+    band_stats: BandStats,
+    date_sampling: str = "random",
+) -> Dataset:
+    """The Dataset of `index` sites of the corpus at `root`, for training and evaluation.
+
+    The one place that picks the reader of a corpus: training calls only this, so each corpus
+    kind (GeoTIFF folder, packed store, own chips) plugs in here and nowhere else.
+    """
+    return PlanetFusionDataset(root, index, band_stats, date_sampling=date_sampling)

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 import rapid_utils
 from rapid_utils import augment, byol, distributed, metrics, models, paths, splits
-from rapid_utils.datasets import BandStats, PlanetFusionDataset
+from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, write_json_atomic
 
 CHECKPOINT_FILE = paths.CHECKPOINT_FILE
@@ -75,7 +75,7 @@ def _changed_fields(config: object, stored: dict | None) -> list[str]:
 
 
 def _loader(
-    dataset: PlanetFusionDataset,
+    dataset: Dataset,
     batch_size: int,
     seed: int,
     shuffle: bool,
@@ -300,7 +300,7 @@ def pretrain(
     optimizer = _build_optimizer(model, config)
 
     sampling = "pair" if config.positives == "temporal" else "random"
-    dataset = PlanetFusionDataset(corpus_root, train_index, band_stats, date_sampling=sampling)
+    dataset = open_dataset(corpus_root, train_index, band_stats, date_sampling=sampling)
     local_batch = config.batch_size // context.world_size
     steps_per_epoch = (len(dataset) // context.world_size) // local_batch
     if steps_per_epoch == 0:
@@ -313,7 +313,7 @@ def pretrain(
 
     knn_train, knn_val = (
         _loader(
-            PlanetFusionDataset(
+            open_dataset(
                 corpus_root, _knn_subset(index, config.knn_sites, config.seed), band_stats,
                 date_sampling="first",
             ),
@@ -414,7 +414,7 @@ def encoder_features(
     encoder = _accelerate(
         models.build_model(arch, 4, 0, f"byol:{checkpoint}"), device, distributed.Context()
     )
-    dataset = PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first")
+    dataset = open_dataset(corpus_root, index, band_stats, date_sampling="first")
     loader = _loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
     features, class_ids = _features(encoder, loader, device)
     return features.numpy(), class_ids.numpy()
@@ -555,7 +555,7 @@ def finetune(
     labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
-    train_set = PlanetFusionDataset(corpus_root, labelled, band_stats, date_sampling="random")
+    train_set = open_dataset(corpus_root, labelled, band_stats, date_sampling="random")
     local_batch = config.batch_size // context.world_size
     # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
     # Several processes always drop the ragged end (DistributedSampler would pad it).
@@ -569,7 +569,7 @@ def finetune(
 
     eval_loaders = {
         name: _loader(
-            PlanetFusionDataset(corpus_root, index, band_stats, date_sampling="first"),
+            open_dataset(corpus_root, index, band_stats, date_sampling="first"),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
         for name, index in (("val", val_index), ("test", test_index))
