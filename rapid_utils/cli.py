@@ -1,4 +1,4 @@
-"""The `rapid-utils` command: generate the embedded corpus, run the notebook batch, train.
+"""The `rapid-utils` command: generate the embedded corpus, pack it, run the notebooks, train.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from rapid_utils import batch, docs, paths, study, train
-from rapid_utils.corpus import layout
+from rapid_utils.corpus import layout, store
+from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 
 
@@ -22,6 +23,19 @@ def _synth(args: argparse.Namespace) -> int:
     dates = args.dates if args.dates in ("monthly", "all") else args.dates.split(",")
     generate_corpus(args.out, n_sites=args.n_sites, seed=args.seed, size=args.size,
                     dates=dates, workers=args.workers)
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    dates = args.dates if args.dates in ("monthly", "all") else args.dates.split(",")
+    report = store.pack(args.corpus, args.out, dates=dates, size=args.size,
+                        layout_name=args.layout, scheduler=args.scheduler, workers=args.workers,
+                        address=args.address, verify=not args.no_verify)
+    logging.info("%s: %d sites packed, %d reused, %d repacked, %d skipped in %.0f s",
+                 report.store, report.packed, report.reused, report.repacked,
+                 len(report.skipped), report.seconds)
+    for row in report.skipped.itertuples():
+        logging.warning("skipped %s: %s", row.sample_id, row.reason)
     return 0
 
 
@@ -115,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=2, help="worker processes")
     synth.set_defaults(func=_synth)
 
+    pack = commands.add_parser(
+        "pack", help="pack a corpus into one chunked store for fast training reads",
+        description="Pack a GeoTIFF corpus into a Zarr store (STORE.zarr, a folder or an fsspec "
+        "URL). Rerunning resumes an interrupted pack (verifying what is there) and appends "
+        "sites new to the corpus. Pass the store as --corpus to pretrain/finetune.")
+    pack.add_argument("--corpus", required=True, help="corpus root (real or embedded)")
+    pack.add_argument("--out", required=True, help="the store, a name ending in .zarr")
+    pack.add_argument("--dates", default="monthly",
+                      help="'monthly', 'all' or comma-separated YYYY-MM-DD")
+    pack.add_argument("--size", type=int, default=None,
+                      help="chip side in px (default: the corpus's; larger rasters are "
+                      "centre-cropped)")
+    pack.add_argument("--layout", default="fast", choices=store.LAYOUTS,
+                      help="fast: uncompressed, for training; archive: zstd, smaller")
+    pack.add_argument("--scheduler", default="threads", choices=store.SCHEDULERS,
+                      help="local dask scheduler")
+    pack.add_argument("--workers", type=int, default=None, help="local dask workers")
+    pack.add_argument("--address", default=None,
+                      help="dask.distributed scheduler address (e.g. tcp://host:8786)")
+    pack.add_argument("--no-verify", action="store_true",
+                      help="on resume, trust samples marked packed instead of re-reading them")
+    pack.set_defaults(func=_pack)
+
     reproduce = commands.add_parser("reproduce", help="run the notebook batch of a profile")
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")
     reproduce.add_argument("--extra", action="append", default=[],
@@ -153,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (batch.ProfileError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (batch.ProfileError, CorpusError, FileExistsError, FileNotFoundError,
+            ValueError) as error:
         logging.error("error: %s", error)
         return 2
 

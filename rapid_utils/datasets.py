@@ -17,10 +17,12 @@ from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import (
     DateSelection,
     available_dates,
+    draw_chips,
     read_raster,
     sample_chips,
     select_dates,
 )
+from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.io import write_json_atomic
 
 DATE_SAMPLING = ("random", "first", "all", "pair")
@@ -59,13 +61,21 @@ def compute_band_stats(
     """Per-band mean/std over valid pixels of a seeded sample of sites and dates.
 
     Pass training sites only, so validation and test data do not leak into normalisation.
+    `root` may be a packed store: the same chips are drawn, so the statistics are the same.
     """
     total = np.zeros(len(layout.BANDS))
     total_sq = np.zeros(len(layout.BANDS))
     count = np.zeros(len(layout.BANDS))
     sites_seen = set()
-    chips = sample_chips(Path(root), sites["sample_id"].tolist(), n_sites, dates_per_site, dates,
-                         seed, progress, desc="band statistics")
+    sample_ids = sites["sample_id"].tolist()
+    if is_store(root):
+        store = PackedStore(root)
+        chips = draw_chips(sample_ids, n_sites, dates_per_site, seed,
+                           lambda sample_id: select_dates(store.dates, dates, sample_id),
+                           store.read_chip, progress, desc="band statistics")
+    else:
+        chips = sample_chips(Path(root), sample_ids, n_sites, dates_per_site, dates, seed,
+                             progress, desc="band statistics")
     for sample_id, chip in chips:
         values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
         total += values.sum(axis=(1, 2)).filled(0)
@@ -79,8 +89,99 @@ def compute_band_stats(
     return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]))
 
 
-class PlanetFusionDataset(Dataset):
-    """Planet Fusion chips of indexed sites, with their land-cover targets.
+class _ChipDataset(Dataset):
+    """What the GeoTIFF and store Datasets share: targets, normalisation and date sampling.
+
+    Subclasses say which dates a site has (`site_dates`) and how one chip is read
+    (`read_chip`, raw values with a nodata mask), so both give the same items.
+    """
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        band_stats: BandStats,
+        dates: DateSelection,
+        date_sampling: str,
+        target: str,
+        multilabel_threshold: float,
+    ) -> None:
+        if date_sampling not in DATE_SAMPLING:
+            raise ValueError(f"date_sampling must be one of {DATE_SAMPLING}, got {date_sampling!r}")
+        if target not in ("dominant", "multilabel"):
+            raise ValueError(f"target must be 'dominant' or 'multilabel', got {target!r}")
+        if index.empty:
+            raise ValueError("the dataset's index has no sites")
+        self.sample_ids = index["sample_id"].tolist()
+        shares = index[list(labels.SHARE_COLUMNS)].reset_index(drop=True)
+        if target == "dominant":
+            self.targets = torch.tensor(labels.dominant_class(shares).to_numpy())
+        else:
+            multi = labels.multilabel_targets(shares, multilabel_threshold).to_numpy()
+            self.targets = torch.tensor(multi, dtype=torch.float32)
+        self.dates = dates
+        self.date_sampling = date_sampling
+        self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
+        self._site_dates: dict[str, list[dt.date]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def available(self, sample_id: str) -> list[dt.date]:
+        """All dates a site has in this corpus."""
+        raise NotImplementedError
+
+    def read_chip(self, sample_id: str, date: dt.date) -> np.ma.MaskedArray:
+        """One raw (4, H, W) chip, masked where nodata."""
+        raise NotImplementedError
+
+    def site_dates(self, sample_id: str) -> list[dt.date]:
+        """The selected dates of a site (listed once, then cached)."""
+        if sample_id not in self._site_dates:
+            available = self.available(sample_id)
+            self._site_dates[sample_id] = select_dates(available, self.dates, sample_id)
+        return self._site_dates[sample_id]
+
+    def load_chip(self, sample_id: str, date: dt.date) -> torch.Tensor:
+        """One normalised (4, H, W) chip; nodata pixels become 0 (the band mean)."""
+        chip = self.read_chip(sample_id, date)
+        image = (torch.from_numpy(chip.data.astype(np.float32)) - self.mean) / self.std
+        return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+
+    def choose_dates(self, sample_id: str) -> list[dt.date]:
+        """The dates of one item, drawn with torch's RNG as `date_sampling` says."""
+        site_dates = self.site_dates(sample_id)
+        if self.date_sampling == "all":
+            return site_dates
+        if self.date_sampling == "first":
+            return site_dates[:1]
+        if self.date_sampling == "pair":
+            order = torch.randperm(len(site_dates)).tolist() * 2  # [i, i] for a single date
+            return [site_dates[order[0]], site_dates[order[1]]]
+        return [site_dates[int(torch.randint(len(site_dates), ()))]]
+
+    def __getitem__(self, item: int) -> dict:
+        sample_id = self.sample_ids[item]
+        chosen = self.choose_dates(sample_id)
+        images = self.load_images(sample_id, chosen)
+        single = self.date_sampling != "all"
+        item_dict = {
+            "image": images[0] if single else torch.stack(images),
+            "label": self.targets[item],
+            "sample_id": sample_id,
+            "date": chosen[0].isoformat() if single else [d.isoformat() for d in chosen],
+        }
+        if self.date_sampling == "pair":
+            item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
+        return item_dict
+
+    def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
+        """The item's images, one per date."""
+        return [self.load_chip(sample_id, date) for date in dates]
+
+
+class PlanetFusionDataset(_ChipDataset):
+    """Planet Fusion chips of indexed sites, read from the corpus GeoTIFFs, with their targets.
 
     Each item is a dict: `image` (float32, normalised; (4, H, W) for one date or
     (T, 4, H, W) with `date_sampling="all"`), `label` (dominant class index, or a 0/1
@@ -102,66 +203,65 @@ class PlanetFusionDataset(Dataset):
         multilabel_threshold: float = 0.1,
         nodata: float | None = None,
     ) -> None:
-        if date_sampling not in DATE_SAMPLING:
-            raise ValueError(f"date_sampling must be one of {DATE_SAMPLING}, got {date_sampling!r}")
-        if target not in ("dominant", "multilabel"):
-            raise ValueError(f"target must be 'dominant' or 'multilabel', got {target!r}")
-        if index.empty:
-            raise ValueError("the dataset's index has no sites")
+        super().__init__(index, band_stats, dates, date_sampling, target, multilabel_threshold)
         self.root = Path(root)
-        self.sample_ids = index["sample_id"].tolist()
-        shares = index[list(labels.SHARE_COLUMNS)].reset_index(drop=True)
-        if target == "dominant":
-            self.targets = torch.tensor(labels.dominant_class(shares).to_numpy())
-        else:
-            multi = labels.multilabel_targets(shares, multilabel_threshold).to_numpy()
-            self.targets = torch.tensor(multi, dtype=torch.float32)
-        self.dates = dates
-        self.date_sampling = date_sampling
         self.nodata = nodata
-        self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
-        self._site_dates: dict[str, list[dt.date]] = {}
 
-    def __len__(self) -> int:
-        return len(self.sample_ids)
+    def available(self, sample_id: str) -> list[dt.date]:
+        return available_dates(self.root, sample_id)
 
-    def site_dates(self, sample_id: str) -> list[dt.date]:
-        """The selected dates of a site (listed from disk once, then cached)."""
-        if sample_id not in self._site_dates:
-            available = available_dates(self.root, sample_id)
-            self._site_dates[sample_id] = select_dates(available, self.dates, sample_id)
-        return self._site_dates[sample_id]
+    def read_chip(self, sample_id: str, date: dt.date) -> np.ma.MaskedArray:
+        return read_raster(layout.raster_path(self.root, sample_id, date), nodata=self.nodata)
 
-    def load_chip(self, sample_id: str, date: dt.date) -> torch.Tensor:
-        """One normalised (4, H, W) chip; nodata pixels become 0 (the band mean)."""
-        chip = read_raster(layout.raster_path(self.root, sample_id, date), nodata=self.nodata)
-        image = (torch.from_numpy(chip.data.astype(np.float32)) - self.mean) / self.std
-        return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
 
-    def __getitem__(self, item: int) -> dict:
-        sample_id = self.sample_ids[item]
-        site_dates = self.site_dates(sample_id)
-        if self.date_sampling == "all":
-            chosen = site_dates
-        elif self.date_sampling == "first":
-            chosen = site_dates[:1]
-        elif self.date_sampling == "pair":
-            order = torch.randperm(len(site_dates)).tolist() * 2  # [i, i] for a single date
-            chosen = [site_dates[order[0]], site_dates[order[1]]]
-        else:
-            chosen = [site_dates[int(torch.randint(len(site_dates), ()))]]
-        images = [self.load_chip(sample_id, date) for date in chosen]
-        single = self.date_sampling != "all"
-        item_dict = {
-            "image": images[0] if single else torch.stack(images),
-            "label": self.targets[item],
-            "sample_id": sample_id,
-            "date": chosen[0].isoformat() if single else [d.isoformat() for d in chosen],
-        }
-        if self.date_sampling == "pair":
-            item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
-        return item_dict
+class PackedStoreDataset(_ChipDataset):
+    """The same items as `PlanetFusionDataset`, read from a packed store (`corpus.store`).
+
+    Same sites, dates, random draws and values, so training gives identical results from either.
+    One item reads only its dates' chunks. With `raw=True` images stay uint16 (what the store
+    holds, half the bytes of float32) and `normalise_batch` normalises whole batches on the
+    device they are on (e.g. the GPU), so CPU workers only read.
+    """
+
+    def __init__(
+        self,
+        store: str | Path | PackedStore,
+        index: pd.DataFrame,
+        band_stats: BandStats,
+        dates: DateSelection = "monthly",
+        date_sampling: str = "random",
+        target: str = "dominant",
+        multilabel_threshold: float = 0.1,
+        raw: bool = False,
+    ) -> None:
+        super().__init__(index, band_stats, dates, date_sampling, target, multilabel_threshold)
+        self.store = store if isinstance(store, PackedStore) else PackedStore(store)
+        self.raw = raw
+        for sample_id in self.sample_ids:
+            self.store.row(sample_id)  # fail now, naming the site, not in a worker later
+
+    def available(self, sample_id: str) -> list[dt.date]:
+        return list(self.store.dates)
+
+    def read_chip(self, sample_id: str, date: dt.date) -> np.ma.MaskedArray:
+        return self.store.read_chip(sample_id, date)
+
+    def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
+        chips = self.store.read(sample_id, [self.store.date_position(d) for d in dates])
+        if self.raw:
+            return list(torch.from_numpy(chips))
+        return list(self.normalise_batch(torch.from_numpy(chips)))
+
+    def normalise_batch(self, raw: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 images from raw uint16 ones (..., 4, H, W), on their device.
+
+        The same arithmetic as `load_chip`, so CPU items and device-normalised batches agree.
+        """
+        values = raw.to(torch.float32)
+        image = (values - self.mean.to(raw.device)) / self.std.to(raw.device)
+        if self.store.nodata is not None:
+            image = image.masked_fill(values == self.store.nodata, 0.0)
+        return image
 
 
 def open_dataset(
@@ -169,10 +269,15 @@ def open_dataset(
     index: pd.DataFrame,
     band_stats: BandStats,
     date_sampling: str = "random",
+    raw: bool = False,
 ) -> Dataset:
     """The Dataset of `index` sites of the corpus at `root`, for training and evaluation.
 
     The one place that picks the reader of a corpus: training calls only this, so each corpus
-    kind (GeoTIFF folder, packed store, own chips) plugs in here and nowhere else.
+    kind (GeoTIFF folder, packed store, own chips) plugs in here and nowhere else. A packed
+    store (a `.zarr` path or URL) gives a `PackedStoreDataset`, with uint16 images when `raw`
+    (normalised later by its `normalise_batch`); a GeoTIFF corpus always gives normalised ones.
     """
+    if is_store(root):
+        return PackedStoreDataset(root, index, band_stats, date_sampling=date_sampling, raw=raw)
     return PlanetFusionDataset(root, index, band_stats, date_sampling=date_sampling)

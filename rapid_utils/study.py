@@ -15,6 +15,7 @@ import pandas as pd
 
 from rapid_utils import paths, splits
 from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.datasets import BandStats, compute_band_stats
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class Study:
     """A corpus split into train/val/test, with the band statistics of its training sites."""
 
-    corpus: Path
+    corpus: Path | str  # a GeoTIFF corpus folder, or a packed store (path or fsspec URL)
     index: pd.DataFrame
     split: pd.Series
     band_stats: BandStats
@@ -51,9 +52,15 @@ def load_study(
 
     Band statistics come from `runs/band_stats.json` (notebook 01 writes it); when it is
     missing they are computed from the training sites with the same seed and stored there.
+    `corpus` may be a packed store (`rapid-utils pack`): its index has the same rows as the
+    corpus's (less samples skipped when packing), so split and statistics are the same too.
     """
-    corpus = Path(corpus).expanduser().resolve()
-    index = build_index(corpus, progress=False)
+    if is_store(corpus):
+        store = PackedStore(corpus)
+        corpus, index = store.url, store.index()
+    else:
+        corpus = Path(corpus).expanduser().resolve()
+        index = build_index(corpus, progress=False)
     split = splits.assign_splits(index, by=split_by, seed=seed)
     stats_path = Path(runs) / paths.BAND_STATS_FILE
     if stats_path.is_file():

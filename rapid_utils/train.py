@@ -127,9 +127,22 @@ def _accelerate(model: nn.Module, device: torch.device, context: distributed.Con
     return model.to(device)
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on `device`, channels_last on CUDA (matching `_accelerate`)."""
+def _raw_batches(device: torch.device) -> bool:
+    """Whether store Datasets hand raw uint16 batches, normalised on `device` (GPUs): CPU
+    workers then only read, and host-to-device copies carry half the bytes."""
+    return device.type == "cuda"
+
+
+def _to_device(
+    images: torch.Tensor, device: torch.device, dataset: Dataset | None = None
+) -> torch.Tensor:
+    """A float batch on `device`, channels_last on CUDA (matching `_accelerate`).
+
+    A raw (integer) batch from a packed store is normalised on `device` by its `dataset`.
+    """
     images = images.to(device, non_blocking=True)
+    if not images.is_floating_point():
+        images = dataset.normalise_batch(images)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
     return images
@@ -172,7 +185,8 @@ def _features(
     outputs, targets = [], []
     for batch in loader:
         with _autocast(device):
-            outputs.append(model(_to_device(batch["image"], device)).float().cpu())
+            image = _to_device(batch["image"], device, loader.dataset)
+            outputs.append(model(image).float().cpu())
         targets.append(batch["label"])
     model.train(was_training)
     return torch.cat(outputs), torch.cat(targets)
@@ -300,7 +314,8 @@ def pretrain(
     optimizer = _build_optimizer(model, config)
 
     sampling = "pair" if config.positives == "temporal" else "random"
-    dataset = open_dataset(corpus_root, train_index, band_stats, date_sampling=sampling)
+    raw = _raw_batches(device)
+    dataset = open_dataset(corpus_root, train_index, band_stats, date_sampling=sampling, raw=raw)
     local_batch = config.batch_size // context.world_size
     steps_per_epoch = (len(dataset) // context.world_size) // local_batch
     if steps_per_epoch == 0:
@@ -315,7 +330,7 @@ def pretrain(
         _loader(
             open_dataset(
                 corpus_root, _knn_subset(index, config.knn_sites, config.seed), band_stats,
-                date_sampling="first",
+                date_sampling="first", raw=raw,
             ),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
@@ -344,7 +359,7 @@ def pretrain(
         losses = []
         for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
-            view1, view2 = _byol_views(batch, config, views_rng, device)
+            view1, view2 = _byol_views(batch, config, views_rng, device, dataset)
             lr = byol.lr_schedule(
                 step, total_steps, config.base_lr, config.batch_size, warmup_steps
             )
@@ -414,20 +429,22 @@ def encoder_features(
     encoder = _accelerate(
         models.build_model(arch, 4, 0, f"byol:{checkpoint}"), device, distributed.Context()
     )
-    dataset = open_dataset(corpus_root, index, band_stats, date_sampling="first")
+    dataset = open_dataset(corpus_root, index, band_stats, date_sampling="first",
+                           raw=_raw_batches(device))
     loader = _loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
     features, class_ids = _features(encoder, loader, device)
     return features.numpy(), class_ids.numpy()
 
 
 def _byol_views(
-    batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device
+    batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device,
+    dataset: Dataset,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two augmented views of a batch: of one image, or of two dates (temporal)."""
-    image = _to_device(batch["image"], device)
+    image = _to_device(batch["image"], device, dataset)
     if config.positives == "augment":
         return augment.byol_views(image, generator, config.image_size)
-    image2 = _to_device(batch["image2"], device)
+    image2 = _to_device(batch["image2"], device, dataset)
     return (
         augment.augment(image, augment.VIEW1, generator, config.image_size),
         augment.augment(image2, augment.VIEW2, generator, config.image_size),
@@ -555,7 +572,8 @@ def finetune(
     labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
-    train_set = open_dataset(corpus_root, labelled, band_stats, date_sampling="random")
+    raw = _raw_batches(device)
+    train_set = open_dataset(corpus_root, labelled, band_stats, date_sampling="random", raw=raw)
     local_batch = config.batch_size // context.world_size
     # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
     # Several processes always drop the ragged end (DistributedSampler would pad it).
@@ -569,7 +587,7 @@ def finetune(
 
     eval_loaders = {
         name: _loader(
-            open_dataset(corpus_root, index, band_stats, date_sampling="first"),
+            open_dataset(corpus_root, index, band_stats, date_sampling="first", raw=raw),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
         for name, index in (("val", val_index), ("test", test_index))
@@ -599,7 +617,7 @@ def finetune(
         losses = []
         for batch in tqdm(train_loader(epoch), desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
-            image = _to_device(batch["image"], device)
+            image = _to_device(batch["image"], device, train_set)
             if config.augment:
                 image = augment.augment(image, FINETUNE_VIEW, flips)
             with _autocast(device):

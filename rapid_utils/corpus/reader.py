@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,13 +138,33 @@ def sample_chips(
     Sites are drawn from `sample_ids` in sorted order, so the sample depends only on the set
     of sites and the seed. Shared by normalisation statistics and exploration plots.
     """
+    root = Path(root)
+    return draw_chips(
+        sample_ids, n_sites, dates_per_site, seed,
+        lambda sample_id: select_dates(available_dates(root, sample_id), dates, sample_id),
+        lambda sample_id, date: read_raster(layout.raster_path(root, sample_id, date)),
+        progress, desc,
+    )
+
+
+def draw_chips(
+    sample_ids: Sequence[str],
+    n_sites: int,
+    dates_per_site: int,
+    seed: int,
+    site_dates: Callable[[str], list[dt.date]],
+    read_chip: Callable[[str, dt.date], np.ma.MaskedArray],
+    progress: bool = False,
+    desc: str = "sampling chips",
+) -> Iterator[tuple[str, np.ma.MaskedArray]]:
+    """`sample_chips` over any chip source (the GeoTIFFs, a packed store): the same draws."""
     rng = np.random.default_rng(seed)
     ordered = np.sort(np.asarray(sample_ids, dtype=str))
     chosen = ordered[rng.permutation(len(ordered))[:n_sites]]
     for sample_id in tqdm(chosen, desc=desc, unit="site", disable=not progress):
-        site_dates = select_dates(available_dates(Path(root), sample_id), dates, sample_id)
-        for i in rng.permutation(len(site_dates))[:dates_per_site]:
-            yield sample_id, read_raster(layout.raster_path(Path(root), sample_id, site_dates[i]))
+        chosen_dates = site_dates(sample_id)
+        for i in rng.permutation(len(chosen_dates))[:dates_per_site]:
+            yield sample_id, read_chip(sample_id, chosen_dates[i])
 
 
 def read_site(

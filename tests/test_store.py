@@ -1,0 +1,291 @@
+"""The packed store: exact round trip, resume, skips, extension, fsspec URLs, and training from it
+giving the same results as training from the GeoTIFFs."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader
+
+from rapid_utils import cli, datasets, study, train
+from rapid_utils.corpus import layout, store
+from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.reader import read_raster
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus packed in the fast layout; do not modify it."""
+    out = tmp_path_factory.mktemp("store") / "tiny.zarr"
+    store.pack(tiny_corpus, out, scheduler="synchronous", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stats(tiny_corpus: Path) -> datasets.BandStats:
+    return datasets.compute_band_stats(tiny_corpus, build_index(tiny_corpus, progress=False),
+                                       progress=False)
+
+
+def assert_same_chips(packed_store: store.PackedStore, corpus: Path) -> None:
+    for sample_id in packed_store.index()["sample_id"]:
+        chips = packed_store.read(sample_id, range(len(packed_store.dates)))
+        for t, date in enumerate(packed_store.dates):
+            geotiff = read_raster(layout.raster_path(corpus, sample_id, date))
+            np.testing.assert_array_equal(chips[t], geotiff.data, err_msg=f"{sample_id} {date}")
+
+
+def test_pack_round_trips_every_value(packed: Path, tiny_corpus: Path) -> None:
+    packed_store = store.PackedStore(packed)
+    assert packed_store.raw_chunks  # the fast layout is read as raw bytes
+    assert packed_store.packed.all() and len(packed_store.dates) == 24
+    assert_same_chips(packed_store, tiny_corpus)
+    expected = build_index(tiny_corpus, progress=False)
+    pd.testing.assert_frame_equal(packed_store.index(), expected)
+
+
+def test_store_opens_in_xarray_with_its_variables(packed: Path, tiny_corpus: Path) -> None:
+    ds = xr.open_zarr(packed, consolidated=False)
+    assert ds["reflectance"].dims == ("sample", "time", "band", "y", "x")
+    assert ds["reflectance"].dtype == np.uint16
+    assert ds["reflectance"].shape == (24, 24, 4, 32, 32)
+    assert list(ds["band"].values) == list(layout.BANDS)
+    assert {"sample_id", "lon", "lat", "time"} <= set(ds.coords)
+    index = build_index(tiny_corpus, progress=False).set_index("sample_id")
+    ids = [str(s) for s in ds["sample_id"].values]
+    np.testing.assert_array_equal(ds["label"].values, index.loc[ids, "label"].to_numpy())
+    assert set(ds["split"].values) == {"train", "val", "test"}
+    # per-band statistics: exact over every pixel of every packed chip
+    pixels = ds["reflectance"].values.astype(np.float64)
+    np.testing.assert_allclose(ds.attrs["band_mean"], pixels.mean(axis=(0, 1, 3, 4)), rtol=1e-9)
+    np.testing.assert_allclose(ds.attrs["band_std"], pixels.std(axis=(0, 1, 3, 4)), rtol=1e-6)
+
+
+def test_archive_layout_is_smaller_and_holds_the_same_values(packed: Path, tmp_path: Path,
+                                                             tiny_corpus: Path) -> None:
+    out = tmp_path / "archive.zarr"
+    store.pack(tiny_corpus, out, layout_name="archive", scheduler="synchronous", progress=False)
+    archive = store.PackedStore(out)
+    assert not archive.raw_chunks  # compressed chunks go through zarr's reader
+    fast = store.PackedStore(packed)
+    for sample_id in fast.sample_ids[:4]:
+        np.testing.assert_array_equal(archive.read(sample_id, [0, 5, 23]),
+                                      fast.read(sample_id, [0, 5, 23]))
+
+    def size(folder: Path, pattern: str = "*") -> int:
+        return sum(f.stat().st_size for f in folder.rglob(pattern) if f.is_file())
+
+    assert size(out / "reflectance") < 0.75 * size(packed / "reflectance")
+    assert size(out / "reflectance") < size(tiny_corpus / "imagery", "PF-SR/*.tif")
+
+
+@pytest.mark.parametrize("date_sampling", ["random", "first", "pair", "all"])
+def test_store_items_equal_geotiff_items(packed: Path, tiny_corpus: Path, stats,
+                                         date_sampling: str) -> None:
+    index = build_index(tiny_corpus, progress=False).iloc[::3]
+    from_tiffs = datasets.open_dataset(tiny_corpus, index, stats, date_sampling=date_sampling)
+    from_store = datasets.open_dataset(packed, index, stats, date_sampling=date_sampling)
+    assert isinstance(from_store, datasets.PackedStoreDataset)
+    for item in range(len(index)):
+        torch.manual_seed(item)
+        expected = from_tiffs[item]
+        torch.manual_seed(item)
+        got = from_store[item]
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == got[key].dtype
+                assert torch.equal(value, got[key]), key
+            else:
+                assert value == got[key], key
+
+
+def test_raw_batches_normalised_on_their_device_equal_cpu_items(packed: Path, tiny_corpus: Path,
+                                                                stats) -> None:
+    index = build_index(tiny_corpus, progress=False)
+    raw = datasets.open_dataset(packed, index, stats, date_sampling="pair", raw=True)
+    normalised = datasets.open_dataset(packed, index, stats, date_sampling="pair")
+    # one DataLoader worker, seeded alike: the store is opened in that process, not pickled open
+    raw_batch, batch = (
+        next(iter(DataLoader(dataset, batch_size=8, num_workers=1,
+                             generator=torch.Generator().manual_seed(0))))
+        for dataset in (raw, normalised)
+    )
+    assert raw_batch["image"].dtype == torch.uint16
+    assert raw_batch["date2"] == batch["date2"]
+    for key in ("image", "image2"):
+        assert torch.equal(raw.normalise_batch(raw_batch[key]), batch[key])
+        assert torch.equal(train._to_device(raw_batch[key], torch.device("cpu"), raw), batch[key])
+
+
+def test_study_from_store_equals_study_from_geotiffs(packed: Path, tiny_corpus: Path,
+                                                     tmp_path: Path) -> None:
+    from_tiffs = study.load_study(tiny_corpus, tmp_path / "a", stats_sites=8)
+    from_store = study.load_study(packed, tmp_path / "b", stats_sites=8)
+    pd.testing.assert_frame_equal(from_store.index, from_tiffs.index)
+    pd.testing.assert_series_equal(from_store.split, from_tiffs.split)
+    assert from_store.band_stats == from_tiffs.band_stats
+    # the store's own split variable is the default split
+    ds = xr.open_zarr(packed, consolidated=False)
+    stored = pd.Series([str(s) for s in ds["split"].values],
+                       index=[str(s) for s in ds["sample_id"].values])
+    expected = from_tiffs.split.set_axis(from_tiffs.index["sample_id"])
+    pd.testing.assert_series_equal(stored.loc[expected.index], expected, check_names=False)
+
+
+def test_finetuning_from_store_gives_identical_results(packed: Path, tiny_corpus: Path,
+                                                       tmp_path: Path) -> None:
+    results = {}
+    for name, corpus in (("tiffs", tiny_corpus), ("store", packed)):
+        data = study.load_study(corpus, tmp_path / "runs", stats_sites=8)
+        config = train.FinetuneConfig(arch="resnet18", epochs=1, batch_size=6)
+        results[name] = train.finetune(
+            config, data.corpus, data.sites("train"), data.sites("val"), data.sites("test"),
+            data.band_stats, tmp_path / f"{name}.json", progress=False,
+        )
+    assert results["store"]["per_epoch"] == results["tiffs"]["per_epoch"]
+    assert results["store"]["final"] == results["tiffs"]["final"]
+
+
+@pytest.mark.slow
+def test_temporal_pretraining_from_store_gives_identical_history(packed: Path, tiny_corpus: Path,
+                                                                 tmp_path: Path) -> None:
+    histories = {}
+    config = train.PretrainConfig(arch="resnet18", epochs=1, batch_size=6, warmup_epochs=0,
+                                  image_size=16, hidden_dim=32, projection_dim=16, knn_k=3,
+                                  positives="temporal")
+    for name, corpus in (("tiffs", tiny_corpus), ("store", packed)):
+        data = study.load_study(corpus, tmp_path / "runs", stats_sites=8)
+        histories[name] = train.pretrain(config, data.corpus, data.sites("train"),
+                                         data.sites("val"), data.band_stats, tmp_path / name,
+                                         progress=False)
+    assert histories["store"] == histories["tiffs"]
+
+
+def test_interrupted_pack_resumes_and_repacks_a_torn_sample(tiny_corpus: Path, tmp_path: Path,
+                                                            packed: Path, monkeypatch) -> None:
+    out = tmp_path / "resumed.zarr"
+    read_sample = store._read_sample
+    calls = []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 11:
+            raise KeyboardInterrupt
+        return read_sample(*args)
+
+    monkeypatch.setattr(store, "_read_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.pack(tiny_corpus, out, scheduler="synchronous", block_size=4, progress=False)
+    monkeypatch.setattr(store, "_read_sample", read_sample)
+    partial = store.PackedStore(out)
+    assert partial.packed.sum() == 8  # two whole blocks were committed, the third was not
+    # a sample marked packed whose chunk was damaged afterwards is found and repacked
+    torn_row = int(np.flatnonzero(partial.packed)[2])
+    chunk = out / "reflectance" / "c" / str(torn_row) / "7" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+
+    report = store.pack(tiny_corpus, out, scheduler="synchronous", block_size=4, progress=False)
+    assert (report.reused, report.repacked, report.packed) == (7, 1, 17)
+    resumed = store.PackedStore(out)
+    assert resumed.packed.all()
+    assert_same_chips(resumed, tiny_corpus)
+    assert (xr.open_zarr(out, consolidated=False)["checksum"].values
+            == xr.open_zarr(packed, consolidated=False)["checksum"].values).all()
+
+
+def test_corrupt_sample_is_skipped_and_recorded(corpus_copy: Path, tmp_path: Path,
+                                                caplog) -> None:
+    bad = build_index(corpus_copy, progress=False)["sample_id"][4]
+    raster = layout.raster_path(corpus_copy, bad, layout.monthly(layout.pf_dates())[3])
+    raster.write_bytes(raster.read_bytes()[:300])
+    out = tmp_path / "s.zarr"
+    assert cli.main(["pack", "--corpus", str(corpus_copy), "--out", str(out),
+                     "--scheduler", "synchronous"]) == 0
+    packed_store = store.PackedStore(out)
+    skipped = packed_store.skipped()
+    assert skipped["sample_id"].tolist() == [bad]
+    assert skipped["path"].tolist() == [str(raster)]
+    assert "corrupt or truncated" in skipped["reason"][0]
+    assert bad in caplog.text
+    assert bad not in packed_store.index()["sample_id"].tolist()
+    assert len(packed_store.index()) == 23
+    with pytest.raises(store.StoreError, match=f"{bad} was not packed"):
+        packed_store.read(bad, [0])
+    # a repaired site is packed by the next run, and leaves the skipped list
+    shutil.copy(layout.raster_path(corpus_copy, bad, layout.monthly(layout.pf_dates())[4]),
+                raster)
+    report = store.pack(corpus_copy, out, scheduler="synchronous", progress=False)
+    assert (report.packed, report.reused, len(report.skipped)) == (1, 23, 0)
+    assert store.PackedStore(out).skipped().empty
+
+
+def test_pack_extends_a_store_with_new_sites(corpus_copy: Path, tmp_path: Path,
+                                             packed: Path) -> None:
+    table_path = corpus_copy / layout.LABELS_CSV
+    full = table_path.read_bytes()
+    table = pd.read_csv(table_path)
+    with gzip.open(table_path, "wt") as fh:
+        table.iloc[:16].to_csv(fh, index=False)
+    out = tmp_path / "grow.zarr"
+    store.pack(corpus_copy, out, scheduler="synchronous", progress=False)
+    assert len(store.PackedStore(out).index()) == 16
+    table_path.write_bytes(full)
+    report = store.pack(corpus_copy, out, scheduler="threads", workers=2, progress=False)
+    assert (report.reused, report.packed) == (16, 8)
+    grown = store.PackedStore(out)
+    pd.testing.assert_frame_equal(grown.index().drop(columns="geometry"),
+                                  store.PackedStore(packed).index().drop(columns="geometry"))
+    assert_same_chips(grown, corpus_copy)
+
+
+def test_pack_refuses_other_options_on_an_existing_store(packed: Path, tiny_corpus: Path) -> None:
+    with pytest.raises(store.StoreError, match="layout 'fast', not 'archive'"):
+        store.pack(tiny_corpus, packed, layout_name="archive", progress=False)
+    with pytest.raises(ValueError, match="ends in .zarr"):
+        store.pack(tiny_corpus, packed.with_suffix(".h5"), progress=False)
+
+
+def test_store_opens_from_an_fsspec_url(packed: Path, tiny_corpus: Path, stats) -> None:
+    memory = fsspec.filesystem("memory")
+    memory.put(str(packed), "/tiny.zarr", recursive=True)
+    try:
+        url = "memory://tiny.zarr"
+        remote = store.PackedStore(url)
+        local = store.PackedStore(packed)
+        assert remote.raw_chunks
+        sample_id = local.sample_ids[3]
+        np.testing.assert_array_equal(remote.read(sample_id, [1, 2]), local.read(sample_id, [1, 2]))
+        index = remote.index()
+        item = datasets.open_dataset(url, index, stats, date_sampling="first")[0]
+        assert torch.equal(item["image"],
+                           datasets.open_dataset(packed, index, stats, "first")[0]["image"])
+    finally:
+        memory.rm("/tiny.zarr", recursive=True)
+
+
+@pytest.mark.slow
+def test_pack_on_a_dask_distributed_scheduler(tiny_corpus: Path, tmp_path: Path,
+                                              packed: Path) -> None:
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster:
+        out = tmp_path / "cluster.zarr"
+        report = store.pack(tiny_corpus, out, address=cluster.scheduler_address, progress=False)
+    assert report.packed == 24
+    assert (xr.open_zarr(out, consolidated=False)["checksum"].values
+            == xr.open_zarr(packed, consolidated=False)["checksum"].values).all()
+
+
+def test_missing_store_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(store.StoreError, match="rapid-utils pack"):
+        store.PackedStore(tmp_path / "none.zarr")
