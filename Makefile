@@ -32,9 +32,11 @@ docs: setup
 lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks
 
-# BYOL training throughput and peak memory, ours next to lightly's (a few minutes on a laptop CPU).
+# BYOL training throughput and peak memory, ours next to lightly's; packed store vs GeoTIFFs
+# (packing, decoding, training, memory). A few minutes each on a laptop CPU.
 bench: setup
 	$(BIN)/python benchmarks/byol_throughput.py
+	$(BIN)/python benchmarks/store_throughput.py
 
 clean:
 	rm -rf runs data/synthetic-*

@@ -2,9 +2,10 @@
 
 All in one run, on embedded corpora generated here (in --workdir, kept for reruns):
 1. Packing throughput (sites/s, dask threads) and size, fast and archive layouts, vs GeoTIFF size.
-2. Decoding samples/s, one date ("random") and two dates ("pair") per sample, with 1 and 2
-   DataLoader workers: GeoTIFF files vs the fast and archive stores, the same samples (a seeded
-   sampler), through the Datasets training uses. The first batch (worker start-up) is not timed.
+2. Decoding samples/s, one date ("random") and two dates ("pair") per sample, in the main
+   process and with 1 and 2 DataLoader workers: GeoTIFF files vs the fast and archive stores,
+   the same samples (a seeded sampler), through the Datasets training uses; "raw" hands uint16
+   (the GPU path: normalised on the device). Each worker's first batch is not timed.
 3. BYOL training samples/s at 64 px views (ResNet-18, CPU, one loader worker) from the store vs
    from the GeoTIFFs, with the share of step time spent waiting for data.
 4. Peak memory (ru_maxrss of a fresh process) of one `train.pretrain` epoch from the store at
@@ -150,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     print("decoding ...", flush=True)
     data = study.load_study(corpus, work / "runs", stats_sites=32)
     readers = {"geotiff": corpus, "store-fast": work / "fast.zarr",
-               "store-archive": work / "archive.zarr"}
+               "store-archive": work / "archive.zarr", "store-fast-raw": work / "fast.zarr"}
     decode = []
     for sampling, dates in (("random", 1), ("pair", 2)):
-        for workers in (1, 2):
+        for workers in (0, 1, 2):  # 0: in the main process, no worker IPC
             row = {"dates": dates, "workers": workers}
             for name, root in readers.items():
-                dataset = datasets.open_dataset(root, data.index, data.band_stats, sampling)
+                # raw: uint16 items, normalised later on the batch's device (the GPU path)
+                dataset = datasets.open_dataset(root, data.index, data.band_stats, sampling,
+                                                raw=name.endswith("raw"))
                 row[name] = decode_rate(dataset, args.samples, workers)
             decode.append(row)
             print(f"  {dates} date(s), {workers} worker(s): "
@@ -193,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'store ' + row['layout']:<16}{row['bytes']:>14,}"
               f"{row['bytes'] / geotiff_bytes:>10.2f}{row['sites_per_s']:>14.1f}")
     print(f"\n{'dates':>5}{'workers':>8}" + "".join(f"{k + ' /s':>20}" for k in readers)
-          + f"{'fast/GeoTIFF':>14}{'archive/GeoTIFF':>17}")
+          + f"{'fast/GeoTIFF':>14}{'raw/GeoTIFF':>13}{'archive/GeoTIFF':>17}")
     for row in decode:
         print(f"{row['dates']:>5}{row['workers']:>8}"
               + "".join(f"{row[k]:>20.0f}" for k in readers)
               + f"{row['store-fast'] / row['geotiff']:>14.1f}"
+              + f"{row['store-fast-raw'] / row['geotiff']:>13.1f}"
               + f"{row['store-archive'] / row['geotiff']:>17.1f}")
     print("\nBYOL training, ResNet-18, batch 32, 64 px views, 1 loader worker, CPU")
     for name, row in training.items():
