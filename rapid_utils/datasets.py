@@ -175,4 +175,8 @@ def open_dataset(
     The one place that picks the reader of a corpus: training calls only this, so each corpus
     kind (GeoTIFF folder, packed store, own chips) plugs in here and nowhere else.
     """
+    from rapid_utils.corpus import chips  # here: chips builds on this module's BandStats
+
+    if chips.is_chips_corpus(root):
+        return chips.ChipsDataset(chips.load_spec(root), index, band_stats, date_sampling)
     return PlanetFusionDataset(root, index, band_stats, date_sampling=date_sampling)

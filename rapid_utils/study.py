@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rapid_utils import paths, splits
+from rapid_utils import labels, paths, splits
+from rapid_utils.corpus import chips
 from rapid_utils.corpus.index import build_index
 from rapid_utils.datasets import BandStats, compute_band_stats
 
@@ -22,18 +23,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Study:
-    """A corpus split into train/val/test, with the band statistics of its training sites."""
+    """A corpus split into train/val/test, with the band statistics of its training sites.
+
+    `class_names` are the classes that `index["label"]` numbers (the poster's 7, or a chips
+    corpus's own); `unlabelled` holds sites without a label, for pretraining only.
+    """
 
     corpus: Path
     index: pd.DataFrame
     split: pd.Series
     band_stats: BandStats
+    class_names: tuple[str, ...] = labels.CLASSES
+    unlabelled: pd.DataFrame | None = None
 
     def sites(self, name: str) -> pd.DataFrame:
         """The index rows of one split: 'train', 'val' or 'test'."""
         if name not in splits.SPLITS:
             raise ValueError(f"split must be one of {splits.SPLITS}, got {name!r}")
         return self.index[self.split == name]
+
+    def pretraining_sites(self) -> pd.DataFrame:
+        """The training sites plus the unlabelled ones: what self-supervised pretraining sees."""
+        if self.unlabelled is None or self.unlabelled.empty:
+            return self.sites("train")
+        return pd.concat([self.sites("train"), self.unlabelled], ignore_index=True)
 
     def split_sizes(self) -> pd.Series:
         """Sites per split."""
@@ -51,8 +64,11 @@ def load_study(
 
     Band statistics come from `runs/band_stats.json` (notebook 01 writes it); when it is
     missing they are computed from the training sites with the same seed and stored there.
+    A chips corpus (a chips spec, see `corpus.chips`) is indexed and split by its own module.
     """
     corpus = Path(corpus).expanduser().resolve()
+    if chips.is_chips_corpus(corpus):
+        return chips.load_study(corpus, runs, split_by, seed, stats_sites)
     index = build_index(corpus, progress=False)
     split = splits.assign_splits(index, by=split_by, seed=seed)
     stats_path = Path(runs) / paths.BAND_STATS_FILE
