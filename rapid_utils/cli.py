@@ -65,7 +65,8 @@ def _config(args: argparse.Namespace, config_class: type):
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", required=True, help="corpus root (real or embedded)")
+    parser.add_argument("--corpus", required=True,
+                        help="corpus root (real or embedded), or a chips spec YAML file")
     parser.add_argument("--runs", required=True,
                         help="runs folder: band_stats.json, byol/ checkpoints, results/")
     parser.add_argument("--split-by", default="site", choices=("site", "tile"))
@@ -80,7 +81,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
                             args.stats_sites)
     out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
-    history = train.pretrain(config, data.corpus, data.sites("train"), data.sites("val"),
+    history = train.pretrain(config, data.corpus, data.pretraining_sites(), data.sites("val"),
                              data.band_stats, out_dir)
     logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
     return 0
@@ -94,7 +95,8 @@ def _finetune(args: argparse.Namespace) -> int:
                             args.stats_sites)
     results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
     results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
-                             data.sites("test"), data.band_stats, results_path, force=args.force)
+                             data.sites("test"), data.band_stats, results_path, force=args.force,
+                             class_names=data.class_names)
     logging.info("test accuracy %.3f -> %s", results["final"]["test"]["accuracy"], results_path)
     return 0
 
