@@ -239,9 +239,9 @@ def plot_chip_examples(examples: Mapping[str, Sequence[np.ndarray]],
         raise ValueError("no example chips to plot")
     n_columns = max(len(chips) for chips in rows.values())
     order = [layout.BANDS.index(b) for b in (*TRUE_COLOUR, *FALSE_COLOUR)]
-    fig = Figure(figsize=(1.6 + 1.3 * 2 * n_columns, 0.5 + 1.3 * len(rows)))
-    axes = np.atleast_2d(fig.subplots(len(rows), 2 * n_columns + 1, squeeze=False,
-                                      gridspec_kw={"wspace": 0.05, "hspace": 0.08}))
+    fig = Figure(figsize=(1.6 + 1.3 * 2 * n_columns, 0.5 + 1.3 * len(rows)),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), 2 * n_columns + 1, squeeze=False)
     for r, (name, chips) in enumerate(rows.items()):
         cube = np.stack(chips)[:, order]  # (n, 6, y, x): true then false colour
         true, false = _stretch(cube[:, :3], percentiles), _stretch(cube[:, 3:], percentiles)

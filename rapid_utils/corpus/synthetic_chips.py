@@ -61,7 +61,7 @@ CLASSES: dict[str, tuple[str, str, str]] = {
 
 def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A (size, size) field in [0, 1] telling where the first material lies."""
-    y, x = np.mgrid[0:size, 0:size] / size
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5  # centred: lines cross the middle
     angle = rng.uniform(0, np.pi)
     along = np.cos(angle) * x + np.sin(angle) * y
     across = -np.sin(angle) * x + np.cos(angle) * y
@@ -70,7 +70,7 @@ def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "rows":  # orchard rows: narrow vegetation lines
         return (np.sin(2 * np.pi * rng.uniform(8, 12) * along) > 0.3) * 1.0
     if kind == "line":  # a road or river across the chip
-        return (np.abs(across - rng.uniform(0.3, 0.7)) < rng.uniform(0.04, 0.1)) * 1.0
+        return (np.abs(across - rng.uniform(-0.2, 0.2)) < rng.uniform(0.04, 0.1)) * 1.0
     if kind == "grid":  # a street grid with houses and gardens
         period = rng.uniform(5, 8)
         return ((np.sin(2 * np.pi * period * along) > 0.2)
