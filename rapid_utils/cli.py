@@ -1,4 +1,5 @@
-"""The `rapid-utils` command: generate the embedded corpus, run the notebook batch, train.
+"""The `rapid-utils` command: generate the embedded corpus or example chips, run the notebook
+batch, train.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
@@ -16,12 +17,22 @@ from pathlib import Path
 from rapid_utils import batch, docs, paths, study, train
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import generate_corpus
+from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
 
 def _synth(args: argparse.Namespace) -> int:
     dates = args.dates if args.dates in ("monthly", "all") else args.dates.split(",")
     generate_corpus(args.out, n_sites=args.n_sites, seed=args.seed, size=args.size,
                     dates=dates, workers=args.workers)
+    return 0
+
+
+def _example_chips(args: argparse.Namespace) -> int:
+    root = generate_example_chips(args.out, per_class=args.per_class,
+                                  n_unlabelled=args.unlabelled, size=args.size, seed=args.seed,
+                                  classes=args.classes)
+    logging.info("example chips in %s (13 bands, EuroSAT order: Blue, Green, Red, NIR are "
+                 "bands 2, 3, 4, 8; unlabelled chips in %s)", root, root / "unlabelled")
     return 0
 
 
@@ -116,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'monthly' (24), 'all' (146) or comma-separated YYYY-MM-DD")
     synth.add_argument("--workers", type=int, default=2, help="worker processes")
     synth.set_defaults(func=_synth)
+
+    example = commands.add_parser(
+        "example-chips", help="write an example chips folder in EuroSAT's format")
+    example.add_argument("--out", required=True, help="output folder (new or empty)")
+    example.add_argument("--classes", type=int, default=10, help="classes (EuroSAT has 10)")
+    example.add_argument("--per-class", type=int, default=40, help="labelled chips per class")
+    example.add_argument("--unlabelled", type=int, default=100,
+                         help="unlabelled chips (in OUT/unlabelled)")
+    example.add_argument("--size", type=int, default=64, help="chip side in px")
+    example.add_argument("--seed", type=int, default=0)
+    example.set_defaults(func=_example_chips)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook batch of a profile")
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import torch
 
-from rapid_utils import batch, paths, results, study, train
+from rapid_utils import batch, cli, paths, results, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import BandCountError, RasterReadError
 from rapid_utils.corpus.synthetic_chips import S2_BANDS, generate_example_chips
@@ -249,3 +249,18 @@ def test_committed_chips_notebook_is_clean() -> None:
     inspected = papermill.inspect_notebook(path)
     assert {"corpus_dir", "figures_dir", "runs_dir", "seed", "label_fractions"} <= set(inspected)
     assert len(inspected) == sum(1 for line in code[0].source.splitlines() if " = " in line)
+
+
+def test_cli_writes_example_chips_and_refuses_foreign_folders(tmp_path: Path) -> None:
+    out = tmp_path / "example"
+    assert cli.main(["example-chips", "--out", str(out), "--classes", "2", "--per-class", "3",
+                     "--unlabelled", "0", "--size", "16"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tif")) == [
+        "AnnualCrop/AnnualCrop_1.tif", "AnnualCrop/AnnualCrop_2.tif",
+        "AnnualCrop/AnnualCrop_3.tif", "Forest/Forest_1.tif", "Forest/Forest_2.tif",
+        "Forest/Forest_3.tif"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert cli.main(["example-chips", "--out", str(foreign)]) == 2
+    assert (foreign / "notes.txt").read_text() == "keep"
