@@ -547,6 +547,10 @@ def finetune(
                 )
             return existing
 
+    if (train_index["label"] < 0).any():
+        raise ValueError("fine-tuning needs labelled training sites, and train_index holds "
+                         "unlabelled ones (label -1): pass Study.sites('train'), not "
+                         "Study.pretraining_sites()")
     context = distributed.setup()
     device = distributed.device(context)
     seed_everything(config.seed)

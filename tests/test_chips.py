@@ -207,6 +207,10 @@ def test_one_epoch_byol_and_fine_tune_on_chips(chips_root: Path, tmp_path: Path)
     final = run["final"]["test"]
     assert list(final["precision"]) == run["classes"] and final["n"] == 3
     assert np.asarray(final["confusion_matrix"]).shape == (3, 3)
+    with pytest.raises(ValueError, match="unlabelled ones"):
+        train.finetune(config, spec_file, data.pretraining_sites(), data.sites("val"),
+                       data.sites("test"), data.band_stats, tmp_path / "other.json",
+                       progress=False, class_names=data.class_names)
     summary = results.summary_table(results.load_results(results_path.parent))
     assert summary.index.tolist() == ["byol-100%"]
     assert "precision_shrub" in summary.columns and "precision_water" not in summary.columns
