@@ -18,11 +18,19 @@ import papermill
 import yaml
 
 from rapid_utils import models, paths, results, study, train
+from rapid_utils.corpus import chips
 from rapid_utils.corpus.synthetic import generate_corpus
+from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
+EXAMPLE_CHIPS = "example-chips"  # generate the example chips folder (EuroSAT's format)
+# Profile keys of a chips corpus: `chips_<field>` is the chips spec's <field> (corpus.chips).
+CHIPS_KEYS = tuple(f"chips_{name}" for name in (
+    "bands", "scale", "size", "resize", "labels_csv", "unlabelled", "class_map", "nodata"))
+EXAMPLE_CHIPS_KEYS = ("example_chips_classes", "example_chips_per_class",
+                      "example_chips_unlabelled", "example_chips_size")
 REQUIRED_KEYS = ("corpus", "seed")
 
 
@@ -51,9 +59,47 @@ def load_profile(profile: str, extra_files: tuple[str | Path, ...] = ()) -> dict
 
 
 def resolve_corpus(profile: str, values: dict[str, Any]) -> Path:
-    """The corpus folder of a profile, generating the embedded corpus if it asks for it."""
-    if values["corpus"] != SYNTHETIC:
-        return Path(values["corpus"]).expanduser().resolve()
+    """The corpus of a profile, generating the embedded corpus or example chips if it asks.
+
+    With `chips_*` keys the corpus is a chips folder: the chips spec they describe is written
+    to `paths.chips_spec_path(profile)` and returned, for the notebooks to read.
+    """
+    if values["corpus"] == EXAMPLE_CHIPS:
+        root = generate_example_chips(
+            paths.example_chips_dir(profile),
+            classes=int(values.get("example_chips_classes", 10)),
+            per_class=int(values.get("example_chips_per_class", 40)),
+            n_unlabelled=int(values.get("example_chips_unlabelled", 100)),
+            size=int(values.get("example_chips_size", 64)),
+            seed=int(values["seed"]),
+        )
+    elif values["corpus"] != SYNTHETIC:
+        root = Path(values["corpus"]).expanduser().resolve()
+    else:
+        return _synthetic_corpus(profile, values)
+    if not any(key in values for key in CHIPS_KEYS):
+        return root
+    return _write_chips_spec(profile, values, root)
+
+
+def _write_chips_spec(profile: str, values: dict[str, Any], root: Path) -> Path:
+    """The chips spec of a profile's `chips_*` keys, written into its runs folder.
+
+    `chips_labels_csv` and `chips_unlabelled` are relative to the chips folder, a
+    `chips_class_map` file to the working directory (as `corpus` is).
+    """
+    fields = {key.removeprefix("chips_"): values[key] for key in CHIPS_KEYS if key in values}
+    class_map = fields.get("class_map")
+    if isinstance(class_map, str) and class_map:
+        fields["class_map"] = str(Path(class_map).expanduser().resolve())
+    try:
+        spec = chips.spec_from_values(fields | {"root": str(root)}, root, f"profile {profile!r}")
+    except chips.ChipsError as error:
+        raise ProfileError(str(error)) from error
+    return spec.save(paths.chips_spec_path(profile))
+
+
+def _synthetic_corpus(profile: str, values: dict[str, Any]) -> Path:
     return generate_corpus(
         paths.synthetic_corpus_dir(profile),
         n_sites=int(values.get("synth_sites", 1000)),
@@ -124,7 +170,11 @@ def _for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
-    """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05."""
+    """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05.
+
+    A chips corpus starts with 01_chips_overview in place of 01 and 02 (which describe the
+    RapidAI4EO corpus).
+    """
     runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
     split_seed = int(values["seed"])
     common = values | {
@@ -134,8 +184,10 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
         "split_seed": split_seed,
         "byol_seed": split_seed,
     }
+    first = (("01_chips_overview",) if chips.is_chips_corpus(corpus)
+             else ("01_data_exploration", "02_label_mapping"))
     jobs = [Job(name, notebooks_out / f"{name}.ipynb", _for_notebook(name, common))
-            for name in ("01_data_exploration", "02_label_mapping", "03_byol_pretraining")]
+            for name in (*first, "03_byol_pretraining")]
     scenarios = values.get("scenarios") or [s.key for s in results.SCENARIOS]
     unknown = [key for key in scenarios if key not in results.SCENARIO_BY_KEY]
     if unknown:

@@ -1,4 +1,5 @@
-"""The `rapid-utils` command: generate the embedded corpus, pack it, run the notebooks, train.
+"""The `rapid-utils` command: generate the embedded corpus or example chips, pack a corpus,
+run the notebook batch, train.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
@@ -17,6 +18,7 @@ from rapid_utils import batch, docs, paths, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
+from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -36,6 +38,15 @@ def _pack(args: argparse.Namespace) -> int:
                  len(report.skipped), report.seconds)
     for row in report.skipped.itertuples():
         logging.warning("skipped %s: %s", row.sample_id, row.reason)
+    return 0
+
+
+def _example_chips(args: argparse.Namespace) -> int:
+    root = generate_example_chips(args.out, per_class=args.per_class,
+                                  n_unlabelled=args.unlabelled, size=args.size, seed=args.seed,
+                                  classes=args.classes)
+    logging.info("example chips in %s (13 bands, EuroSAT order: Blue, Green, Red, NIR are "
+                 "bands 2, 3, 4, 8; unlabelled chips in %s)", root, root / "unlabelled")
     return 0
 
 
@@ -79,7 +90,8 @@ def _config(args: argparse.Namespace, config_class: type):
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", required=True, help="corpus root (real or embedded)")
+    parser.add_argument("--corpus", required=True,
+                        help="corpus root (real or embedded), or a chips spec YAML file")
     parser.add_argument("--runs", required=True,
                         help="runs folder: band_stats.json, byol/ checkpoints, results/")
     parser.add_argument("--split-by", default="site", choices=("site", "tile"))
@@ -94,7 +106,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
                             args.stats_sites)
     out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
-    history = train.pretrain(config, data.corpus, data.sites("train"), data.sites("val"),
+    history = train.pretrain(config, data.corpus, data.pretraining_sites(), data.sites("val"),
                              data.band_stats, out_dir)
     logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
     return 0
@@ -108,7 +120,8 @@ def _finetune(args: argparse.Namespace) -> int:
                             args.stats_sites)
     results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
     results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
-                             data.sites("test"), data.band_stats, results_path, force=args.force)
+                             data.sites("test"), data.band_stats, results_path, force=args.force,
+                             class_names=data.class_names)
     logging.info("test accuracy %.3f -> %s", results["final"]["test"]["accuracy"], results_path)
     return 0
 
@@ -151,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--no-verify", action="store_true",
                       help="on resume, trust samples marked packed instead of re-reading them")
     pack.set_defaults(func=_pack)
+
+    example = commands.add_parser(
+        "example-chips", help="write an example chips folder in EuroSAT's format")
+    example.add_argument("--out", required=True, help="output folder (new or empty)")
+    example.add_argument("--classes", type=int, default=10, help="classes (EuroSAT has 10)")
+    example.add_argument("--per-class", type=int, default=40, help="labelled chips per class")
+    example.add_argument("--unlabelled", type=int, default=100,
+                         help="unlabelled chips (in OUT/unlabelled)")
+    example.add_argument("--size", type=int, default=64, help="chip side in px")
+    example.add_argument("--seed", type=int, default=0)
+    example.set_defaults(func=_example_chips)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook batch of a profile")
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")

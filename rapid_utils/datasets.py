@@ -278,6 +278,10 @@ def open_dataset(
     store (a `.zarr` path or URL) gives a `PackedStoreDataset`, with uint16 images when `raw`
     (normalised later by its `normalise_batch`); a GeoTIFF corpus always gives normalised ones.
     """
+    from rapid_utils.corpus import chips  # here: chips builds on this module's BandStats
+
     if is_store(root):
         return PackedStoreDataset(root, index, band_stats, date_sampling=date_sampling, raw=raw)
+    if chips.is_chips_corpus(root):
+        return chips.ChipsDataset(chips.load_spec(root), index, band_stats, date_sampling)
     return PlanetFusionDataset(root, index, band_stats, date_sampling=date_sampling)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,19 +18,21 @@ from sklearn.neighbors import KNeighborsClassifier
 from rapid_utils.labels import CLASSES
 
 
-def classification_metrics(y_true, y_pred, n_classes: int = 7) -> dict:
+def classification_metrics(y_true, y_pred, n_classes: int = 7,
+                           class_names: Sequence[str] | None = None) -> dict:
     """Overall accuracy, macro-F1, per-class precision/recall (poster Fig. 5) and confusion matrix.
 
-    Every class of `labels.CLASSES` appears in the per-class entries, with 0 where a class is
-    never predicted or absent, so results files of small runs keep one shape. The confusion
-    matrix is nested lists, rows true and columns predicted classes.
+    Every class (`class_names`, by default the first `n_classes` poster classes) appears in
+    the per-class entries, in class-index order, with 0 where a class is never predicted or
+    absent, so results files of small runs keep one shape. The confusion matrix is nested
+    lists, rows true and columns predicted classes.
     """
+    names = list(class_names) if class_names is not None else list(CLASSES[:n_classes])
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    classes = list(range(n_classes))
+    classes = list(range(len(names)))
     precision, recall, _, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=classes, average=None, zero_division=0
     )
-    names = CLASSES[:n_classes]
     macro_f1 = f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),

@@ -46,6 +46,21 @@ def synthetic_corpus_dir(profile: str) -> Path:
     return project_root() / "data" / f"synthetic-{profile}"
 
 
+def example_chips_dir(profile: str) -> Path:
+    """Where the example chips folder of a profile is generated (`corpus: example-chips`)."""
+    return project_root() / "data" / f"example-chips-{profile}"
+
+
+def chips_spec_path(profile: str) -> Path:
+    """The chips spec the batch writes from a profile's `chips_*` keys."""
+    return runs_dir(profile) / "chips.yaml"
+
+
+def classmaps_dir() -> Path:
+    """Class maps from other label sets into the poster's 7 classes (YAML)."""
+    return params_dir() / "classmaps"
+
+
 def runs_dir(profile: str) -> Path:
     """Executed notebooks, results files and derived data of a profile."""
     return project_root() / "runs" / profile

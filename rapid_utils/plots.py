@@ -68,10 +68,24 @@ def save_figure(fig: Figure, directory: str | Path, name: str) -> Path:
     return png
 
 
-def _class_handle(name: str, label: str) -> Line2D:
+def class_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Colour and marker per class: the poster classes keep theirs, others (a chips corpus's
+    own classes) take tab20 colours and a marker cycle, in the given order."""
+    others = [n for n in names if n not in CLASS_COLORS]
+    palette = mpl.colormaps["tab20"].colors
+    cycle = "os^vDPXp*h<>"
+    styles = {n: (CLASS_COLORS[n], CLASS_MARKERS[n]) for n in names if n in CLASS_COLORS}
+    styles |= {n: (mpl.colors.to_hex(palette[(2 * k) % 20 + (2 * k) // 20 % 2]), cycle[k % 12])
+               for k, n in enumerate(others)}
+    return styles
+
+
+def _class_handle(name: str, label: str, styles: Mapping[str, tuple[str, str]] | None = None
+                  ) -> Line2D:
+    colour, marker = (styles or class_styles([name]))[name]
     return Line2D(
-        [], [], linestyle="none", marker=CLASS_MARKERS[name], markersize=7,
-        markerfacecolor=CLASS_COLORS[name], markeredgecolor="0.2", markeredgewidth=0.5,
+        [], [], linestyle="none", marker=marker, markersize=7,
+        markerfacecolor=colour, markeredgecolor="0.2", markeredgewidth=0.5,
         label=label,
     )
 
@@ -213,7 +227,44 @@ def plot_monthly_grid(
     return fig
 
 
-def plot_band_histograms(values_by_band: Mapping[str, np.ndarray], bins: int = 80) -> Figure:
+def plot_chip_examples(examples: Mapping[str, Sequence[np.ndarray]],
+                       percentiles: tuple[float, float] = (2, 98)) -> Figure:
+    """Example chips of each class (one row per class): true colour, then false colour.
+
+    `examples` maps class name to reflectance chips (4, y, x) in Blue, Green, Red, NIR order
+    (`corpus.chips.example_chips`); each row is stretched as one (see `_stretch`).
+    """
+    rows = {name: chips for name, chips in examples.items() if len(chips)}
+    if not rows:
+        raise ValueError("no example chips to plot")
+    n_columns = max(len(chips) for chips in rows.values())
+    order = [layout.BANDS.index(b) for b in (*TRUE_COLOUR, *FALSE_COLOUR)]
+    fig = Figure(figsize=(1.6 + 1.3 * 2 * n_columns, 0.5 + 1.3 * len(rows)),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), 2 * n_columns + 1, squeeze=False)
+    for r, (name, chips) in enumerate(rows.items()):
+        cube = np.stack(chips)[:, order]  # (n, 6, y, x): true then false colour
+        true, false = _stretch(cube[:, :3], percentiles), _stretch(cube[:, 3:], percentiles)
+        axes[r, 0].text(1.0, 0.5, f"{name}", ha="right", va="center", fontsize=9,
+                        transform=axes[r, 0].transAxes)
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.axis("off")
+                continue
+            k, colour = (c - 1) % n_columns, (true, false)[(c - 1) // n_columns]
+            if k < len(chips):
+                ax.imshow(np.moveaxis(colour[k], 0, -1), interpolation="nearest")
+            else:
+                ax.axis("off")
+    fig.suptitle(f"Example chips per class: {n_columns} in true colour (R, G, B), then the same "
+                 f"in false colour (NIR, R, G)", fontsize=10)
+    return fig
+
+
+def plot_band_histograms(values_by_band: Mapping[str, np.ndarray], bins: int = 80,
+                         source: str = "Planet Fusion") -> Figure:
     """Histograms of surface reflectance per band (log counts), with each band's median."""
     bands = [b for b in layout.BANDS if b in values_by_band]
     fig = Figure(figsize=(3.0 * len(bands), 3.2), layout="constrained")
@@ -233,7 +284,7 @@ def plot_band_histograms(values_by_band: Mapping[str, np.ndarray], bins: int = 8
         ax.set_title(band.upper() if band == "nir" else band)
         ax.set_xlabel("surface reflectance")
     axes[0].set_ylabel("pixels")
-    fig.suptitle("Planet Fusion reflectance per band (sampled sites and dates)")
+    fig.suptitle(f"{source} reflectance per band (sampled sites and dates)")
     return fig
 
 
@@ -316,9 +367,10 @@ def plot_split_sizes(table: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(12.0, 4.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1, 1.6])
     bottom = np.zeros(len(split_columns))
+    styles = class_styles(list(table.index))
     for name in table.index:
         values = table.loc[name, split_columns].to_numpy(dtype=float)
-        left.bar(split_columns, values, bottom=bottom, color=CLASS_COLORS.get(name, "0.5"),
+        left.bar(split_columns, values, bottom=bottom, color=styles[name][0],
                  edgecolor="0.2", linewidth=0.5, label=name)
         bottom += values
     for x, total in enumerate(bottom):
@@ -390,8 +442,9 @@ def plot_pretraining_history(
     return fig
 
 
-def plot_embedding(features: np.ndarray, class_ids: Sequence[int]) -> Figure:
-    """2-D PCA of encoder features (N, D), one marker style per poster class."""
+def plot_embedding(features: np.ndarray, class_ids: Sequence[int],
+                   class_names: Sequence[str] = labels.CLASSES) -> Figure:
+    """2-D PCA of encoder features (N, D), one marker style per class (`class_names`)."""
     from sklearn.decomposition import PCA  # imported here: only this figure needs it
 
     features = np.asarray(features, dtype=np.float64)
@@ -404,14 +457,15 @@ def plot_embedding(features: np.ndarray, class_ids: Sequence[int]) -> Figure:
     explained[:n_components] = pca.explained_variance_ratio_
     fig = Figure(figsize=(6.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    counts = {name: int(np.sum(class_ids == k)) for k, name in enumerate(labels.CLASSES)}
-    for k, name in enumerate(labels.CLASSES):
+    styles = class_styles(class_names)
+    counts = {name: int(np.sum(class_ids == k)) for k, name in enumerate(class_names)}
+    for k, name in enumerate(class_names):
         chosen = class_ids == k
         if chosen.any():
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=30, c=CLASS_COLORS[name],
-                       marker=CLASS_MARKERS[name], edgecolors="0.2", linewidths=0.4, alpha=0.85)
-    ax.legend(handles=[_class_handle(n, f"{n} ({counts[n]})") for n in labels.CLASSES if counts[n]],
-              title="dominant class (sites)", fontsize=8, title_fontsize=8)
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=30, c=styles[name][0],
+                       marker=styles[name][1], edgecolors="0.2", linewidths=0.4, alpha=0.85)
+    ax.legend(handles=[_class_handle(n, f"{n} ({counts[n]})", styles) for n in class_names
+                       if counts[n]], title="class (sites)", fontsize=8, title_fontsize=8)
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
     ax.set_title(f"Encoder features of {len(features):,} sites (PCA)")
@@ -453,14 +507,16 @@ def plot_finetune_curves(results: Mapping) -> Figure:
 def plot_precision_recall(results: Mapping, split: str = "test") -> Figure:
     """Per-class precision and recall bars (poster Fig. 5) of a results dict's final metrics."""
     final = results["final"][split]
-    positions = np.arange(len(labels.CLASSES))
-    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    names = list(final["precision"])  # the run's classes, in class-index order
+    styles = class_styles(names)
+    positions = np.arange(len(names))
+    fig = Figure(figsize=(max(9.0, 0.9 * len(names)), 3.8), layout="constrained")
     ax = fig.subplots()
     for offset, key, hatch in ((-0.2, "precision", ""), (0.2, "recall", "//")):
-        values = [100 * final[key].get(name, 0.0) for name in labels.CLASSES]
+        values = [100 * final[key].get(name, 0.0) for name in names]
         ax.bar(positions + offset, values, width=0.4, hatch=hatch, label=key,
-               color=[CLASS_COLORS[c] for c in labels.CLASSES], edgecolor="0.2", linewidth=0.6)
-    ax.set_xticks(positions, labels.CLASSES, rotation=20)
+               color=[styles[c][0] for c in names], edgecolor="0.2", linewidth=0.6)
+    ax.set_xticks(positions, names, rotation=20)
     ax.set_ylim(0, 105)
     ax.set_ylabel("%")
     ax.legend(fontsize=8, loc="upper right")
@@ -479,8 +535,9 @@ def plot_confusion(results: Mapping, split: str = "test") -> Figure:
     matrix = np.asarray(results["final"][split]["confusion_matrix"], dtype=float)
     rows = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, rows, out=np.full_like(matrix, np.nan), where=rows > 0)
-    names = list(labels.CLASSES[: len(matrix)])
-    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
+    names = list(results["final"][split]["precision"])  # the run's classes, in index order
+    side = max(7.0, 0.6 * len(names))
+    fig = Figure(figsize=(side, side - 1.0), layout="constrained")
     ax = fig.subplots()
     sns.heatmap(
         pd.DataFrame(shares, index=names, columns=names), ax=ax, vmin=0, vmax=1,
@@ -656,18 +713,19 @@ def plot_class_scores(summary: pd.DataFrame, skipped: Mapping[str, str] | None =
     """
     present = [k for k in scenarios if k in summary.index]
     missing = [k for k in scenarios if k not in summary.index]
-    fig = Figure(figsize=(12.0, 4.6), layout="constrained")
+    names = [c.removeprefix("precision_") for c in summary.columns if c.startswith("precision_")]
+    fig = Figure(figsize=(max(12.0, 1.1 * len(names)), 4.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    positions = np.arange(len(labels.CLASSES))
+    positions = np.arange(len(names))
     width = 0.8 / max(len(present), 1)
     for ax, metric in zip(axes, ("precision", "recall"), strict=True):
         for i, key in enumerate(present):
-            values = [100 * summary.loc[key, f"{metric}_{c}"] for c in labels.CLASSES]
+            values = [100 * summary.loc[key, f"{metric}_{c}"] for c in names]
             n = int(summary.loc[key, "n_seeds"])
             ax.bar(positions + (i - (len(present) - 1) / 2) * width, values, width=width,
                    color=SCENARIO_COLORS[key], edgecolor="0.2", linewidth=0.5,
                    label=f"{summary.loc[key, 'label']} (n = {n} seed{'' if n == 1 else 's'})")
-        ax.set_xticks(positions, labels.CLASSES, rotation=25, fontsize=10)
+        ax.set_xticks(positions, names, rotation=25, fontsize=10)
         ax.set_ylim(0, 105)
         ax.set_title(f"{metric} per class (test, mean over seeds)", fontsize=11)
         ax.grid(axis="y", alpha=0.3)

@@ -144,6 +144,15 @@ def per_epoch_table(results: Sequence[Mapping]) -> pd.DataFrame:
         c.map(order) if c.name == "scenario" else c)).reset_index(drop=True)
 
 
+def classes_of(results: Sequence[Mapping]) -> tuple[str, ...]:
+    """The class names of results files: their `classes` (chips corpora record their own), else
+    the poster's 7 (files written before classes were recorded)."""
+    for run in results:
+        if run.get("classes"):
+            return tuple(run["classes"])
+    return labels.CLASSES
+
+
 def _std(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
@@ -152,7 +161,8 @@ def summary_table(results: Sequence[Mapping], split: str = "test") -> pd.DataFra
     """One row per scenario present (index: scenario key), final metrics over seeds.
 
     Columns: label, n_seeds, seeds, test_accuracy_mean/std, macro_f1_mean/std (std with
-    ddof=1, NaN for a single seed), precision_<class> and recall_<class> means, and
+    ddof=1, NaN for a single seed), precision_<class> and recall_<class> means (classes as
+    in `classes_of`), and
     test_accuracy_by_seed ({seed: accuracy}, for paired differences). Values are fractions.
     A seed present twice (e.g. a rerun at another path) counts once, the last file read.
     """
@@ -162,6 +172,7 @@ def summary_table(results: Sequence[Mapping], split: str = "test") -> pd.DataFra
         if scenario is not None:
             seed = int(run["parameters"].get("seed", run.get("seed", 0)))
             by_scenario.setdefault(scenario, {})[seed] = run["final"][split]
+    class_names = classes_of(results)
     rows = []
     for key in _ordered(list(by_scenario)):
         finals = by_scenario[key]
@@ -179,7 +190,7 @@ def summary_table(results: Sequence[Mapping], split: str = "test") -> pd.DataFra
             "macro_f1_std": _std(macro_f1),
         }
         for metric in ("precision", "recall"):
-            for name in labels.CLASSES:
+            for name in class_names:
                 row[f"{metric}_{name}"] = float(np.mean(
                     [finals[s][metric].get(name, 0.0) for s in seeds]))
         row[f"{split}_accuracy_by_seed"] = dict(zip(seeds, accuracy, strict=True))

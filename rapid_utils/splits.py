@@ -100,21 +100,23 @@ def fraction_column(fraction: float) -> str:
 
 
 def split_size_table(
-    index: pd.DataFrame, splits: pd.Series, fractions: Sequence[float], seed: int = 0
+    index: pd.DataFrame, splits: pd.Series, fractions: Sequence[float], seed: int = 0,
+    class_names: Sequence[str] = CLASSES,
 ) -> pd.DataFrame:
-    """Sites per dominant class (rows, CLASSES order) in each split and label fraction.
+    """Sites per class (rows, `class_names` order: the poster's 7 by default) in each split
+    and label fraction.
 
     Columns: `all`, one per split (`train`, `val`, `test`) and one per label fraction of
     the training split (`fraction_column(f)`, drawn with `label_fraction` and `seed`).
     """
-    names = pd.Series(np.asarray(CLASSES)[index["label"].to_numpy()], index=index.index)
+    names = pd.Series(np.asarray(class_names)[index["label"].to_numpy()], index=index.index)
     columns = {"all": names}
     columns |= {split: names[splits == split] for split in SPLITS}
     train = index[splits == "train"]
     for fraction in fractions:
         columns[fraction_column(fraction)] = names.loc[label_fraction(train, fraction, seed).index]
     counts = {
-        name: values.value_counts().reindex(CLASSES, fill_value=0)
+        name: values.value_counts().reindex(class_names, fill_value=0)
         for name, values in columns.items()
     }
     table = pd.DataFrame(counts)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rapid_utils import paths, splits
+from rapid_utils import labels, paths, splits
+from rapid_utils.corpus import chips
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.datasets import BandStats, compute_band_stats
@@ -23,18 +24,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Study:
-    """A corpus split into train/val/test, with the band statistics of its training sites."""
+    """A corpus split into train/val/test, with the band statistics of its training sites.
+
+    `class_names` are the classes that `index["label"]` numbers (the poster's 7, or a chips
+    corpus's own); `unlabelled` holds sites without a label, for pretraining only.
+    """
 
     corpus: Path | str  # a GeoTIFF corpus folder, or a packed store (path or fsspec URL)
     index: pd.DataFrame
     split: pd.Series
     band_stats: BandStats
+    class_names: tuple[str, ...] = labels.CLASSES
+    unlabelled: pd.DataFrame | None = None
 
     def sites(self, name: str) -> pd.DataFrame:
         """The index rows of one split: 'train', 'val' or 'test'."""
         if name not in splits.SPLITS:
             raise ValueError(f"split must be one of {splits.SPLITS}, got {name!r}")
         return self.index[self.split == name]
+
+    def pretraining_sites(self) -> pd.DataFrame:
+        """The training sites plus the unlabelled ones: what self-supervised pretraining sees."""
+        if self.unlabelled is None or self.unlabelled.empty:
+            return self.sites("train")
+        return pd.concat([self.sites("train"), self.unlabelled], ignore_index=True)
 
     def split_sizes(self) -> pd.Series:
         """Sites per split."""
@@ -54,12 +67,15 @@ def load_study(
     missing they are computed from the training sites with the same seed and stored there.
     `corpus` may be a packed store (`rapid-utils pack`): its index has the same rows as the
     corpus's (less samples skipped when packing), so split and statistics are the same too.
+    A chips corpus (a chips spec, see `corpus.chips`) is indexed and split by its own module.
     """
     if is_store(corpus):
         store = PackedStore(corpus)
         corpus, index = store.url, store.index()
     else:
         corpus = Path(corpus).expanduser().resolve()
+        if chips.is_chips_corpus(corpus):
+            return chips.load_study(corpus, runs, split_by, seed, stats_sites)
         index = build_index(corpus, progress=False)
     split = splits.assign_splits(index, by=split_by, seed=seed)
     stats_path = Path(runs) / paths.BAND_STATS_FILE

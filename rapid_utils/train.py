@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,12 +34,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm.auto import tqdm
 
 import rapid_utils
-from rapid_utils import augment, byol, distributed, metrics, models, paths, splits
+from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, write_json_atomic
 
 CHECKPOINT_FILE = paths.CHECKPOINT_FILE
-N_CLASSES = 7
 
 FINETUNE_VIEW = augment.ViewConfig(
     crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, blur_p=0.0
@@ -291,6 +290,8 @@ def pretrain(
 ) -> list[dict]:
     """Pretrain a BYOL encoder on `train_index` sites; return the per-epoch history.
 
+    `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard.
+
     Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
     `knn_sites` labelled train and val sites at their first date), `lr` and `tau` (at the last
     step), then saves ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed;
@@ -326,6 +327,7 @@ def pretrain(
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps - 1)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
+    labelled_train = train_index[train_index["label"] >= 0]  # unlabelled sites have label -1
     knn_train, knn_val = (
         _loader(
             open_dataset(
@@ -334,7 +336,7 @@ def pretrain(
             ),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
-        for index in (train_index, val_index)
+        for index in (labelled_train, val_index)
     )
 
     history: list[dict] = []
@@ -539,8 +541,12 @@ def finetune(
     results_path: str | Path,
     force: bool = False,
     progress: bool = True,
+    class_names: Sequence[str] = labels.CLASSES,
 ) -> dict:
-    """Fine-tune a 7-class model and write its results file; return the results.
+    """Fine-tune a classifier of `class_names` and write its results file; return the results.
+
+    `class_names` are the classes the index's `label` numbers: the poster's 7 by default, a
+    chips corpus's own (`Study.class_names`) otherwise; the results file records them.
 
     Trains on `config.label_fraction` of `train_index` (stratified, seeded), one random date
     per site and epoch; evaluates val and test at each site's first date after every epoch.
@@ -558,6 +564,10 @@ def finetune(
                 )
             return existing
 
+    if (train_index["label"] < 0).any():
+        raise ValueError("fine-tuning needs labelled training sites, and train_index holds "
+                         "unlabelled ones (label -1): pass Study.sites('train'), not "
+                         "Study.pretraining_sites()")
     context = distributed.setup()
     device = distributed.device(context)
     seed_everything(config.seed)
@@ -567,7 +577,8 @@ def finetune(
             "processes"
         )
     # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
-    model = models.build_model(config.arch, 4, N_CLASSES, config.init, config.imagenet_weights_path)
+    model = models.build_model(config.arch, 4, len(class_names), config.init,
+                               config.imagenet_weights_path)
     model = _accelerate(model, device, context)
     labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}
@@ -648,9 +659,11 @@ def finetune(
             "device": str(device),
             "per_epoch": per_epoch,
             "final": {
-                name: metrics.classification_metrics(*predictions[name], n_classes=N_CLASSES)
+                name: metrics.classification_metrics(*predictions[name],
+                                                     class_names=class_names)
                 for name in ("test", "val")
             },
+            "classes": list(class_names),
             "versions": _versions(),
             "git_commit": _git_commit(),
             "complete": True,

@@ -153,10 +153,10 @@ def test_docs_without_a_run_say_what_to_do(project_home):
 
 BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "workers", "seeds",
               "scenarios", "pretrain_epochs", "pretrain_batch_size", "finetune_epochs",
-              "finetune_batch_size"}
+              "finetune_batch_size", *batch.CHIPS_KEYS, *batch.EXAMPLE_CHIPS_KEYS}
 
 
-@pytest.mark.parametrize("profile", ["ci", "quick", "poster"])
+@pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example"])
 def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
     values = batch.load_profile(profile)
     declared = set()

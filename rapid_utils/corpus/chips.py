@@ -1,0 +1,510 @@
+"""Your own imagery: a folder of labelled multispectral GeoTIFF chips as a corpus.
+
+A chips corpus is described by a small YAML file, the chips spec (`ChipsSpec`): where the
+chips are, how they are labelled, which four bands are our Blue, Green, Red and NIR, how to
+scale them and to what size. Labels come from one sub-folder per class
+(`ROOT/<ClassName>/*.tif`, torchvision's ImageFolder convention) or from a CSV of
+`path,label`; an optional folder of unlabelled chips feeds pretraining only. The class list
+comes from the data, or from a class map into the poster's 7 classes.
+
+Chips are single-date: a dataset item has no time axis, and BYOL's temporal positives are the
+same chip twice (so the two views differ by augmentation only). Pixel values are converted
+to the project's stored units, reflectance x 10000, so band statistics and figures read them
+like Planet Fusion chips.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+import torchvision.transforms.v2.functional as TF
+import yaml
+from rasterio.errors import RasterioError
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from rapid_utils import datasets, labels, paths, splits, study
+from rapid_utils.corpus import layout
+from rapid_utils.corpus.reader import BandCountError, CorpusError, RasterReadError
+from rapid_utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "chips.yaml"  # a folder holding this file is a chips corpus
+KIND = "chips"
+CHIP_SUFFIXES = (".tif", ".tiff")
+RESIZE_METHODS = ("bilinear", "crop")
+UNLABELLED = -1  # the label of unlabelled chips (pretraining only)
+
+
+class ChipsError(CorpusError):
+    """A chips corpus or spec that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ChipsSpec:
+    """How to read a folder of chips; written and read as a YAML file (`save`, `load_spec`)."""
+
+    root: Path  # the chips folder
+    bands: tuple[int | str, ...]  # Blue, Green, Red, NIR: 1-based band index or description
+    scale: float = 10000.0  # stored value / scale = surface reflectance
+    size: int | None = None  # side of the chips fed to the model; None: keep (all equal)
+    resize: str = "bilinear"  # "bilinear" (resample) or "crop" (centre crop) to `size`
+    labels_csv: Path | None = None  # CSV with `path,label`; None: one sub-folder per class
+    unlabelled: Path | None = None  # folder of unlabelled chips, used for pretraining only
+    class_map: dict[str, str] = field(default_factory=dict)  # data class -> poster class
+    nodata: float | None = None  # stored value marking missing pixels (else the file's tag)
+
+    def __post_init__(self) -> None:
+        if len(self.bands) != len(layout.BANDS):
+            raise ChipsError(
+                f"bands must name {len(layout.BANDS)} bands, for {', '.join(layout.BANDS)} in "
+                f"that order (e.g. [2, 3, 4, 8] or [B02, B03, B04, B08]); got {list(self.bands)}"
+            )
+        for band in self.bands:
+            if isinstance(band, bool) or not isinstance(band, int | str) or (
+                    isinstance(band, int) and band < 1):
+                raise ChipsError(f"band {band!r}: use a 1-based band index or a band description")
+        if not self.scale > 0:
+            raise ChipsError(f"scale must be positive (stored value / scale = reflectance), "
+                             f"got {self.scale}")
+        if self.size is not None and not 8 <= self.size <= 2048:
+            raise ChipsError(f"size must be between 8 and 2048 px (or empty), got {self.size}")
+        if self.resize not in RESIZE_METHODS:
+            raise ChipsError(f"resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
+        unknown = sorted(set(self.class_map.values()) - set(labels.CLASSES))
+        if unknown:
+            raise ChipsError(f"class map targets {unknown} are not poster classes; use "
+                             f"{', '.join(labels.CLASSES)}")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as YAML (paths absolute), atomically; return the path."""
+        content = {
+            "kind": KIND, "root": str(self.root), "bands": list(self.bands), "scale": self.scale,
+            "size": self.size, "resize": self.resize,
+            "labels_csv": str(self.labels_csv) if self.labels_csv else None,
+            "unlabelled": str(self.unlabelled) if self.unlabelled else None,
+            "class_map": dict(self.class_map), "nodata": self.nodata,
+        }
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(content, sort_keys=False))
+        return Path(path)
+
+
+def spec_path(corpus: str | Path) -> Path | None:
+    """The chips spec of `corpus` (a spec YAML file, or a folder holding chips.yaml), or None."""
+    corpus = Path(corpus)
+    if corpus.is_file() and corpus.suffix in (".yaml", ".yml"):
+        return corpus
+    if corpus.is_dir() and (corpus / SPEC_FILE).is_file():
+        return corpus / SPEC_FILE
+    return None
+
+
+def is_chips_corpus(corpus: str | Path) -> bool:
+    """True when `corpus` is a chips spec file or a folder holding one."""
+    return spec_path(corpus) is not None
+
+
+def _path_or_none(value: object, base: Path) -> Path | None:
+    if value in (None, ""):
+        return None
+    return (base / Path(str(value)).expanduser()).resolve()
+
+
+def read_class_map(value: object, base: Path) -> dict[str, str]:
+    """A class map given inline (a mapping) or as the path of a YAML mapping file."""
+    if value in (None, "", {}):
+        return {}
+    if isinstance(value, str):
+        path = _path_or_none(value, base)
+        if not path.is_file():
+            raise ChipsError(f"no class map file {path}: give a YAML file of "
+                             "`DataClass: poster_class` lines, or leave class_map empty")
+        value = yaml.safe_load(path.read_text())
+    if not isinstance(value, dict):
+        raise ChipsError(f"the class map must be a mapping of data class -> poster class, "
+                         f"got {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def spec_from_values(values: dict, base: Path, source: str = "chips spec") -> ChipsSpec:
+    """A spec from a mapping of its fields; relative paths are resolved from `base`."""
+    known = {"kind", "root", "bands", "scale", "size", "resize", "labels_csv", "unlabelled",
+             "class_map", "nodata"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ChipsError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+    if "root" not in values or "bands" not in values:
+        raise ChipsError(f"{source} needs `root` (the chips folder) and `bands` (four bands "
+                         "for Blue, Green, Red, NIR)")
+    size = values.get("size")
+    return ChipsSpec(
+        root=_path_or_none(values["root"], base),
+        bands=tuple(values["bands"] or ()),
+        scale=float(values.get("scale") or 10000.0),
+        size=None if size in (None, "", 0) else int(size),
+        resize=str(values.get("resize") or "bilinear"),
+        labels_csv=_path_or_none(values.get("labels_csv"), base),
+        unlabelled=_path_or_none(values.get("unlabelled"), base),
+        class_map=read_class_map(values.get("class_map"), base),
+        nodata=None if values.get("nodata") in (None, "") else float(values["nodata"]),
+    )
+
+
+def load_spec(corpus: str | Path) -> ChipsSpec:
+    """Read the chips spec of `corpus`; relative paths in it are relative to the spec file."""
+    path = spec_path(corpus)
+    if path is None:
+        raise ChipsError(f"{corpus} is not a chips corpus: give a chips spec YAML file or a "
+                         f"folder holding {SPEC_FILE}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ChipsError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict) or values.get("kind", KIND) != KIND:
+        raise ChipsError(f"{path} is not a chips spec (expected a mapping with kind: {KIND})")
+    return spec_from_values(values, path.parent, str(path))
+
+
+# --------------------------------------------------------------------------- index
+
+
+def _chip_files(folder: Path) -> list[Path]:
+    """The chips of a folder (recursively), refusing files that are not GeoTIFFs."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    foreign = [p for p in files if p.suffix.lower() not in CHIP_SUFFIXES]
+    if foreign:
+        raise ChipsError(
+            f"{foreign[0]} is not a GeoTIFF chip ({len(foreign)} such file(s) under {folder}); "
+            "chips must be rasters saved as .tif: convert them (e.g. gdal_translate) or move "
+            "other files out of the chips folder"
+        )
+    return files
+
+
+def _labelled_from_folders(spec: ChipsSpec) -> pd.DataFrame:
+    folders = sorted(
+        p for p in spec.root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.resolve() != spec.unlabelled
+    )
+    if not folders:
+        raise ChipsError(f"{spec.root} has no class folders: expected ROOT/<ClassName>/*.tif, "
+                         "or set labels_csv to a CSV of path,label")
+    rows = []
+    for folder in folders:
+        files = _chip_files(folder)
+        if not files:
+            raise ChipsError(f"class folder {folder} holds no chips: add .tif chips to it or "
+                             "remove the folder")
+        rows += [(path, folder.name) for path in files]
+    return pd.DataFrame(rows, columns=["path", "source_class"])
+
+
+def _labelled_from_csv(spec: ChipsSpec) -> pd.DataFrame:
+    csv = spec.labels_csv
+    if not csv.is_file():
+        raise ChipsError(f"no labels CSV at {csv}: fix labels_csv, or leave it empty to label "
+                         "chips by their class folder")
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ChipsError(f"{csv} lacks the column(s) {sorted(missing)}: expected a header "
+                         f"`path,label`, found {list(table.columns)}")
+    blank = table["label"].str.strip() == ""
+    if blank.any():
+        rows = [int(i) + 2 for i in np.flatnonzero(blank)]  # 1-based, after the header line
+        raise ChipsError(
+            f"{csv}: {len(rows)} row(s) without a label (lines {rows[:5]}"
+            f"{'...' if len(rows) > 5 else ''}, e.g. {table['path'][blank].iloc[0]}): give "
+            "every row a label, or move unlabelled chips to the `unlabelled` folder"
+        )
+    paths = [(spec.root / p.strip()).resolve() for p in table["path"]]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise ChipsError(f"{csv} lists {len(absent)} chip(s) that do not exist, e.g. "
+                         f"{absent[0]}; paths are relative to the chips folder {spec.root}")
+    foreign = [p for p in paths if p.suffix.lower() not in CHIP_SUFFIXES]
+    if foreign:
+        raise ChipsError(f"{foreign[0]} (in {csv}) is not a GeoTIFF chip; chips must be .tif")
+    return pd.DataFrame({"path": paths, "source_class": table["label"].str.strip()})
+
+
+def resolve_bands(src: rasterio.DatasetReader, bands: Sequence[int | str], path: Path
+                  ) -> list[int]:
+    """1-based band indexes of `bands` (indexes or descriptions) in an open raster."""
+    descriptions = [str(d).strip().lower() if d else "" for d in src.descriptions]
+    indexes = []
+    for band in bands:
+        if isinstance(band, int):
+            if band > src.count:
+                raise BandCountError(
+                    f"{path} has {src.count} bands, fewer than band {band} asked for "
+                    f"(bands {list(bands)}): check the chips' band count or the `bands` setting"
+                )
+            indexes.append(band)
+        elif band.strip().lower() in descriptions:
+            indexes.append(descriptions.index(band.strip().lower()) + 1)
+        else:
+            shown = ", ".join(d or "(none)" for d in descriptions)
+            raise BandCountError(
+                f"{path} has no band described {band!r} (its descriptions: {shown}); give "
+                "`bands` as 1-based indexes instead, e.g. [2, 3, 4, 8] for Sentinel-2 "
+                "B02, B03, B04, B08 in EuroSAT's band order"
+            )
+    return indexes
+
+
+def _check_header(path: Path, spec: ChipsSpec) -> tuple[int, int]:
+    """Open a chip's header, check its bands; return (height, width)."""
+    try:
+        with rasterio.open(path) as src:
+            resolve_bands(src, spec.bands, path)
+            return src.height, src.width
+    except RasterioError as error:
+        raise RasterReadError(
+            f"cannot read {path} as a raster ({error}); it is corrupt or not an image: replace "
+            "or remove it"
+        ) from error
+
+
+def _check_sizes(table: pd.DataFrame, spec: ChipsSpec) -> None:
+    sizes = table.groupby(["height", "width"])["path"]
+    if spec.size is None and sizes.ngroups > 1:
+        found = "; ".join(f"{h}x{w} px: {len(g)} chips, e.g. {g.iloc[0]}" for (h, w), g in sizes)
+        raise ChipsError(f"chips have different sizes ({found}); set `size` (profile key "
+                         "chips_size) to resize or crop them all to one size")
+    if spec.size is not None and spec.resize == "crop":
+        small = table[(table["height"] < spec.size) | (table["width"] < spec.size)]
+        if len(small):
+            row = small.iloc[0]
+            raise ChipsError(
+                f"{row['path']} is {row['height']}x{row['width']} px, smaller than size "
+                f"{spec.size} to centre-crop ({len(small)} such chips): use resize: bilinear "
+                "or a smaller size"
+            )
+
+
+def _sample_id(path: Path, spec: ChipsSpec) -> str:
+    for base, prefix in ((spec.root, ""), (spec.unlabelled, "unlabelled:")):
+        if base is not None and path.is_relative_to(base):
+            return prefix + path.relative_to(base).as_posix()
+    return path.as_posix()
+
+
+def class_list(source_classes: Sequence[str], class_map: dict[str, str]) -> tuple[str, ...]:
+    """The study's classes: the data's own (sorted), or the poster classes mapped to."""
+    if not class_map:
+        return tuple(sorted(set(source_classes)))
+    unmapped = sorted(set(source_classes) - set(class_map))
+    if unmapped:
+        raise ChipsError(f"classes {unmapped} are missing from the class map: map every class "
+                         f"of the data to one of {', '.join(labels.CLASSES)}")
+    used = set(class_map[c] for c in source_classes)
+    return tuple(name for name in labels.CLASSES if name in used)
+
+
+def build_chips_index(spec: ChipsSpec, progress: bool = True
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """(labelled chips, unlabelled chips, class names) of a chips corpus.
+
+    Each row: sample_id (path relative to the chips folder), path, source_class (the data's
+    label), label (class index; -1 unlabelled), label_name, height, width. Every chip's
+    header is read once here, so a bad file stops the study now, not hours into training.
+    """
+    if not spec.root.is_dir():
+        raise ChipsError(f"no chips folder at {spec.root}: fix `root` in the chips spec")
+    labelled = _labelled_from_csv(spec) if spec.labels_csv else _labelled_from_folders(spec)
+    if spec.unlabelled is not None:
+        if not spec.unlabelled.is_dir():
+            raise ChipsError(f"no unlabelled chips folder at {spec.unlabelled}: fix "
+                             "`unlabelled` or leave it empty")
+        unlabelled = pd.DataFrame({"path": _chip_files(spec.unlabelled), "source_class": ""})
+    else:
+        unlabelled = pd.DataFrame({"path": [], "source_class": []})
+    table = pd.concat([labelled.assign(labelled=True), unlabelled.assign(labelled=False)],
+                      ignore_index=True)
+    if table.empty:
+        raise ChipsError(f"no chips found under {spec.root}")
+    shapes = [_check_header(Path(p), spec) for p in tqdm(
+        table["path"], desc="checking chips", unit="chip", disable=not progress)]
+    table[["height", "width"]] = pd.DataFrame(shapes, index=table.index, dtype="int64")
+    _check_sizes(table, spec)
+    classes = class_list(labelled["source_class"].tolist(), spec.class_map)
+    mapped = table["source_class"].map(spec.class_map) if spec.class_map else table[
+        "source_class"]
+    table["label_name"] = mapped.where(table["labelled"], "")
+    number = {name: k for k, name in enumerate(classes)}
+    table["label"] = table["label_name"].map(number).fillna(UNLABELLED).astype("int64")
+    table["sample_id"] = [_sample_id(Path(p), spec) for p in table["path"]]
+    table["path"] = table["path"].astype(str)
+    columns = ["sample_id", "path", "source_class", "label", "label_name", "height", "width"]
+    return (table.loc[table["labelled"], columns].reset_index(drop=True),
+            table.loc[~table["labelled"], columns].reset_index(drop=True), classes)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_chip(path: str | Path, spec: ChipsSpec) -> np.ma.MaskedArray:
+    """The four bands of a chip in stored units (reflectance x 10000), float32, masked nodata."""
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            data = src.read(resolve_bands(src, spec.bands, path), masked=True)
+    except RasterioError as error:
+        raise RasterReadError(f"cannot read {path} ({error}); replace or remove it") from error
+    mask = np.ma.getmaskarray(data)
+    if spec.nodata is not None:
+        mask = mask | (data.data == spec.nodata)
+    values = data.data.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE / spec.scale)
+    return np.ma.MaskedArray(values, mask=mask | np.isnan(values))
+
+
+def to_size(image: torch.Tensor, spec: ChipsSpec) -> torch.Tensor:
+    """A (C, H, W) chip resampled (antialiased bilinear) or centre-cropped to `spec.size`."""
+    if spec.size is None or image.shape[-2:] == (spec.size, spec.size):
+        return image
+    if spec.resize == "crop":
+        return TF.center_crop(image, [spec.size, spec.size])
+    return TF.resize(image, [spec.size, spec.size], antialias=True)
+
+
+class ChipsDataset(Dataset):
+    """Chips of a chips corpus with their class: the chips counterpart of PlanetFusionDataset.
+
+    Items are dicts: `image` (float32 (4, S, S), normalised; (1, 4, S, S) with
+    `date_sampling="all"`), `label` (class index, -1 for unlabelled chips), `sample_id` and
+    `date` ("", chips have none). `date_sampling="pair"` adds `image2`, the same chip again:
+    with a single date, BYOL's two positives differ by augmentation only. Nodata pixels become
+    0 after normalisation (the band mean), before resizing.
+    """
+
+    def __init__(self, spec: ChipsSpec, index: pd.DataFrame, band_stats: datasets.BandStats,
+                 date_sampling: str = "random") -> None:
+        if date_sampling not in datasets.DATE_SAMPLING:
+            raise ValueError(f"date_sampling must be one of {datasets.DATE_SAMPLING}, "
+                             f"got {date_sampling!r}")
+        if index.empty:
+            raise ValueError("the dataset's index has no chips")
+        self.spec = spec
+        self.paths = index["path"].tolist()
+        self.sample_ids = index["sample_id"].tolist()
+        self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
+        self.date_sampling = date_sampling
+        self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_chip(self, item: int) -> torch.Tensor:
+        """One normalised (4, S, S) chip."""
+        chip = read_chip(self.paths[item], self.spec)
+        image = (torch.from_numpy(chip.data) - self.mean) / self.std
+        image = image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+        return to_size(image, self.spec)
+
+    def __getitem__(self, item: int) -> dict:
+        image = self.load_chip(item)
+        item_dict = {
+            "image": image[None] if self.date_sampling == "all" else image,
+            "label": self.targets[item],
+            "sample_id": self.sample_ids[item],
+            "date": [""] if self.date_sampling == "all" else "",
+        }
+        if self.date_sampling == "pair":
+            item_dict |= {"image2": image.clone(), "date2": ""}
+        return item_dict
+
+
+def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256, seed: int = 0,
+                       progress: bool = False) -> datasets.BandStats:
+    """Per-band mean/std (stored units) over valid pixels of a seeded sample of `chips`.
+
+    Pass training and unlabelled chips only, so validation and test chips do not leak into
+    normalisation. Pixels are counted before resizing.
+    """
+    rng = np.random.default_rng(seed)
+    ordered = chips.sort_values("sample_id")
+    chosen = ordered["path"].to_numpy()[rng.permutation(len(ordered))[:n_chips]]
+    total, total_sq, count = (np.zeros(len(layout.BANDS)) for _ in range(3))
+    for path in tqdm(chosen, desc="band statistics", unit="chip", disable=not progress):
+        values = read_chip(path, spec).astype(np.float64)
+        total += values.sum(axis=(1, 2)).filled(0)
+        total_sq += (values**2).sum(axis=(1, 2)).filled(0)
+        count += values.count(axis=(1, 2))
+    if not count.all():
+        raise ChipsError(f"no valid pixels in {len(chosen)} sampled chips of {spec.root} to "
+                         "compute band statistics from: check `nodata` and `bands`")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return datasets.BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen),
+                              int(count[0]))
+
+
+def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
+                       pixels_per_chip: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
+    """Reflectance (0-1) of random valid pixels of a seeded sample of chips, per band."""
+    rng = np.random.default_rng(seed)
+    ordered = chips.sort_values("sample_id")
+    chosen = ordered["path"].to_numpy()[rng.permutation(len(ordered))[:n_chips]]
+    values: dict[str, list[np.ndarray]] = {band: [] for band in layout.BANDS}
+    for path in chosen:
+        chip = read_chip(path, spec)
+        valid = np.flatnonzero(~np.ma.getmaskarray(chip).any(axis=0))
+        pick = rng.choice(valid, min(pixels_per_chip, len(valid)), replace=False)
+        for k, band in enumerate(layout.BANDS):
+            values[band].append(chip.data[k].ravel()[pick] / layout.REFLECTANCE_SCALE)
+    return {band: np.concatenate(v) if v else np.array([]) for band, v in values.items()}
+
+
+def example_chips(spec: ChipsSpec, index: pd.DataFrame, per_class: int = 4, seed: int = 0,
+                  class_names: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
+    """Class name -> up to `per_class` chips as reflectance (4, S, S) at the model's size."""
+    rng = np.random.default_rng(seed)
+    examples = {}
+    for k, name in enumerate(class_names):
+        members = index[index["label"] == k].sort_values("sample_id")
+        chosen = members["path"].to_numpy()[rng.permutation(len(members))[:per_class]]
+        examples[name] = [
+            to_size(torch.from_numpy(read_chip(p, spec).filled(np.nan)), spec).numpy()
+            / layout.REFLECTANCE_SCALE for p in chosen
+        ]
+    return examples
+
+
+# --------------------------------------------------------------------------- study
+
+
+def load_study(corpus: str | Path, runs: str | Path, split_by: str = "site", seed: int = 0,
+               stats_sites: int = 256) -> study.Study:
+    """`study.load_study` for a chips corpus: labelled chips split 75/10/15 by class.
+
+    Unlabelled chips join no split; `Study.pretraining_sites()` adds them to the training
+    chips. Band statistics (`runs/band_stats.json`, computed when missing) come from
+    `stats_sites` training and unlabelled chips.
+    """
+    if split_by != "site":
+        raise ChipsError(f"a chips corpus is split by chip (split_by: site); chips have no "
+                         f"tiles to split by {split_by!r}")
+    spec = load_spec(corpus)
+    labelled, unlabelled, classes = build_chips_index(spec, progress=False)
+    split = splits.assign_splits(labelled, by="site", seed=seed)
+    stats_path = Path(runs) / paths.BAND_STATS_FILE
+    if stats_path.is_file():
+        stats = datasets.BandStats.load(stats_path)
+    else:
+        pool = pd.concat([labelled[split == "train"], unlabelled], ignore_index=True)
+        stats = compute_band_stats(spec, pool, n_chips=stats_sites, seed=seed)
+        stats.save(stats_path)
+        log.info("computed band statistics of %d chips -> %s", stats.n_sites, stats_path)
+    return study.Study(spec_path(corpus).resolve(), labelled, split, stats,
+                       class_names=classes, unlabelled=unlabelled)
