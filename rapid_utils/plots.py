@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter
 
 from rapid_utils import exploration, geo, labels, results
 from rapid_utils.corpus import layout
+from rapid_utils.metrics import MIN_ENCODER_CHANGE
 from rapid_utils.splits import SPLITS
 
 # One colour per poster class (labels.CLASSES order), after CORINE's legend but darker where
@@ -411,15 +412,16 @@ def plot_split_sizes(table: pd.DataFrame) -> Figure:
 def plot_pretraining_history(
     history: Sequence[Mapping[str, float]], projection_dim: int = 256
 ) -> Figure:
-    """BYOL loss, projection std (with the 1/sqrt(d) reference) and kNN accuracy per epoch.
+    """BYOL loss, projection std (with the 1/sqrt(d) reference), kNN accuracy and the encoder's
+    distance from its initialisation, per epoch.
 
     `history` is `train.pretrain`'s list of per-epoch dicts; `projection_dim` (the config's d)
     places the reference line of well-spread projections.
     """
     table = pd.DataFrame(list(history))
     dim = projection_dim
-    fig = Figure(figsize=(12.0, 3.6), layout="constrained")
-    loss_ax, std_ax, knn_ax = fig.subplots(1, 3)
+    fig = Figure(figsize=(15.0, 3.6), layout="constrained")
+    loss_ax, std_ax, knn_ax, change_ax = fig.subplots(1, 4)
     epochs = table["epoch"].to_numpy()
     loss_ax.plot(epochs, table["loss"], marker="o", color="0.2")
     loss_ax.set_title("BYOL loss")
@@ -435,7 +437,14 @@ def plot_pretraining_history(
     knn_ax.set_ylim(0, 100)
     knn_ax.set_title("kNN accuracy on validation sites")
     knn_ax.set_ylabel("accuracy (%)")
-    for ax in (loss_ax, std_ax, knn_ax):
+    change_ax.plot(epochs, 100 * table["encoder_change"], marker="o", color="#7b3294")
+    change_ax.axhline(100 * MIN_ENCODER_CHANGE, color="#d7263d", linestyle=":",
+                      label="below: hardly trained")
+    change_ax.set_ylim(bottom=0)
+    change_ax.set_title("Encoder change from its initialisation")
+    change_ax.set_ylabel("||w − w₀|| / ||w₀|| (%)")
+    change_ax.legend(fontsize=8)
+    for ax in (loss_ax, std_ax, knn_ax, change_ax):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -16,6 +16,7 @@ reads with ``init="byol:<path>"``.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,8 @@ import rapid_utils
 from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = paths.CHECKPOINT_FILE
 
@@ -214,6 +217,11 @@ class PretrainConfig:
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
     prefetch_factor: int = 2  # batches each worker loads ahead
     optimizer: str = "lars"  # "lars" or "sgd"
+    # LARS trust coefficient: each step moves a layer's weights by about lr * lars_trust of their
+    # norm. BYOL's 0.001 suits lr 3.2 over ~100K steps; small batches and a few hundred steps
+    # need more (solo-learn trains BYOL on CIFAR with 0.02) or the encoder hardly leaves its
+    # random initialisation (see `encoder_change` in the history).
+    lars_trust: float = 0.001
     hidden_dim: int = 4096  # projector/predictor hidden width (BYOL)
     projection_dim: int = 256
     knn_sites: int = 1000  # labelled train and val sites for the per-epoch kNN guard
@@ -229,7 +237,7 @@ class PretrainConfig:
 def _build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
     groups = byol.parameter_groups(model, config.weight_decay)
     if config.optimizer == "lars":
-        return byol.LARS(groups, lr=0.0, momentum=0.9)
+        return byol.LARS(groups, lr=0.0, momentum=0.9, eta=config.lars_trust)
     return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
 
 
@@ -293,9 +301,11 @@ def pretrain(
     `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard.
 
     Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
-    `knn_sites` labelled train and val sites at their first date), `lr` and `tau` (at the last
-    step), then saves ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed;
-    one with another config is refused.
+    `knn_sites` labelled train and val sites at their first date), `encoder_change` (relative
+    distance of the encoder's weights from their initialisation; a warning says when training
+    ends below `metrics.MIN_ENCODER_CHANGE`), `lr` and `tau` (at the last step), then saves
+    ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed; one with another
+    config is refused.
     """
     context = distributed.setup()
     device = distributed.device(context)
@@ -311,6 +321,7 @@ def pretrain(
     model = byol.BYOL(
         encoder, models.feature_dim(encoder), config.hidden_dim, config.projection_dim
     )
+    initial_encoder = metrics.weight_snapshot(model.encoder)
     model = _accelerate(model, device, context)
     optimizer = _build_optimizer(model, config)
 
@@ -381,6 +392,7 @@ def pretrain(
                  "lr": lr, "tau": tau}
         if context.is_main:
             entry |= _collapse_guards(model, knn_train, knn_val, config.knn_k, device)
+            entry["encoder_change"] = metrics.relative_change(model.encoder, initial_encoder)
             history.append(entry)
             _save_checkpoint(path, {
                 models.BYOL_ENCODER_KEY: model.encoder.state_dict(),
@@ -395,6 +407,12 @@ def pretrain(
         else:
             history.append(entry)
         distributed.barrier(context)
+    if context.is_main and history and history[-1]["encoder_change"] < metrics.MIN_ENCODER_CHANGE:
+        log.warning(
+            "the encoder's weights moved only %.1f %% from their random initialisation in %d "
+            "steps: its features are close to random ones. Raise base_lr or lars_trust, or "
+            "train longer.", 100 * history[-1]["encoder_change"], step,
+        )
     return history
 
 

@@ -57,10 +57,11 @@ def fake_results(n_epochs: int = 3) -> dict:
 
 def test_pretraining_history_has_loss_std_with_reference_and_knn() -> None:
     history = [{"epoch": e, "loss": 1.5 / e, "projection_std": 0.02 * e, "knn_accuracy": 0.2 * e,
-                "lr": 0.1, "tau": 0.99} for e in (1, 2, 3)]
+                "encoder_change": 0.1 * e, "lr": 0.1, "tau": 0.99} for e in (1, 2, 3)]
     fig = plots.plot_pretraining_history(history, projection_dim=64)
     assert isinstance(fig, Figure)
-    loss_ax, std_ax, knn_ax = fig.axes
+    loss_ax, std_ax, knn_ax, change_ax = fig.axes
+    assert list(change_ax.lines[0].get_ydata()) == pytest.approx([10, 20, 30])
     assert list(loss_ax.lines[0].get_ydata()) == [h["loss"] for h in history]
     reference = [line.get_ydata()[0] for line in std_ax.lines[1:]]
     assert reference[0] == pytest.approx(1 / 8) and reference[1] == 0

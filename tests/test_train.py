@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def test_pretrain_checkpoint_loads_with_build_model(data: dict, tmp_path: Path) 
     history = run_pretrain(data, tiny_pretrain(), tmp_path)
     assert len(history) == 1
     entry = history[0]
-    assert set(entry) == {"epoch", "loss", "projection_std", "knn_accuracy", "lr", "tau"}
+    assert set(entry) == {
+        "epoch", "loss", "projection_std", "knn_accuracy", "encoder_change", "lr", "tau"
+    }
     assert all(math.isfinite(v) for v in entry.values())
     path = tmp_path / train.CHECKPOINT_FILE
     checkpoint = torch.load(path, weights_only=True)
@@ -117,6 +120,20 @@ def test_pretrain_checkpoint_loads_with_build_model(data: dict, tmp_path: Path) 
     model = models.build_model("resnet18", 4, num_classes=7, init=f"byol:{path}")
     for name, value in checkpoint[models.BYOL_ENCODER_KEY].items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_encoder_change_grows_with_lars_trust_and_warns_when_tiny(
+    data: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="rapid_utils.train"):
+        frozen = run_pretrain(data, tiny_pretrain(lars_trust=1e-7), tmp_path / "frozen")
+    assert frozen[0]["encoder_change"] < 1e-4
+    assert "moved only" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rapid_utils.train"):
+        moving = run_pretrain(data, tiny_pretrain(lars_trust=1.0, base_lr=8.0), tmp_path / "moving")
+    assert moving[0]["encoder_change"] > metrics.MIN_ENCODER_CHANGE
+    assert "moved only" not in caplog.text
 
 
 def test_resume_matches_uninterrupted_run(
