@@ -5,10 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
-import papermill
 import pytest
 import rasterio
 import torch
@@ -241,18 +239,6 @@ def test_chips_profile_runs_the_whole_batch(tmp_path: Path, monkeypatch) -> None
     assert table.index.tolist() == ["byol-100%"] and table.loc["byol-100%", "n_seeds"] == 2
     assert [c for c in table.columns if c.startswith("recall_")] == [
         "recall_agricultural", "recall_forest", "recall_shrub"]
-
-
-def test_committed_chips_notebook_is_clean() -> None:
-    path = paths.notebooks_dir() / "01_chips_overview.ipynb"
-    notebook = nbformat.read(path, as_version=4)
-    assert notebook.metadata["kernelspec"]["name"] == "rapidai4eo-byol"
-    code = [c for c in notebook.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert code[0].metadata.get("tags") == ["parameters"]
-    inspected = papermill.inspect_notebook(path)
-    assert {"corpus_dir", "figures_dir", "runs_dir", "seed", "label_fractions"} <= set(inspected)
-    assert len(inspected) == sum(1 for line in code[0].source.splitlines() if " = " in line)
 
 
 def test_cli_writes_example_chips_and_refuses_foreign_folders(tmp_path: Path) -> None:
