@@ -272,6 +272,15 @@ def reproduce(
                 results.write_skipped(results_dir, skipped)
         outcomes.append(outcome)
         log.info("[%d/%d] %s: %s%s in %.0f s (total %.0f s)", number, len(jobs), label,
-                 outcome.status, f" ({outcome.error.splitlines()[0][:120]})" if outcome.error
-                 else "", outcome.seconds, time.perf_counter() - start)
+                 outcome.status, f" ({gist(outcome.error)})" if outcome.error else "",
+                 outcome.seconds, time.perf_counter() - start)
     return outcomes
+
+
+def gist(reason: str) -> str:
+    """The first sentence of a skip reason or error, for one-line progress logs.
+
+    Whole sentences, not a fixed number of characters: a cut mid-sentence reads as a wrong
+    instruction. The full text stays in skipped.json or the failed notebook.
+    """
+    return reason.strip().splitlines()[0].split(". ")[0] if reason.strip() else "no reason given"

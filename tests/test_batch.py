@@ -167,3 +167,14 @@ def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
     assert jobs[-1].notebook == "05_figures"
     n_seeds = len(values.get("seeds") or [values["seed"]])
     assert sum(job.scenario is not None for job in jobs) == len(values["scenarios"]) * n_seeds
+
+
+
+def test_progress_line_gist_is_the_first_whole_sentence() -> None:
+    reason = ("Could not get ResNet18_Weights.IMAGENET1K_V1 (<urlopen error offline>). To supply "
+              "them, on a machine with internet run once `...`.\nsecond line")
+    assert batch.gist(reason) == (
+        "Could not get ResNet18_Weights.IMAGENET1K_V1 (<urlopen error offline>)")
+    assert batch.gist("Traceback (most recent call last):\n  File ...") == (
+        "Traceback (most recent call last):")
+    assert batch.gist("  ") == "no reason given"
