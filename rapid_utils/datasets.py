@@ -89,6 +89,13 @@ def compute_band_stats(
     return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]))
 
 
+def normalise_chip(chip: np.ma.MaskedArray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A masked (4, H, W) chip in stored units, normalised by band; nodata pixels become 0 (the
+    band mean). Every corpus kind's Dataset normalises through this one function."""
+    image = (torch.from_numpy(chip.data.astype(np.float32, copy=False)) - mean) / std
+    return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+
+
 class _ChipDataset(Dataset):
     """What the GeoTIFF and store Datasets share: targets, normalisation and date sampling.
 
@@ -144,9 +151,7 @@ class _ChipDataset(Dataset):
 
     def load_chip(self, sample_id: str, date: dt.date) -> torch.Tensor:
         """One normalised (4, H, W) chip; nodata pixels become 0 (the band mean)."""
-        chip = self.read_chip(sample_id, date)
-        image = (torch.from_numpy(chip.data.astype(np.float32)) - self.mean) / self.std
-        return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+        return normalise_chip(self.read_chip(sample_id, date), self.mean, self.std)
 
     def choose_dates(self, sample_id: str) -> list[dt.date]:
         """The dates of one item, drawn with torch's RNG as `date_sampling` says."""

@@ -408,9 +408,7 @@ class ChipsDataset(Dataset):
     def load_chip(self, item: int) -> torch.Tensor:
         """One normalised (4, S, S) chip."""
         chip = read_chip(self.paths[item], self.spec)
-        image = (torch.from_numpy(chip.data) - self.mean) / self.std
-        image = image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
-        return to_size(image, self.spec)
+        return to_size(datasets.normalise_chip(chip, self.mean, self.std), self.spec)
 
     def __getitem__(self, item: int) -> dict:
         image = self.load_chip(item)
