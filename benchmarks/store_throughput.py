@@ -5,7 +5,9 @@ All in one run, on embedded corpora generated here (in --workdir, kept for rerun
 2. Decoding samples/s, one date ("random") and two dates ("pair") per sample, in the main
    process and with 1 and 2 DataLoader workers: GeoTIFF files vs the fast and archive stores,
    the same samples (a seeded sampler), through the Datasets training uses; "raw" hands uint16
-   (the GPU path: normalised on the device). Each worker's first batch is not timed.
+   (the GPU path: normalised on the device). Each worker's first batch is not timed. A
+   "no-read" Dataset hands batches of the same shape without reading anything: the most a
+   DataLoader moves between processes here, so the ceiling of any reader with workers.
 3. BYOL training samples/s at 64 px views (ResNet-18, CPU, one loader worker) from the store vs
    from the GeoTIFFs, with the share of step time spent waiting for data.
 4. Peak memory (ru_maxrss of a fresh process) of one `train.pretrain` epoch from the store at
@@ -30,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from rapid_utils import byol, datasets, models, study, train
 from rapid_utils.corpus import store
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, default=48, help="sites of the 200 px corpus")
     parser.add_argument("--size", type=int, default=200, help="chip side of the decode corpus")
-    parser.add_argument("--samples", type=int, default=480, help="samples per decode timing")
+    parser.add_argument("--samples", type=int, default=960, help="samples per decode timing")
     parser.add_argument("--train-steps", type=int, default=6, help="timed BYOL steps per reader")
     parser.add_argument("--memory-sites", type=int, default=64,
                         help="sites of the 1x memory corpus (64 px); 4x is four times that")
@@ -68,12 +70,28 @@ def pack_timed(corpus: Path, out: Path, layout_name: str) -> dict:
             "bytes": folder_bytes(out / store.REFLECTANCE)}
 
 
+class NoReading(Dataset):
+    """Uninitialised raw batches shaped like a store Dataset's: DataLoader transport alone."""
+
+    def __init__(self, like: datasets.PackedStoreDataset, dates: int) -> None:
+        self.length, self.dates, self.chip = len(like), dates, like.store.shape[2:]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitems__(self, items: list[int]) -> dict:
+        images = torch.empty((self.dates, len(items), *self.chip), dtype=torch.uint16)
+        return {"image": images[0], "label": torch.zeros(len(items), dtype=torch.long)} | (
+            {"image2": images[1]} if self.dates == 2 else {})
+
+
 def decode_rate(dataset, samples: int, workers: int, batch_size: int = 16) -> float:
     """Samples/s through a DataLoader over a seeded sample; each worker's first batch (start-up:
     imports, opening the store) is not timed."""
     sampler = RandomSampler(dataset, replacement=True, num_samples=samples,
                             generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=datasets.keep_batch,
                         generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
     for _ in range(max(1, workers)):
@@ -161,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                 dataset = datasets.open_dataset(root, data.index, data.band_stats, sampling,
                                                 raw=name.endswith("raw"))
                 row[name] = decode_rate(dataset, args.samples, workers)
+            row["no-read"] = decode_rate(NoReading(dataset, dates), args.samples, workers)
             decode.append(row)
             print(f"  {dates} date(s), {workers} worker(s): "
-                  + ", ".join(f"{k} {row[k]:.0f}/s" for k in readers), flush=True)
+                  + ", ".join(f"{k} {row[k]:.0f}/s" for k in [*readers, "no-read"]), flush=True)
 
     print("BYOL steps ...", flush=True)
     training = {}
@@ -195,14 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     for row in packing:
         print(f"{'store ' + row['layout']:<16}{row['bytes']:>14,}"
               f"{row['bytes'] / geotiff_bytes:>10.2f}{row['sites_per_s']:>14.1f}")
-    print(f"\n{'dates':>5}{'workers':>8}" + "".join(f"{k + ' /s':>20}" for k in readers)
-          + f"{'fast/GeoTIFF':>14}{'raw/GeoTIFF':>13}{'archive/GeoTIFF':>17}")
+    columns = [*readers, "no-read"]
+    print(f"\n{'dates':>5}{'workers':>8}" + "".join(f"{k + ' /s':>20}" for k in columns)
+          + f"{'fast/GeoTIFF':>14}{'raw/GeoTIFF':>13}{'archive/GeoTIFF':>17}"
+          + f"{'no-read/GeoTIFF':>17}")
     for row in decode:
         print(f"{row['dates']:>5}{row['workers']:>8}"
-              + "".join(f"{row[k]:>20.0f}" for k in readers)
+              + "".join(f"{row[k]:>20.0f}" for k in columns)
               + f"{row['store-fast'] / row['geotiff']:>14.1f}"
               + f"{row['store-fast-raw'] / row['geotiff']:>13.1f}"
-              + f"{row['store-archive'] / row['geotiff']:>17.1f}")
+              + f"{row['store-archive'] / row['geotiff']:>17.1f}"
+              + f"{row['no-read'] / row['geotiff']:>17.1f}")
     print("\nBYOL training, ResNet-18, batch 32, 64 px views, 1 loader worker, CPU")
     for name, row in training.items():
         print(f"  {name:<12}{row['samples_per_s']:>8.1f} samples/s, data wait "

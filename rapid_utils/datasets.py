@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from rapid_utils import labels
 from rapid_utils.corpus import layout
@@ -185,6 +185,16 @@ class _ChipDataset(Dataset):
         return [self.load_chip(sample_id, date) for date in dates]
 
 
+def keep_batch(batch: list[dict] | dict) -> dict:
+    """DataLoader `collate_fn`: collate a list of items; hand on a batch already collated.
+
+    Torch collates items by copying each image into a new batch tensor; the store Dataset's
+    `__getitems__` instead reads a batch's chunks straight into one tensor (measured 2x faster
+    in one process), which the loader must pass on unchanged.
+    """
+    return default_collate(batch) if isinstance(batch, list) else batch
+
+
 class PlanetFusionDataset(_ChipDataset):
     """Planet Fusion chips of indexed sites, read from the corpus GeoTIFFs, with their targets.
 
@@ -223,7 +233,9 @@ class PackedStoreDataset(_ChipDataset):
     """The same items as `PlanetFusionDataset`, read from a packed store (`corpus.store`).
 
     Same sites, dates, random draws and values, so training gives identical results from either.
-    One item reads only its dates' chunks. With `raw=True` images stay uint16 (what the store
+    One item reads only its dates' chunks; a batch (`__getitems__`, with a DataLoader whose
+    `collate_fn` is `keep_batch`) reads all of its chunks straight into one tensor. With
+    `raw=True` images stay uint16 (what the store
     holds, half the bytes of float32) and `normalise_batch` normalises whole batches on the
     device they are on (e.g. the GPU), so CPU workers only read.
     """
@@ -256,6 +268,31 @@ class PackedStoreDataset(_ChipDataset):
         if self.raw:
             return list(torch.from_numpy(chips))
         return list(self.normalise_batch(torch.from_numpy(chips)))
+
+    def __getitems__(self, items: list[int]) -> list[dict] | dict:
+        """A batch, collated as `keep_batch(items)` would, from one read of all its chunks.
+
+        The same random dates (drawn item by item, in order) and values as `self[i]` per item.
+        """
+        if self.date_sampling == "all":  # whole series: items, collated by the loader
+            return [self[item] for item in items]
+        sample_ids = [self.sample_ids[item] for item in items]
+        chosen = [self.choose_dates(sample_id) for sample_id in sample_ids]
+        times = [[self.store.date_position(date) for date in dates] for dates in chosen]
+        # Date-major memory, so `image` and `image2` are each one contiguous block.
+        by_date = np.empty((len(times[0]), len(items), *self.store.shape[2:]), dtype=np.uint16)
+        self.store.read_batch(sample_ids, times, out=by_date.transpose(1, 0, 2, 3, 4))
+        chips = torch.from_numpy(by_date)
+        images = chips if self.raw else self.normalise_batch(chips)
+        batch = {
+            "image": images[0],
+            "label": self.targets[items],
+            "sample_id": sample_ids,
+            "date": [dates[0].isoformat() for dates in chosen],
+        }
+        if self.date_sampling == "pair":
+            batch |= {"image2": images[1], "date2": [dates[1].isoformat() for dates in chosen]}
+        return batch
 
     def normalise_batch(self, raw: torch.Tensor) -> torch.Tensor:
         """Normalised float32 images from raw uint16 ones (..., 4, H, W), on their device.

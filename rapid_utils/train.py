@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import rapid_utils
 from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
-from rapid_utils.datasets import BandStats, open_dataset
+from rapid_utils.datasets import BandStats, keep_batch, open_dataset
 from rapid_utils.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def _loader(
         num_workers=num_workers,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
+        collate_fn=keep_batch,  # our Datasets' __getitems__ collate (store: batched reads)
         pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )

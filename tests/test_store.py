@@ -108,6 +108,30 @@ def test_store_items_equal_geotiff_items(packed: Path, tiny_corpus: Path, stats,
                 assert value == got[key], key
 
 
+@pytest.mark.parametrize(("date_sampling", "raw"), [("random", False), ("pair", False),
+                                                     ("pair", True), ("all", False)])
+def test_batched_store_reads_equal_collated_geotiff_items(packed: Path, tiny_corpus: Path, stats,
+                                                          date_sampling: str, raw: bool) -> None:
+    index = build_index(tiny_corpus, progress=False)
+    from_tiffs = datasets.open_dataset(tiny_corpus, index, stats, date_sampling=date_sampling)
+    from_store = datasets.open_dataset(packed, index, stats, date_sampling=date_sampling, raw=raw)
+    items = [5, 0, 5, 11, 2]  # repeats and any order, as a sampler draws them
+    torch.manual_seed(0)
+    expected = datasets.keep_batch([from_tiffs[item] for item in items])
+    torch.manual_seed(0)
+    got = datasets.keep_batch(from_store.__getitems__(items))
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            if raw and key.startswith("image"):
+                assert got[key].dtype == torch.uint16
+                got[key] = from_store.normalise_batch(got[key])
+            assert got[key].is_contiguous(), key
+            assert torch.equal(value, got[key]), key
+        else:
+            assert value == got[key], key
+
+
 def test_raw_batches_normalised_on_their_device_equal_cpu_items(packed: Path, tiny_corpus: Path,
                                                                 stats) -> None:
     index = build_index(tiny_corpus, progress=False)
@@ -115,7 +139,7 @@ def test_raw_batches_normalised_on_their_device_equal_cpu_items(packed: Path, ti
     normalised = datasets.open_dataset(packed, index, stats, date_sampling="pair")
     # one DataLoader worker, seeded alike: the store is opened in that process, not pickled open
     raw_batch, batch = (
-        next(iter(DataLoader(dataset, batch_size=8, num_workers=1,
+        next(iter(DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=datasets.keep_batch,
                              generator=torch.Generator().manual_seed(0))))
         for dataset in (raw, normalised)
     )
@@ -264,6 +288,8 @@ def test_store_opens_from_an_fsspec_url(packed: Path, tiny_corpus: Path, stats) 
         assert remote.raw_chunks
         sample_id = local.sample_ids[3]
         np.testing.assert_array_equal(remote.read(sample_id, [1, 2]), local.read(sample_id, [1, 2]))
+        ids, times = local.sample_ids[:4], [[0, 7], [7, 0], [3, 3], [23, 1]]
+        np.testing.assert_array_equal(remote.read_batch(ids, times), local.read_batch(ids, times))
         index = remote.index()
         item = datasets.open_dataset(url, index, stats, date_sampling="first")[0]
         assert torch.equal(item["image"],
@@ -284,6 +310,16 @@ def test_pack_on_a_dask_distributed_scheduler(tiny_corpus: Path, tmp_path: Path,
     assert report.packed == 24
     assert (xr.open_zarr(out, consolidated=False)["checksum"].values
             == xr.open_zarr(packed, consolidated=False)["checksum"].values).all()
+
+
+def test_missing_chunk_names_the_file_and_the_fix(packed: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(packed, damaged)
+    chunk = damaged / "reflectance" / "c" / "2" / "5" / "0" / "0" / "0"
+    chunk.unlink()
+    opened = store.PackedStore(damaged)
+    with pytest.raises(store.StoreError, match=r"c/2/5/0/0/0 is missing.*rapid-utils pack"):
+        opened.read_batch(opened.sample_ids[:3], [[5], [5], [5]])
 
 
 def test_missing_store_names_the_fix(tmp_path: Path) -> None:

