@@ -183,6 +183,8 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
         "figures_dir": str(paths.figures_dir(profile)),
         "split_seed": split_seed,
         "byol_seed": split_seed,
+        # a packed store replaces the GeoTIFFs in training and evaluation (03, 04)
+        "store": str(paths.data_location(values["store"])) if values.get("store") else "",
     }
     first = (("01_chips_overview",) if chips.is_chips_corpus(corpus)
              else ("01_data_exploration", "02_label_mapping"))

@@ -17,6 +17,14 @@ SPLITS_FILE = "splits.csv"
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a BYOL run folder
 
 
+def data_location(location: str | Path) -> str | Path:
+    """A corpus, chips spec or packed store as training opens it: local paths made absolute
+    (notebooks run in notebooks/), fsspec URLs (`s3://...`, a remote store) unchanged."""
+    if "://" in str(location):
+        return str(location)
+    return Path(location).expanduser().resolve()
+
+
 def project_root() -> Path:
     """The compendium's root: $RAPID_HOME, else the repository holding this package."""
     if "RAPID_HOME" in os.environ:

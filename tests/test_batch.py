@@ -101,6 +101,20 @@ def test_unknown_scenario_is_a_profile_error(project_home, tmp_path):
         batch.plan_jobs("ci", values, tmp_path)
 
 
+def test_a_profile_store_reaches_training_notebooks_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = batch.load_profile("ci") | {"store": "data/ci.zarr"}
+    jobs = batch.plan_jobs("ci", values, tmp_path)
+    training = [job for job in jobs if job.notebook in ("03_byol_pretraining", "04_finetuning")]
+    assert training and all(job.parameters["store"] == str(tmp_path / "data" / "ci.zarr")
+                            for job in training)
+    for notebook in ("03_byol_pretraining", "04_finetuning"):
+        declared = papermill.inspect_notebook(str(paths.notebooks_dir() / f"{notebook}.ipynb"))
+        assert declared["store"]["default"] == '""'  # the GeoTIFFs unless a store is given
+    assert batch.plan_jobs("ci", batch.load_profile("ci"), tmp_path)[-2].parameters["store"] == ""
+    assert paths.data_location("s3://bucket/rapid.zarr") == "s3://bucket/rapid.zarr"
+
+
 def test_cli_synth_writes_a_corpus_and_refuses_foreign_folders(tmp_path):
     out = tmp_path / "corpus"
     code = cli.main(["synth", "--out", str(out), "--n-sites", "3", "--size", "16",
