@@ -79,6 +79,11 @@ def test_archive_layout_is_smaller_and_holds_the_same_values(packed: Path, tmp_p
     for sample_id in fast.sample_ids[:4]:
         np.testing.assert_array_equal(archive.read(sample_id, [0, 5, 23]),
                                       fast.read(sample_id, [0, 5, 23]))
+    # a batch written into a date-major buffer, as the store Dataset asks for it
+    ids, times = fast.sample_ids[:3], [[4, 0], [0, 4], [9, 9]]
+    by_date = np.zeros((2, 3, *fast.shape[2:]), dtype=np.uint16)
+    archive.read_batch(ids, times, out=by_date.transpose(1, 0, 2, 3, 4))
+    np.testing.assert_array_equal(by_date.transpose(1, 0, 2, 3, 4), fast.read_batch(ids, times))
 
     def size(folder: Path, pattern: str = "*") -> int:
         return sum(f.stat().st_size for f in folder.rglob(pattern) if f.is_file())
