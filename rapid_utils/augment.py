@@ -11,7 +11,7 @@ batch's device, so the same seed gives the same views on CPU and GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -145,13 +145,27 @@ def augment(
     return apply_params(batch, params, size)
 
 
+def byol_view_configs(colour_jitter: float = VIEW1.brightness) -> tuple[ViewConfig, ViewConfig]:
+    """`VIEW1` and `VIEW2` with brightness and contrast strength `colour_jitter` (0: none).
+
+    Land cover is largely in per-band reflectance levels, which colour jitter asks the encoder
+    to ignore; the strength is a parameter so that trade-off can be measured.
+    """
+    if not 0 <= colour_jitter < 1:
+        raise ValueError(f"colour_jitter must be in [0, 1), got {colour_jitter}")
+    return tuple(replace(view, brightness=colour_jitter, contrast=colour_jitter)
+                 for view in (VIEW1, VIEW2))
+
+
 def byol_views(
     batch: torch.Tensor,
     generator: torch.Generator | None = None,
     size: int | tuple[int, int] | None = None,
+    colour_jitter: float = VIEW1.brightness,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BYOL's two views of `batch`: `VIEW1` (always blurred) and `VIEW2` (blurred with p 0.1)."""
-    return augment(batch, VIEW1, generator, size), augment(batch, VIEW2, generator, size)
+    first, second = byol_view_configs(colour_jitter)
+    return augment(batch, first, generator, size), augment(batch, second, generator, size)
 
 
 def gaussian_blur(batch: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

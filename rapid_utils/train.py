@@ -20,7 +20,7 @@ import logging
 import random
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +69,16 @@ LOADER_FIELDS = ("num_workers", "pin_memory", "prefetch_factor")
 
 
 def _changed_fields(config: object, stored: dict | None) -> list[str]:
-    """Config fields whose value differs from `stored`, loader settings aside."""
-    current = asdict(config)
+    """Config fields whose value differs from `stored`, loader settings aside.
+
+    A field missing from `stored` (written before the field existed) counts as its default.
+    """
+    if stored is None:
+        return sorted(k for k in asdict(config) if k not in LOADER_FIELDS)
+    defaults = {f.name: f.default for f in fields(config)}
     return sorted(
-        k for k, v in current.items() if k not in LOADER_FIELDS and (stored or {}).get(k) != v
+        k for k, v in asdict(config).items()
+        if k not in LOADER_FIELDS and stored.get(k, defaults[k]) != v
     )
 
 
@@ -213,6 +219,7 @@ class PretrainConfig:
     warmup_epochs: int = 1
     image_size: int = 200  # side of the augmented views, px
     positives: str = "augment"  # "augment": two views of one image; "temporal": two dates
+    colour_jitter: float = 0.4  # brightness and contrast jitter strength of the views (0: none)
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes (per training process)
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
@@ -233,6 +240,7 @@ class PretrainConfig:
             raise ValueError(f"positives must be 'augment' or 'temporal', got {self.positives!r}")
         if self.optimizer not in ("lars", "sgd"):
             raise ValueError(f"optimizer must be 'lars' or 'sgd', got {self.optimizer!r}")
+        augment.byol_view_configs(self.colour_jitter)  # a bad strength fails here, named
 
 
 def _build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
@@ -464,11 +472,12 @@ def _byol_views(
     """The two augmented views of a batch: of one image, or of two dates (temporal)."""
     image = _to_device(batch["image"], device, dataset)
     if config.positives == "augment":
-        return augment.byol_views(image, generator, config.image_size)
+        return augment.byol_views(image, generator, config.image_size, config.colour_jitter)
     image2 = _to_device(batch["image2"], device, dataset)
+    first, second = augment.byol_view_configs(config.colour_jitter)
     return (
-        augment.augment(image, augment.VIEW1, generator, config.image_size),
-        augment.augment(image2, augment.VIEW2, generator, config.image_size),
+        augment.augment(image, first, generator, config.image_size),
+        augment.augment(image2, second, generator, config.image_size),
     )
 
 

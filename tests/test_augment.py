@@ -113,3 +113,15 @@ def test_blur_smooths_and_keeps_constants() -> None:
     torch.testing.assert_close(gaussian_blur(constant, torch.tensor([1.5])), constant)
     blur_only = replace(PLAIN, blur_p=1.0)
     assert augment(noise, blur_only).std() < noise.std()
+
+
+def test_colour_jitter_strength_zero_keeps_band_levels() -> None:
+    levels = torch.tensor([0.5, -1.0, 2.0, 0.1])
+    flat = levels[None, :, None, None].expand(8, 4, 16, 16).contiguous()  # one level per band
+    for view in byol_views(flat, torch.Generator().manual_seed(5), colour_jitter=0.0):
+        # crops, flips, turns and blur of a flat image keep it flat; no jitter keeps its levels
+        torch.testing.assert_close(view, flat, rtol=0, atol=1e-5)
+    jittered = byol_views(flat, torch.Generator().manual_seed(5))[0]
+    assert (jittered.mean(dim=(2, 3)) - levels).abs().max() > 0.05
+    with pytest.raises(ValueError, match="colour_jitter"):
+        byol_views(flat, colour_jitter=1.5)

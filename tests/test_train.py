@@ -172,8 +172,11 @@ def test_resume_refuses_other_config(data: dict, tmp_path: Path) -> None:
 
 
 def test_temporal_positives_run(data: dict, tmp_path: Path) -> None:
-    history = run_pretrain(data, tiny_pretrain(positives="temporal", optimizer="sgd"), tmp_path)
+    history = run_pretrain(data, tiny_pretrain(positives="temporal", optimizer="sgd",
+                                               colour_jitter=0.0), tmp_path)
     assert math.isfinite(history[0]["loss"])
+    with pytest.raises(ValueError, match="colour_jitter must be in"):
+        tiny_pretrain(colour_jitter=-0.1)
 
 
 def test_pair_sampling_gives_two_dates(data: dict) -> None:
@@ -273,3 +276,11 @@ def test_small_label_shares_repeat_whole_passes_per_epoch():
     assert sorted(drawn[10:20].tolist()) == list(range(10))
     plain = train._loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=5)
     assert len(torch.cat([batch[0] for batch in plain])) == 10  # never fewer than one pass
+
+
+def test_a_field_missing_from_older_files_counts_as_its_default() -> None:
+    older = dataclasses.asdict(tiny_pretrain())
+    del older["colour_jitter"]  # written before the field existed, i.e. with its default
+    assert train._changed_fields(tiny_pretrain(), older) == []
+    assert train._changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
+    assert train._changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
