@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/ruff check rapid_utils tests notebooks benchmarks
+	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 	$(BIN)/python -m pytest
 
 reproduce: setup
@@ -30,7 +30,7 @@ docs: setup
 	$(BIN)/rapid-utils docs --profile $(PROFILE)
 
 lint: setup
-	$(BIN)/ruff check rapid_utils tests notebooks benchmarks
+	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 
 # BYOL training throughput and peak memory, ours next to lightly's; packed store vs GeoTIFFs
 # (packing, decoding, training, memory). A few minutes each on a laptop CPU.
