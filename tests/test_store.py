@@ -317,7 +317,7 @@ def test_pack_on_a_dask_distributed_scheduler(tiny_corpus: Path, tmp_path: Path,
             == xr.open_zarr(packed, consolidated=False)["checksum"].values).all()
 
 
-def test_missing_chunk_names_the_file_and_the_fix(packed: Path, tmp_path: Path) -> None:
+def test_missing_or_torn_chunk_names_the_file_and_the_fix(packed: Path, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.zarr"
     shutil.copytree(packed, damaged)
     chunk = damaged / "reflectance" / "c" / "2" / "5" / "0" / "0" / "0"
@@ -325,6 +325,10 @@ def test_missing_chunk_names_the_file_and_the_fix(packed: Path, tmp_path: Path) 
     opened = store.PackedStore(damaged)
     with pytest.raises(store.StoreError, match=r"c/2/5/0/0/0 is missing.*rapid-utils pack"):
         opened.read_batch(opened.sample_ids[:3], [[5], [5], [5]])
+    torn = damaged / "reflectance" / "c" / "1" / "3" / "0" / "0" / "0"
+    torn.write_bytes(torn.read_bytes()[:100])
+    with pytest.raises(store.StoreError, match=r"c/1/3/0/0/0 holds 100 bytes.*rapid-utils pack"):
+        opened.read(opened.sample_ids[1], [3])
 
 
 def test_missing_store_names_the_fix(tmp_path: Path) -> None:

@@ -174,18 +174,25 @@ class PackedStore:
             for i, (row, row_times) in enumerate(zip(rows, times, strict=True))
             for k, t in enumerate(row_times)
         }
+        repair = "the store is damaged; rerun `rapid-utils pack` to repack it (it verifies)"
         try:
-            if self._local:
-                for (i, k), key in keys.items():
-                    with open(key, "rb", buffering=0) as chunk:
-                        chunk.readinto(memoryview(out[i, k]).cast("B"))
-            else:
-                fetched = self._fs.cat(list(keys.values()))
-                for (i, k), key in keys.items():
-                    out[i, k] = np.frombuffer(fetched[key], dtype="<u2").reshape(self.shape[2:])
+            fetched = {} if self._local else self._fs.cat(list(keys.values()))
         except FileNotFoundError as error:
-            raise StoreError(f"{error.filename or error} is missing: the store is damaged; rerun "
-                             "`rapid-utils pack` to repack it (it verifies)") from error
+            raise StoreError(f"{error.filename or error} is missing: {repair}") from error
+        for (i, k), key in keys.items():
+            target = memoryview(out[i, k]).cast("B")
+            if self._local:
+                try:
+                    with open(key, "rb", buffering=0) as chunk:
+                        size = chunk.readinto(target)
+                except FileNotFoundError as error:
+                    raise StoreError(f"{key} is missing: {repair}") from error
+            else:
+                size = len(fetched[key])
+                if size == target.nbytes:
+                    target[:] = fetched[key]
+            if size != target.nbytes:  # a torn chunk must not pass as an image
+                raise StoreError(f"{key} holds {size} bytes, not {target.nbytes}: {repair}")
         return out
 
     def date_position(self, date: dt.date) -> int:
