@@ -235,9 +235,9 @@ class PackedStoreDataset(_ChipDataset):
     Same sites, dates, random draws and values, so training gives identical results from either.
     One item reads only its dates' chunks; a batch (`__getitems__`, with a DataLoader whose
     `collate_fn` is `keep_batch`) reads all of its chunks straight into one tensor. With
-    `raw=True` images stay uint16 (what the store
-    holds, half the bytes of float32) and `normalise_batch` normalises whole batches on the
-    device they are on (e.g. the GPU), so CPU workers only read.
+    `raw=True` images stay uint16 (what the store holds, half the bytes of float32) and
+    `normalise_batch` normalises whole batches on the device they are on (e.g. the GPU), so
+    CPU workers only read.
     """
 
     def __init__(

@@ -471,9 +471,8 @@ def _byol_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two augmented views of a batch: of one image, or of two dates (temporal)."""
     image = _to_device(batch["image"], device, dataset)
-    if config.positives == "augment":
-        return augment.byol_views(image, generator, config.image_size, config.colour_jitter)
-    image2 = _to_device(batch["image2"], device, dataset)
+    temporal = config.positives == "temporal"
+    image2 = _to_device(batch["image2"], device, dataset) if temporal else image
     first, second = augment.byol_view_configs(config.colour_jitter)
     return (
         augment.augment(image, first, generator, config.image_size),
