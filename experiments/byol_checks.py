@@ -90,12 +90,15 @@ def run_pretrain(args: argparse.Namespace) -> None:
     print(f"checkpoint: {out / paths.CHECKPOINT_FILE}")
 
 
-def images_at(study: Study, split: str, position: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Normalised images (N, 4, H, W) of a split's sites at one date position, and labels."""
+def images_at(study: Study, split: str, positions: list[int]
+              ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Normalised images (N, P, 4, H, W) of a split's sites at date `positions`, their labels
+    and the dates; each site's series is read once for all positions."""
     dataset = open_dataset(study.corpus, study.sites(split), study.band_stats, "all")
     items = [dataset[i] for i in range(len(dataset))]
-    return (torch.stack([item["image"][position] for item in items]),
-            np.array([int(item["label"]) for item in items]))
+    return (torch.stack([item["image"][positions] for item in items]),
+            np.array([int(item["label"]) for item in items]),
+            [items[0]["date"][position] for position in positions])
 
 
 @torch.no_grad()
@@ -113,15 +116,15 @@ def run_probe(args: argparse.Namespace) -> None:
     train_sites = study.sites("train")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))  # refit
     rows = []
-    for position in args.dates:
-        (train_x, train_y), (test_x, test_y) = (images_at(study, split, position)
-                                                for split in ("train", "test"))
+    train_series, train_y, dates = images_at(study, "train", args.dates)
+    test_series, test_y, _ = images_at(study, "test", args.dates)
+    for k, date in enumerate(dates):
+        train_x, test_x = train_series[:, k], test_series[:, k]
         features = {"band mean+std": tuple(
             torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1).numpy()
             for x in (train_x, test_x))}
         features |= {name: (encode(enc, train_x), encode(enc, test_x))
                      for name, enc in encoders.items()}
-        date = study_date(study, position)
         for fraction in (0.01, 0.1, 1.0):
             for name, (train_f, test_f) in features.items():
                 scores = []
@@ -135,11 +138,6 @@ def run_probe(args: argparse.Namespace) -> None:
                 print(f"{date} {fraction:>5.0%} {name:<24} {rows[-1]['test_accuracy']:5.1f} "
                       f"± {rows[-1]['std']:.1f} %", flush=True)
     print(pd.DataFrame(rows).round(1).to_string(index=False))
-
-
-def study_date(study: Study, position: int) -> str:
-    dataset = open_dataset(study.corpus, study.sites("test").iloc[:1], study.band_stats, "all")
-    return dataset[0]["date"][position]
 
 
 def main(argv: list[str] | None = None) -> int:
