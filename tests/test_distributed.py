@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rapid_utils import datasets, distributed, models, splits, train
+from rapid_utils import byol, datasets, distributed, models, splits, train
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
 
@@ -29,17 +29,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _RecordedBYOL(byol.BYOL):
+    """`byol.BYOL` that keeps its instances and their initial weights, for one test process."""
+
+    built: list[_RecordedBYOL] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial = {name: p.detach().clone() for name, p in self.named_parameters()}
+        self.built.append(self)
+
+
 def _worker(rank: int, port: int, root: str, out: str) -> None:
     """One torchrun-like process: the environment torchrun sets, then both training loops."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    byol.BYOL = _RecordedBYOL  # this spawned process only: keep each rank's replica
     index = build_index(root, progress=False)
     split = splits.assign_splits(index, seed=0)
     train_index, val_index = index[split == "train"], index[split == "val"]
     stats = datasets.compute_band_stats(root, train_index, progress=False)
     history = train.pretrain(train.PretrainConfig(**PRETRAIN), root, train_index, val_index,
                              stats, Path(out) / "byol", progress=False)
+    (replica,) = _RecordedBYOL.built
+    final = {name: p.detach() for name, p in replica.named_parameters()}
+    torch.save({"initial": replica.initial, "final": final}, Path(out) / f"rank{rank}_weights.pt")
     results = train.finetune(
         train.FinetuneConfig(**FINETUNE, init=f"byol:{Path(out) / 'byol' / 'checkpoint.pt'}"),
         root, train_index, val_index, val_index, stats, Path(out) / "results.json",
@@ -58,8 +73,18 @@ def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(_free_port(), str(root), str(out)), nprocs=WORLD_SIZE, join=True)
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
-    # the epoch loss is averaged over processes, so both report the same numbers
-    assert [e["loss"] for e in ranks[0]["history"]] == [e["loss"] for e in ranks[1]["history"]]
+    weights = [torch.load(out / f"rank{r}_weights.pt", weights_only=True)
+               for r in range(WORLD_SIZE)]
+    # Each rank trained on its own shard and views, so the replicas agree only if DDP averaged
+    # the gradients (online weights) and every rank took the same EMA steps (target weights).
+    first, second = (w["final"] for w in weights)
+    initial = weights[0]["initial"]
+    assert first.keys() == second.keys() and any(k.startswith("target_") for k in first)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+    for part in ("encoder.", "projector.", "predictor.", "target_encoder.", "target_projector."):
+        assert any(not torch.equal(first[k], initial[k]) for k in first if k.startswith(part)), (
+            f"{part} did not move: equal replicas would prove nothing")
     assert "knn_accuracy" in ranks[0]["history"][-1]  # guards run on rank 0 only
     assert "knn_accuracy" not in ranks[1]["history"][-1]
     assert ranks[0]["results"] == ranks[1]["results"]  # every rank returns rank 0's file
@@ -68,6 +93,8 @@ def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
 
     checkpoint = torch.load(out / "byol" / train.CHECKPOINT_FILE, weights_only=True)
     assert checkpoint["epoch"] == 2
+    for name, tensor in first.items():  # the recorded replica is the one rank 0 saved
+        assert torch.equal(tensor, checkpoint["byol"][name]), name
     # the encoder key stays loadable by the model factory
     encoder = models.build_model("resnet18", 4, 0, f"byol:{out / 'byol' / 'checkpoint.pt'}")
     for name, tensor in encoder.state_dict().items():
