@@ -134,32 +134,67 @@ def parse_share_column(column: str) -> int:
 def normalise_shares(
     shares: pd.DataFrame, tolerance: float = 0.05
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """Bring share rows to fractions in [0, 1] and flag rows that do not add up.
+    """Bring share rows to fractions in [0, 1] and flag rows that cannot be used.
 
+    The real label files and table may list only the classes present, so an absent column,
+    an empty cell or a missing value (NaN, None, "") means a share of 0. A value that is not a
+    finite number (text, a boolean, inf) or is negative makes its row a problem instead.
     Accepts both scales seen for CLC shares: fractions (rows sum to ~1) and percentages
-    (rows sum to ~100), decided per row. Returns the fractions (all 44 columns, missing
-    ones filled with 0) and a Series of problems per row ("" where the row is fine).
-    Rows are renormalised to sum to exactly 1 once they pass the tolerance check.
+    (rows sum to ~100), decided per row. Returns the fractions (all 44 columns) and a Series
+    of problems per row ("" where the row is fine); the values of problem rows are not to be
+    used. Rows are renormalised to sum to exactly 1 once they pass the tolerance check.
     """
     for column in shares.columns:
         parse_share_column(column)
-    values = shares.reindex(columns=list(SHARE_COLUMNS), fill_value=0.0).astype("float64")
+    numbers = {column: _share_numbers(shares[column]) for column in shares.columns}
+    values = pd.DataFrame(
+        {column: number for column, (number, _) in numbers.items()}, index=shares.index
+    ).reindex(columns=list(SHARE_COLUMNS), fill_value=0.0)
+    problems = pd.Series("", index=shares.index, dtype="object")
+    # checked in reverse order of priority: a later problem overwrites an earlier one
     totals = values.sum(axis=1)
     percent = totals > 1.0 + tolerance
     fractions = values.where(~percent, values / 100.0)
     fraction_totals = fractions.sum(axis=1)
-    problems = pd.Series("", index=shares.index, dtype="object")
     bad_total = (fraction_totals - 1.0).abs() > tolerance
     problems[bad_total] = [
         f"shares sum to {total:.3g} (expected 1 or 100)" for total in totals[bad_total]
     ]
-    has_nan = values.isna().any(axis=1)
-    problems[has_nan] = "shares contain NaN"
-    negative = (values < 0).any(axis=1)
-    problems[negative] = "negative share"
+    for column in reversed(list(SHARE_COLUMNS)):  # the first bad column is the one named
+        if column not in numbers:
+            continue
+        number, not_a_number = numbers[column]
+        negative = number < 0
+        problems[negative] = [f"negative share: {column}={v!r}" for v in number[negative]]
+        raw = shares.loc[not_a_number, column]
+        problems[not_a_number] = [f"non-numeric share: {column}={v!r}" for v in raw]
     ok = problems == ""
     fractions.loc[ok] = fractions.loc[ok].div(fraction_totals[ok], axis=0)
     return fractions, problems
+
+
+def _share_numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A share column as floats (missing values as 0) and where it holds no finite number."""
+    if pd.api.types.is_bool_dtype(column):
+        return pd.Series(0.0, index=column.index), pd.Series(True, index=column.index)
+    if pd.api.types.is_numeric_dtype(column):
+        number = column.astype("float64")
+        not_a_number = np.isinf(number)
+        return number.fillna(0.0).where(~not_a_number, 0.0), not_a_number
+    # text or mixed values (a label file's JSON, a table column holding some text)
+    missing = column.map(lambda v: v is None or v is pd.NA or _is_nan(v) or _is_blank(v))
+    usable = column.map(lambda v: not isinstance(v, bool | np.bool_))
+    number = pd.to_numeric(column.where(usable & ~missing), errors="coerce").astype("float64")
+    not_a_number = ~missing & (number.isna() | np.isinf(number))
+    return number.where(~missing & ~not_a_number, 0.0), not_a_number
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _is_blank(value: object) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 def class_shares(shares: pd.DataFrame) -> pd.DataFrame:

@@ -190,6 +190,58 @@ def test_shares_not_adding_up_in_resources(corpus_copy):
     assert "shares sum to 0.5" in skipped(index).loc[victim, "reason"]
 
 
+def test_label_files_listing_only_present_classes(index, corpus_copy):
+    shutil.rmtree(corpus_copy / "resources")
+    for path in (corpus_copy / "labels").glob("*/*/labels_*.geojson"):
+        content = json.loads(path.read_text())
+        properties = content["features"][0]["properties"]
+        content["features"][0]["properties"] = {
+            k: v for k, v in properties.items() if not (k.startswith("clc_") and v == 0)
+        }
+        path.write_text(json.dumps(content))
+    walked = build_index(corpus_copy, progress=False)
+    assert walked.attrs["skipped"].empty
+    pd.testing.assert_frame_equal(
+        walked.drop(columns="geometry"), index.drop(columns="geometry"), rtol=1e-9
+    )
+
+
+def test_resources_with_empty_cells_for_absent_classes(index, corpus_copy):
+    table = read_table(corpus_copy)
+    text = table.astype(object).where(table != 0, "")  # absent classes: empty cells
+    write_table(corpus_copy, text)
+    assert read_table(corpus_copy)[list(SHARE_COLUMNS)].isna().any().any()
+    from_empty = build_index(corpus_copy, progress=False)
+    assert from_empty.attrs["skipped"].empty
+    pd.testing.assert_frame_equal(from_empty, index)
+
+
+@pytest.mark.parametrize("walk", [False, True])
+def test_non_numeric_and_negative_shares_are_skipped(corpus_copy, walk):
+    ids = site_ids(corpus_copy)
+    bad = {ids[2]: ("clc_311", "n/a"), ids[9]: ("clc_211", -5.0)}
+    if walk:
+        shutil.rmtree(corpus_copy / "resources")
+        for sid, (column, value) in bad.items():
+            path = layout.label_path(corpus_copy, sid)
+            content = json.loads(path.read_text())
+            content["features"][0]["properties"][column] = value
+            path.write_text(json.dumps(content))
+    else:
+        table = read_table(corpus_copy).astype({"clc_311": object})
+        for sid, (column, value) in bad.items():
+            table.loc[table["sample_id"] == sid, column] = value
+        write_table(corpus_copy, table)
+    index = build_index(corpus_copy, progress=False)
+    assert len(index) == 22
+    reasons = skipped(index)
+    assert sorted(reasons.index) == sorted(bad)
+    assert reasons.loc[ids[2], "reason"] == "non-numeric share: clc_311='n/a'"
+    assert reasons.loc[ids[9], "reason"] == "negative share: clc_211=-5.0"
+    source = layout.label_path(corpus_copy, ids[2]) if walk else corpus_copy / layout.LABELS_CSV
+    assert reasons.loc[ids[2], "path"] == str(source)
+
+
 def test_unknown_column_in_resources(corpus_copy):
     table = read_table(corpus_copy)
     table["clc_999"] = 0.0
@@ -239,6 +291,23 @@ def test_imagery_missing(corpus_copy, walk):
     assert skipped(index).loc[victim, "reason"] == "imagery missing"
     kept = build_index(corpus_copy, check_imagery=False, progress=False)
     assert victim in kept["sample_id"].tolist()
+
+
+@pytest.mark.parametrize("walk", [False, True])
+def test_pf_sr_folder_without_dated_raster(corpus_copy, walk):
+    if walk:
+        shutil.rmtree(corpus_copy / "resources")
+    victim = site_ids(corpus_copy)[7]
+    folder = layout.site_dir(corpus_copy, victim) / layout.PF_SR
+    for path in folder.glob("*.tif"):
+        path.unlink()
+    (folder / "overview.tif").write_bytes(b"not a dated raster")
+    index = build_index(corpus_copy, progress=False)
+    assert victim not in index["sample_id"].tolist()
+    assert len(index) == 23
+    reasons = skipped(index)
+    assert reasons.loc[victim, "reason"] == "no dated PF-SR raster"
+    assert reasons.loc[victim, "path"] == str(folder)
 
 
 def test_no_usable_site(corpus_copy):

@@ -177,19 +177,47 @@ def test_normalise_shares_flags_rows_not_adding_up(row, message):
     assert "expected 1 or 100" in problems["bad"]
 
 
-def test_normalise_shares_flags_nan_and_negative():
+def test_normalise_shares_flags_negative():
     rows = pd.DataFrame(
-        [
-            shares_row(clc_311=1.0),
-            shares_row(clc_311=0.5, clc_211=np.nan, clc_512=0.5),
-            shares_row(clc_311=1.1, clc_211=-0.1),
-        ],
-        index=["ok", "nan", "neg"],
+        [shares_row(clc_311=1.0), shares_row(clc_311=1.1, clc_211=-0.1)], index=["ok", "neg"]
     )
     _, problems = labels.normalise_shares(rows)
     assert problems["ok"] == ""
-    assert "NaN" in problems["nan"]
-    assert "negative" in problems["neg"]
+    assert problems["neg"] == "negative share: clc_211=-0.1"
+
+
+def test_normalise_shares_absent_or_empty_means_zero():
+    # the real files may list only the classes present: absent keys and empty cells read as NaN
+    rows = pd.DataFrame(
+        {"clc_311": [60.0, np.nan], "clc_211": [np.nan, 0.25], "clc_512": [40.0, 0.75]},
+        index=["percent", "fractions"],
+    )
+    fractions, problems = labels.normalise_shares(rows)
+    assert (problems == "").all()
+    assert not fractions.isna().any().any()
+    assert fractions.loc["percent", "clc_311"] == pytest.approx(0.6)
+    assert fractions.loc["percent", "clc_211"] == 0.0
+    assert fractions.loc["fractions", "clc_311"] == 0.0
+    assert fractions.loc["fractions", "clc_512"] == pytest.approx(0.75)
+
+
+def test_normalise_shares_refuses_non_numeric_values_row_by_row():
+    rows = pd.DataFrame(
+        {
+            "clc_311": [60.0, "lots", None, "", True, np.inf],
+            "clc_211": [40.0, 40.0, "40", 40.0, 40.0, 40.0],
+            "clc_512": [0.0, 0.0, 60.0, 60.0, 60.0, 60.0],
+        },
+        index=["ok", "word", "numeric_text", "blank", "bool", "inf"],
+    )
+    fractions, problems = labels.normalise_shares(rows)
+    assert problems["ok"] == ""
+    assert problems["word"] == "non-numeric share: clc_311='lots'"
+    assert problems["numeric_text"] == ""  # a number written as text is still a number
+    assert fractions.loc["numeric_text", "clc_211"] == pytest.approx(0.4)
+    assert problems["blank"] == ""  # an empty value is an absent one
+    assert problems["bool"] == "non-numeric share: clc_311=True"
+    assert problems["inf"] == "non-numeric share: clc_311=inf"
 
 
 def test_normalise_shares_tolerance_is_a_parameter():

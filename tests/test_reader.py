@@ -16,14 +16,17 @@ from rapid_utils.corpus.reader import (
     BandCountError,
     CorpusError,
     DateNotFoundError,
+    QABandError,
     RasterReadError,
+    RasterSizeError,
     available_dates,
+    corpus_size,
     read_raster,
     read_site,
     select_dates,
     verify_sites,
 )
-from rapid_utils.corpus.synthetic import synth_dates
+from rapid_utils.corpus.synthetic import MARKER, synth_dates
 
 MONTHLY = synth_dates("monthly")
 JULY = dt.date(2018, 7, 2)  # the first Planet Fusion date of July 2018
@@ -38,13 +41,24 @@ def read_raw(path: Path) -> np.ndarray:
         return src.read()
 
 
-def rewrite(path: Path, data: np.ndarray, **changes) -> None:
-    """Overwrite a raster with new pixels, keeping its georeferencing unless changed."""
+def rewrite(
+    path: Path, data: np.ndarray, descriptions: tuple[str | None, ...] | None = None, **changes
+) -> None:
+    """Overwrite a raster with new pixels, keeping its georeferencing unless changed.
+
+    `descriptions` names the bands (as the real PF-QA may); by default they have none.
+    """
     with rasterio.open(path) as src:
         profile = src.profile
-    profile.update(count=data.shape[0], dtype=data.dtype.name, **changes)
+    profile.update(
+        count=data.shape[0], height=data.shape[1], width=data.shape[2], dtype=data.dtype.name,
+        **changes,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
+        for band, description in enumerate(descriptions or (), start=1):
+            if description is not None:
+                dst.set_band_description(band, description)
 
 
 @pytest.fixture
@@ -182,6 +196,71 @@ def test_qa_band_out_of_range(tiny_corpus, site):
     assert str(layout.raster_path(tiny_corpus, site, JULY, layout.PF_QA)) in str(info.value)
 
 
+# The real PF-QA has 9 bands; which one is the cloud mask is read from the band descriptions.
+NINE_QA = ("gap_fill_days", "snow", "cloud_shadow", "cloud_confidence", "haze", "water",
+           "sensor", "terrain", "spare")
+
+
+def nine_band_qa(cloud: np.ndarray, band: int) -> np.ndarray:
+    """A 9-band QA raster: `cloud` in band `band` (1-based), the other bands all 100."""
+    qa = np.full((9, *cloud.shape), 100, dtype=np.uint8)
+    qa[band - 1] = cloud
+    return qa
+
+
+def test_nine_band_qa_masks_on_the_cloud_band(cloudy_site):
+    root, site, cloud = cloudy_site
+    path = layout.raster_path(root, site, JULY, layout.PF_QA)
+    rewrite(path, nine_band_qa(cloud, 4), descriptions=NINE_QA)
+    july = read_site(root, site, dates=[JULY]).values[0]
+    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)  # band 1 (all 100) ignored
+    by_number = read_site(root, site, dates=[JULY], qa_band=4).values[0]
+    np.testing.assert_array_equal(by_number, july)
+
+
+@pytest.mark.parametrize(
+    ("descriptions", "found"),
+    [
+        ((None,) * 9, "none of its 9 bands"),
+        (("cloud_confidence", "cloud_probability", *NINE_QA[1:3], *NINE_QA[4:]), "2 of its 9"),
+    ],
+)
+def test_ambiguous_qa_raster_is_refused(cloudy_site, descriptions, found):
+    root, site, cloud = cloudy_site
+    path = layout.raster_path(root, site, JULY, layout.PF_QA)
+    rewrite(path, nine_band_qa(cloud, 2), descriptions=descriptions)
+    with pytest.raises(QABandError) as info:
+        read_site(root, site, dates=[JULY])
+    message = str(info.value)
+    assert str(path) in message
+    assert found in message
+    assert "qa_band" in message
+    assert isinstance(info.value, CorpusError)
+    # the user's choice settles it, by number or by description
+    chosen = read_site(root, site, dates=[JULY], qa_band=2).values[0]
+    np.testing.assert_array_equal(np.isnan(chosen[0]), cloud >= 50)
+    if descriptions[1] is not None:
+        named = read_site(root, site, dates=[JULY], qa_band="Cloud_Probability").values[0]
+        np.testing.assert_array_equal(named, chosen)
+
+
+def test_qa_band_by_unknown_description(cloudy_site):
+    root, site, cloud = cloudy_site
+    path = layout.raster_path(root, site, JULY, layout.PF_QA)
+    rewrite(path, nine_band_qa(cloud, 4), descriptions=NINE_QA)
+    with pytest.raises(QABandError, match="qa_band='clouds'") as info:
+        read_site(root, site, dates=[JULY], qa_band="clouds")
+    assert "cloud_confidence" in str(info.value)  # the descriptions it has are listed
+
+
+def test_one_band_qa_needs_no_description(cloudy_site):
+    root, site, cloud = cloudy_site
+    path = layout.raster_path(root, site, JULY, layout.PF_QA)
+    rewrite(path, cloud[None], descriptions=("whatever",))
+    july = read_site(root, site, dates=[JULY]).values[0]
+    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)
+
+
 # --- damaged files ------------------------------------------------------------------------
 
 
@@ -305,6 +384,75 @@ def test_read_raster_masks_nan_in_float_rasters(tmp_path, tiny_corpus, site):
     values = read_raster(path)
     assert values.mask.sum() == 1
     assert values.mask[1, 0, 0]
+
+
+def test_corpus_size_is_the_recorded_or_the_product_size(corpus_copy):
+    assert corpus_size(corpus_copy) == 32  # the embedded corpus records its size
+    (corpus_copy / MARKER).unlink()
+    assert corpus_size(corpus_copy) == layout.SITE_SIZE_PX  # the real product: 200 x 200 px
+
+
+@pytest.mark.parametrize("product", [layout.PF_SR, layout.PF_QA])
+def test_wrong_size_raster_is_refused(damaged, product):
+    root, site, _ = damaged
+    path = layout.raster_path(root, site, JULY, product)
+    rewrite(path, read_raw(path)[:, :16, :16])  # the same origin, a quarter of the site
+    with pytest.raises(RasterSizeError) as info:
+        read_site(root, site)
+    message = str(info.value)
+    assert str(path) in message
+    assert "16 x 16 px" in message and "32 x 32" in message
+    assert "size" in message
+    assert isinstance(info.value, CorpusError)
+    if product == layout.PF_SR:
+        with pytest.raises(RasterSizeError, match="16 x 16 px"):
+            read_raster(path, size=32)
+        assert read_raster(path).shape == (4, 16, 16)  # no size asked, none checked
+        report = verify_sites(root, [site], progress=False)
+        assert report["path"].tolist() == [str(path)]
+        assert "16 x 16 px" in report["problem"].iloc[0]
+
+
+def test_size_parameter_overrides_the_corpus_size(damaged):
+    root, site, _ = damaged
+    with pytest.raises(RasterSizeError, match="expected 64 x 64"):
+        read_site(root, site, dates=[JULY], size=64)
+
+
+def test_int16_pf_sr_is_read_as_uint16(damaged):
+    root, site, path = damaged
+    stored = read_raw(path)
+    data = stored.astype(np.int16)
+    data[:, 0, 0:3] = -9999  # the file's nodata value
+    data[2, 5, 5] = -3  # no reflectance is negative: not a measurement
+    rewrite(path, data, nodata=-9999)
+    values = read_raster(path)
+    assert values.dtype == np.uint16
+    expected = np.zeros(data.shape, dtype=bool)
+    expected[:, 0, 0:3] = True
+    expected[2, 5, 5] = True
+    np.testing.assert_array_equal(values.mask, expected)
+    np.testing.assert_array_equal(values.data[~expected], stored[~expected])
+    np.testing.assert_array_equal(values.data[expected], 0)
+    july = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
+    np.testing.assert_array_equal(np.isnan(july), expected)
+
+
+def test_float_pf_sr_with_nan_nodata_tag(damaged):
+    root, site, path = damaged
+    stored = read_raw(path)
+    data = stored.astype(np.float32)
+    data[1, 3:5, 3:5] = np.nan
+    rewrite(path, data, nodata=float("nan"))
+    with rasterio.open(path) as src:
+        assert np.isnan(src.nodata)
+    values = read_raster(path)
+    assert values.dtype == np.float32
+    assert values.mask.sum() == 4 and values.mask[1, 3:5, 3:5].all()
+    assert np.isfinite(values.data).all()  # masked pixels hold 0, never NaN
+    np.testing.assert_array_equal(values.data[~values.mask], stored[~values.mask])
+    july = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
+    np.testing.assert_array_equal(np.isnan(july), values.mask)
 
 
 # --- verify_sites -------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def build_index(
     """Index the corpus under `root`: sample_id, utmz, tile, lon, lat, geometry, shares, label.
 
     Shares (`clc_111` ... `clc_523`) are fractions summing to 1; `label` is the index of
-    the dominant poster class and `label_name` its name.
+    the dominant poster class and `label_name` its name. A class a label file or table row
+    does not list (absent key, empty cell) has share 0; non-numeric or negative shares skip
+    the site. With `check_imagery`, sites without a dated PF-SR raster are skipped too.
     """
     root = Path(root)
     if not root.is_dir():
@@ -56,12 +58,13 @@ def build_index(
     skipped += [(sid, _label_source(root, sid), reason) for sid, reason in problems[bad].items()]
     fractions = fractions[~bad]
     if check_imagery:
-        missing = [sid for sid in fractions.index if not _has_imagery(root, sid)]
+        imagery = {sid: _imagery_problem(root, sid) for sid in fractions.index}
+        unusable = {sid: reason for sid, reason in imagery.items() if reason}
         skipped += [
-            (sid, str(layout.site_dir(root, sid) / layout.PF_SR), "imagery missing")
-            for sid in missing
+            (sid, str(layout.site_dir(root, sid) / layout.PF_SR), reason)
+            for sid, reason in unusable.items()
         ]
-        fractions = fractions.drop(index=missing)
+        fractions = fractions.drop(index=list(unusable))
     index = _assemble(fractions, geometries)
     index.attrs["root"] = str(root)
     index.attrs["skipped"] = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
@@ -78,14 +81,22 @@ def _label_source(root: Path, sample_id: str) -> str:
     return str(layout.label_path(root, sample_id))
 
 
-def _has_imagery(root: Path, sample_id: str) -> bool:
-    return (layout.site_dir(root, sample_id) / layout.PF_SR).is_dir()
+def _imagery_problem(root: Path, sample_id: str) -> str:
+    """Why a site's PF-SR series cannot be read ("" if it can): checked once here, rather
+    than found by a DataLoader worker hours into a run."""
+    folder = layout.site_dir(root, sample_id) / layout.PF_SR
+    if not folder.is_dir():
+        return "imagery missing"
+    if next(layout.dated_rasters(folder), None) is None:
+        return f"no dated {layout.PF_SR} raster"
+    return ""
 
 
 def _from_resources(root: Path) -> tuple[pd.DataFrame, dict, list]:
     path = root / layout.LABELS_CSV
     try:
-        table = pd.read_csv(path, dtype={"sample_id": str})
+        # only an empty cell is a missing share (0); text such as "n/a" is refused, not zeroed
+        table = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False, na_values=[""])
     except (OSError, ValueError, EOFError) as error:
         raise CorpusError(f"cannot read label table {path}: {error}") from error
     if "sample_id" not in table.columns:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,20 @@ def label_path(root: Path, sample_id: str) -> Path:
 def date_from_raster_name(path: Path) -> dt.date:
     """The acquisition date encoded in a raster file name (`YYYY-MM-DD.tif`)."""
     return dt.date.fromisoformat(Path(path).stem)
+
+
+def dated_rasters(folder: Path) -> Iterator[tuple[dt.date, Path]]:
+    """(date, path) of each dated raster (`YYYY-MM-DD.tif`) in a product folder, unordered.
+
+    Other files (overviews, auxiliary files) are not part of the series and are left out.
+    A generator, so that asking whether a folder has any stops at the first one.
+    """
+    for path in Path(folder).glob("*.tif"):
+        try:
+            date = date_from_raster_name(path)
+        except ValueError:
+            continue
+        yield date, path
 
 
 def pf_dates() -> list[dt.date]:
