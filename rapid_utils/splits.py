@@ -6,92 +6,114 @@ sites (which share land cover and imagery) on one side of the split.
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from rapid_utils.io import atomic_path
 from rapid_utils.labels import CLASSES
 
 SHARES = {"train": 0.75, "val": 0.10, "test": 0.15}
 SPLITS = tuple(SHARES)
-N_FOLDS = 20  # tile split: 5 % per fold, so 15 train, 2 val and 3 test folds
+MIN_TILES = 20  # fewer tiles cut the 75/10/15 shares too coarsely (5 % a tile)
+
+
+def unit_hash(keys: Iterable[str], seed: int, purpose: str) -> np.ndarray:
+    """A number in [0, 1) per key, fixed by (seed, purpose, key) alone.
+
+    Hand-written (blake2b of the three) rather than a seeded shuffle: a shuffle's draw for one
+    site depends on every other site, so adding or removing one site reassigns many others.
+    """
+    prefix = f"{seed}\x1f{purpose}\x1f".encode()
+    digests = b"".join(
+        hashlib.blake2b(prefix + str(key).encode(), digest_size=8).digest() for key in keys
+    )
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+
+
+def _ranks_within(
+    groups: np.ndarray, keys: np.ndarray, seed: int, purpose: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's rank within its group, ordered by `unit_hash`, and its group's size.
+
+    Cutting (rank + 0.5) / size at fixed shares stratifies by group exactly, and removing one
+    member moves at most one other across each cut.
+    """
+    hashes = unit_hash(keys, seed, purpose)
+    ranks, sizes = np.empty(len(keys)), np.empty(len(keys))
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        ranks[rows[np.argsort(hashes[rows], kind="stable")]] = np.arange(len(rows))
+        sizes[rows] = len(rows)
+    return ranks, sizes
+
+
+def _split_by_rank(groups: np.ndarray, keys: np.ndarray, seed: int, purpose: str) -> np.ndarray:
+    ranks, sizes = _ranks_within(groups, keys, seed, purpose)
+    return _split_of_position((ranks + 0.5) / sizes)
 
 
 def assign_splits(index: pd.DataFrame, by: str = "site", seed: int = 0) -> pd.Series:
     """'train' / 'val' / 'test' per site, 75/10/15 %, stratified by dominant class.
 
-    `by="tile"` keeps every tile whole within one split (spatial blocks). The assignment
-    depends only on the index content and the seed.
+    Each site (or tile, `by="tile"`, which keeps every tile whole within one split) is placed
+    by the rank of a hash of (seed, sample_id or tile) within its class, so adding or removing
+    sites moves only those sites (and at most one neighbour per class across each cut). Tiles
+    are stratified by their most common class.
     """
     if by not in ("site", "tile"):
         raise ValueError(f"split by must be 'site' or 'tile', got {by!r}")
-    ordered = index.sort_values("sample_id")
-    splits = _stratified_site_split(ordered, seed) if by == "site" else _tile_split(ordered, seed)
-    return pd.Series(splits, index=ordered.index, name="split").reindex(index.index)
+    if by == "site":
+        split = _split_by_rank(index["label"].to_numpy(), index["sample_id"].to_numpy(), seed,
+                               "split")
+        return pd.Series(split, index=index.index, name="split")
+    tiles = index.groupby("tile")["label"].agg(lambda labels: labels.value_counts().idxmax())
+    if len(tiles) < MIN_TILES:
+        raise ValueError(
+            f"splitting by tile needs at least {MIN_TILES} tiles, the corpus has "
+            f"{len(tiles)}; split by site instead"
+        )
+    split_of_tile = pd.Series(
+        _split_by_rank(tiles.to_numpy(), tiles.index.to_numpy(), seed, "tile split"),
+        index=tiles.index,
+    )
+    return pd.Series(index["tile"].map(split_of_tile).to_numpy(), index=index.index,
+                     name="split")
 
 
 def _split_of_position(position: np.ndarray) -> np.ndarray:
     """Map positions in [0, 1) to splits by the cumulative 75/10/15 shares."""
     edges = np.cumsum(list(SHARES.values()))[:-1]
-    return np.array(SPLITS)[np.searchsorted(edges, position, side="right")]
-
-
-def _stratified_site_split(ordered: pd.DataFrame, seed: int) -> np.ndarray:
-    """Per class, a seeded shuffle cut at 75/10/15 %.
-
-    Hand-written because sklearn's StratifiedKFold refuses classes with fewer members
-    than folds, which rare classes (wetlands, bare) have in small corpora.
-    """
-    rng = np.random.default_rng(seed)
-    splits = np.empty(len(ordered), dtype=object)
-    labels = ordered["label"].to_numpy()
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        rows = rows[rng.permutation(len(rows))]
-        splits[rows] = _split_of_position((np.arange(len(rows)) + 0.5) / len(rows))
-    return splits
-
-
-def _tile_split(ordered: pd.DataFrame, seed: int) -> np.ndarray:
-    """Whole tiles to one split: 20 stratified group folds, 15 train, 2 val, 3 test."""
-    groups = ordered["tile"].to_numpy()
-    if len(np.unique(groups)) < N_FOLDS:
-        raise ValueError(
-            f"splitting by tile needs at least {N_FOLDS} tiles, the corpus has "
-            f"{len(np.unique(groups))}; split by site instead"
-        )
-    folds = StratifiedGroupKFold(N_FOLDS, shuffle=True, random_state=seed)
-    fold_of = np.empty(len(ordered), dtype=int)
-    with warnings.catch_warnings():  # rare classes may have fewer members than folds
-        warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, rows) in enumerate(folds.split(groups, ordered["label"], groups)):
-            fold_of[rows] = fold
-    return _split_of_position((fold_of + 0.5) / N_FOLDS)
+    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, position, side="right")]
 
 
 def label_fraction(train: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
     """A stratified, seeded subset holding `fraction` of the labelled training sites.
 
-    Subsets are nested: for one seed, the 1 % subset lies inside the 10 % subset, which lies
-    inside 100 %. Written by hand because nesting needs one fixed per-class ordering that
-    is cut at different lengths; sklearn's samplers draw each fraction independently.
-    Every class present in `train` keeps at least one site.
+    Per class, sites are ranked by a hash of (seed, sample_id) and the first
+    ceil(fraction x class size) are kept: the subsets are nested (for one seed, 1 % lies inside
+    10 %, which lies inside 100 %), and adding or removing a site changes at most one other
+    site's membership per class. Every class present in `train` keeps at least one site.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
-    ordered = train.sort_values("sample_id")
-    keep = []
-    for _, members in ordered.groupby("label", sort=True):
-        ranked = members.index.to_numpy()[rng.permutation(len(members))]
-        keep.extend(ranked[: max(1, math.ceil(fraction * len(members) - 1e-9))])
-    return train.loc[train.index.isin(keep)]
+    ranks, sizes = _ranks_within(train["label"].to_numpy(), train["sample_id"].to_numpy(),
+                                 seed, "label fraction")
+    keep = ranks < np.maximum(1, np.ceil(fraction * sizes - 1e-9))
+    return train[keep]
+
+
+def fingerprint(index: pd.DataFrame, split: pd.Series) -> str:
+    """A short content hash of which site is in which split (order-independent).
+
+    Recorded in checkpoints and results files, so a run that loads a checkpoint made on
+    another split (or a reused result from one) can tell.
+    """
+    lines = sorted(f"{sid}\t{name}" for sid, name in zip(index["sample_id"], split, strict=True))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def fraction_column(fraction: float) -> str:
