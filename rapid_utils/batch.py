@@ -7,6 +7,7 @@ order, each receiving the profile values it declares in its `parameters` cell.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import time
@@ -216,11 +217,49 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
     return jobs
 
 
-def _complete(results_file: Path) -> bool:
-    try:
-        return bool(json.loads(results_file.read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
+def notebook_values(notebook: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The values a notebook runs with: its `parameters` cell's defaults, updated by the
+    parameters it declares among `parameters` (what `run_notebook` passes)."""
+    declared = papermill.inspect_notebook(str(paths.notebooks_dir() / f"{notebook}.ipynb"))
+    defaults = {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
+    return defaults | {key: value for key, value in parameters.items() if key in declared}
+
+
+class _ReuseCheck:
+    """Whether a fine-tuning job's results file holds the very run the job would make.
+
+    A complete file is reused only when its parameters, split and band statistics
+    fingerprints and BYOL checkpoint hash all match (`train.stale_reasons`); the study is
+    loaded once per corpus and split for all jobs.
+    """
+
+    def __init__(self) -> None:
+        self._studies: dict[tuple, study.Study] = {}
+
+    def why_rerun(self, job: Job) -> str | None:
+        """None when the job's result can be reused, else why it must run (again)."""
+        try:
+            existing = json.loads(job.results_file.read_text())
+        except (OSError, ValueError):
+            return "no results file"
+        if not existing.get("complete"):
+            return "results file incomplete"
+        values = notebook_values(job.notebook, job.parameters)
+        runs = Path(values["runs_dir"])
+        try:
+            config = study.finetune_config(values, runs)
+            key = (values["store"] or values["corpus_dir"], str(runs), values["split_by"],
+                   int(values["split_seed"]), int(values["stats_sites"]))
+            if key not in self._studies:
+                self._studies[key] = study.load_study(paths.data_location(key[0]), *key[1:])
+            data = self._studies[key]
+            provenance = train.finetune_provenance(config, data.sites("train"),
+                                                   data.sites("val"), data.sites("test"),
+                                                   data.band_stats)
+        except Exception as error:  # noqa: BLE001  the notebook will report it in full
+            return f"cannot check the result ({type(error).__name__}: {error})"
+        stale = train.stale_reasons(existing, config, provenance)
+        return f"stale result: {'; '.join(stale)}" if stale else None
 
 
 def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
@@ -238,9 +277,11 @@ def reproduce(
 ) -> list[NotebookRun]:
     """Run the whole study for a profile; executed notebooks land in `runs/{profile}/notebooks`.
 
-    Fine-tuning runs with a complete results file are reused (so an interrupted batch resumes)
-    unless `force`. Scenarios that cannot run (ImageNet weights unavailable, BYOL pretraining
-    failed) are skipped and recorded, with the reason, in the results folder's skipped.json.
+    Fine-tuning runs with a complete results file of the same run (parameters, split, band
+    statistics and BYOL checkpoint) are reused, so an interrupted batch resumes, unless
+    `force`; a stale one is rerun, and the progress line says why. Scenarios that cannot run
+    (ImageNet weights unavailable, BYOL pretraining failed) are skipped and recorded, with
+    the reason, in the results folder's skipped.json.
     """
     values = load_profile(profile, extra_files)
     corpus = resolve_corpus(profile, values)
@@ -255,16 +296,22 @@ def reproduce(
     results.write_skipped(results_dir, skipped)
 
     outcomes: list[NotebookRun] = []
+    reuse = _ReuseCheck()
     start = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
                                 if job.scenario else "")
+        rerun_reason = reuse.why_rerun(job) if job.results_file and not force else None
         if job.scenario in skipped:
             outcome = NotebookRun(label, job.output, 0.0, skipped[job.scenario], "skipped")
-        elif job.results_file and not force and _complete(job.results_file):
+        elif job.results_file and not force and rerun_reason is None:
             outcome = NotebookRun(label, job.output, 0.0, None, "reused")
         else:
-            parameters = job.parameters | ({"force": True} if force and job.scenario else {})
+            if rerun_reason and rerun_reason.startswith(("stale", "cannot check")):
+                log.info("[%d/%d] %s: rerunning, %s", number, len(jobs), label, rerun_reason)
+            # a stale result is replaced (the notebook refuses to overwrite it otherwise)
+            replace = force or bool(rerun_reason and rerun_reason.startswith("stale"))
+            parameters = job.parameters | ({"force": True} if replace and job.scenario else {})
             outcome = run_notebook(job.notebook, job.output, parameters)
             outcome.name = label
             if job.notebook == "03_byol_pretraining" and outcome.error:

@@ -107,7 +107,7 @@ def _pretrain(args: argparse.Namespace) -> int:
                             args.stats_sites)
     out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
     history = train.pretrain(config, data.corpus, data.pretraining_sites(), data.sites("val"),
-                             data.band_stats, out_dir)
+                             data.band_stats, out_dir, split_fingerprint=data.split_fingerprint)
     logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
     return 0
 

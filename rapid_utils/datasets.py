@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from rapid_utils import labels
+from rapid_utils import labels, splits
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import (
     DateSelection,
@@ -25,7 +26,12 @@ from rapid_utils.corpus.reader import (
 from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.io import write_json_atomic
 
-DATE_SAMPLING = ("random", "first", "all", "pair")
+DATE_SAMPLING = ("random", "first", "spread", "seasons", "all", "pair")
+"""How an item picks its dates: one at random (training), the first, one fixed per site spread
+over the year (`spread`, a hash of the sample id: no RNG drawn), one per season (`seasons`),
+every date (`all`), or two different dates (`pair`, temporal positives)."""
+MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
+SEASON_MONTHS = (1, 4, 7, 10)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,12 @@ class BandStats:
     std: tuple[float, ...]
     n_sites: int
     n_pixels: int
+    split_fingerprint: str = ""  # `splits.fingerprint` of the split whose training sites gave it
+
+    def fingerprint(self) -> str:
+        """A short content hash of the normalisation (means and stds), for provenance."""
+        numbers = json.dumps([list(self.mean), list(self.std)]).encode()
+        return hashlib.sha256(numbers).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically)."""
@@ -43,10 +55,10 @@ class BandStats:
 
     @classmethod
     def load(cls, path: str | Path) -> BandStats:
-        """Read from a JSON file written by `save`."""
+        """Read from a JSON file written by `save` (older files have no split fingerprint)."""
         content = json.loads(Path(path).read_text())
         return cls(tuple(content["mean"]), tuple(content["std"]),
-                   content["n_sites"], content["n_pixels"])
+                   content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""))
 
 
 def compute_band_stats(
@@ -57,10 +69,12 @@ def compute_band_stats(
     dates: DateSelection = "monthly",
     seed: int = 0,
     progress: bool = True,
+    split_fingerprint: str = "",
 ) -> BandStats:
     """Per-band mean/std over valid pixels of a seeded sample of sites and dates.
 
-    Pass training sites only, so validation and test data do not leak into normalisation.
+    Pass training sites only, so validation and test data do not leak into normalisation, and
+    the fingerprint of the split they come from, which the statistics then carry.
     `root` may be a packed store: the same chips are drawn, so the statistics are the same.
     """
     total = np.zeros(len(layout.BANDS))
@@ -86,7 +100,8 @@ def compute_band_stats(
         raise ValueError("no valid pixels to compute band statistics from")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]))
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]),
+                     split_fingerprint)
 
 
 def normalise_chip(chip: np.ma.MaskedArray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -160,6 +175,11 @@ class _ChipDataset(Dataset):
             return site_dates
         if self.date_sampling == "first":
             return site_dates[:1]
+        if self.date_sampling == "spread":
+            position = splits.unit_hash([sample_id], 0, "evaluation date")[0]
+            return [site_dates[int(position * len(site_dates))]]
+        if self.date_sampling == "seasons":
+            return seasonal_dates(site_dates)
         if self.date_sampling == "pair":
             order = torch.randperm(len(site_dates)).tolist() * 2  # [i, i] for a single date
             return [site_dates[order[0]], site_dates[order[1]]]
@@ -169,7 +189,7 @@ class _ChipDataset(Dataset):
         sample_id = self.sample_ids[item]
         chosen = self.choose_dates(sample_id)
         images = self.load_images(sample_id, chosen)
-        single = self.date_sampling != "all"
+        single = self.date_sampling not in MULTI_DATE
         item_dict = {
             "image": images[0] if single else torch.stack(images),
             "label": self.targets[item],
@@ -183,6 +203,24 @@ class _ChipDataset(Dataset):
     def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
         """The item's images, one per date."""
         return [self.load_chip(sample_id, date) for date in dates]
+
+
+def seasonal_dates(dates: list[dt.date]) -> list[dt.date]:
+    """One date per season: the first date of January, April, July and October of the first
+    year that has them all; else four dates evenly spaced through the series (or all, if fewer).
+
+    Evaluating on these rather than on each site's first date (early January: snow, leaf-off)
+    keeps the accuracy from depending on one winter scene.
+    """
+    for year in sorted({date.year for date in dates}):
+        chosen = [next((d for d in dates if (d.year, d.month) == (year, month)), None)
+                  for month in SEASON_MONTHS]
+        if all(chosen):
+            return chosen
+    if len(dates) <= len(SEASON_MONTHS):
+        return list(dates)
+    step = len(dates) / len(SEASON_MONTHS)
+    return [dates[int(step * k)] for k in range(len(SEASON_MONTHS))]
 
 
 def keep_batch(batch: list[dict] | dict) -> dict:
@@ -199,7 +237,7 @@ class PlanetFusionDataset(_ChipDataset):
     """Planet Fusion chips of indexed sites, read from the corpus GeoTIFFs, with their targets.
 
     Each item is a dict: `image` (float32, normalised; (4, H, W) for one date or
-    (T, 4, H, W) with `date_sampling="all"`), `label` (dominant class index, or a 0/1
+    (T, 4, H, W) with `date_sampling` "all" or "seasons"), `label` (dominant class index, or a 0/1
     vector of 7 for `target="multilabel"`), `sample_id` and `date` (ISO string(s)).
     Nodata/NaN pixels are set to 0 after normalisation, i.e. to the band mean.
     `date_sampling="pair"` adds `image2` and `date2`, a second, different date of the same site
@@ -274,7 +312,7 @@ class PackedStoreDataset(_ChipDataset):
 
         The same random dates (drawn item by item, in order) and values as `self[i]` per item.
         """
-        if self.date_sampling == "all":  # whole series: items, collated by the loader
+        if self.date_sampling in MULTI_DATE:  # series: items, collated by the loader
             return [self[item] for item in items]
         sample_ids = [self.sample_ids[item] for item in items]
         chosen = [self.choose_dates(sample_id) for sample_id in sample_ids]

@@ -513,6 +513,35 @@ def plot_finetune_curves(results: Mapping) -> Figure:
     return fig
 
 
+def plot_per_date_accuracy(results: Mapping, split: str = "test") -> Figure:
+    """Accuracy of single-date predictions at each evaluation date, beside the voted accuracy.
+
+    Results files older than `eval_dates` have no per-date accuracy; the figure says so.
+    """
+    per_date = results.get("per_date_accuracy", {}).get(split, {})
+    fig = Figure(figsize=(max(5.0, 0.7 * len(per_date) + 2.5), 3.4), layout="constrained")
+    ax = fig.subplots()
+    if not per_date:
+        ax.text(0.5, 0.5, "no per-date accuracy in this results file\n(written before eval_dates)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    dates = sorted(per_date)
+    ax.bar(range(len(dates)), [100 * per_date[d] for d in dates], color="#d7263d", alpha=0.8,
+           label="one date")
+    voted = 100 * results["final"][split]["accuracy"]
+    ax.axhline(voted, color="0.2", linestyle="--", label=f"vote over dates: {voted:.1f} %")
+    ax.set_xticks(range(len(dates)), dates, rotation=45 if len(dates) > 6 else 0, ha="right"
+                  if len(dates) > 6 else "center", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.set_title(f"{split.capitalize()} accuracy per evaluation date\n{_run_title(results)}",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
 def plot_precision_recall(results: Mapping, split: str = "test") -> Figure:
     """Per-class precision and recall bars (poster Fig. 5) of a results dict's final metrics."""
     final = results["final"][split]

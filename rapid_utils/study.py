@@ -8,8 +8,10 @@ same band statistics.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,6 +20,7 @@ from rapid_utils.corpus import chips
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.datasets import BandStats, compute_band_stats
+from rapid_utils.train import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ class Study:
             return self.sites("train")
         return pd.concat([self.sites("train"), self.unlabelled], ignore_index=True)
 
+    @property
+    def split_fingerprint(self) -> str:
+        """`splits.fingerprint` of the labelled sites' split, recorded with every run."""
+        return splits.fingerprint(self.index, self.split)
+
     def split_sizes(self) -> pd.Series:
         """Sites per split."""
         return pd.Series({name: len(self.sites(name)) for name in splits.SPLITS}, name="sites")
@@ -78,17 +86,56 @@ def load_study(
             return chips.load_study(corpus, runs, split_by, seed, stats_sites)
         index = build_index(corpus, progress=False)
     split = splits.assign_splits(index, by=split_by, seed=seed)
+
+    def compute(split_fingerprint: str) -> BandStats:
+        return compute_band_stats(corpus, index[split == "train"], n_sites=stats_sites, seed=seed,
+                                  progress=False, split_fingerprint=split_fingerprint)
+
+    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute)
+    return Study(corpus, index, split, stats)
+
+
+def stored_band_stats(
+    runs: str | Path, split_fingerprint: str, compute: Callable[[str], BandStats]
+) -> BandStats:
+    """The band statistics in `runs/band_stats.json` when they come from this split, else
+    `compute(split_fingerprint)`, stored there.
+
+    Statistics of another split (another seed, sites added or removed, or a file older than
+    split fingerprints) would normalise with validation or test pixels, so they are replaced.
+    """
     stats_path = Path(runs) / paths.BAND_STATS_FILE
     if stats_path.is_file():
         stats = BandStats.load(stats_path)
-        log.info("band statistics from %s", stats_path)
-    else:
-        stats = compute_band_stats(
-            corpus, index[split == "train"], n_sites=stats_sites, seed=seed, progress=False
-        )
-        stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
-        log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)
-    return Study(corpus, index, split, stats)
+        if stats.split_fingerprint == split_fingerprint:
+            log.info("band statistics from %s", stats_path)
+            return stats
+        log.warning("%s was computed on another split (fingerprint %r, this split %r); "
+                    "recomputing it", stats_path, stats.split_fingerprint, split_fingerprint)
+    stats = compute(split_fingerprint)
+    stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
+    log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)
+    return stats
+
+
+def finetune_config(values: Mapping[str, Any], runs: str | Path) -> FinetuneConfig:
+    """The fine-tuning config of notebook 04's (or a batch job's) parameter values.
+
+    `values` holds `init` ('random', 'imagenet', 'byol' or 'byol:<path>'), optionally
+    `positives`, `byol_seed`, `byol_checkpoint` (which BYOL checkpoint 'byol' means) and
+    `imagenet_weights_path` ('' for torchvision's cache), and any `FinetuneConfig` field;
+    other keys are ignored. One function for both, so the batch knows which run a results
+    file must hold before it reuses it.
+    """
+    init = resolve_init(values["init"], runs, values.get("positives", "augment"),
+                        int(values.get("byol_seed", 0)), values.get("byol_checkpoint", ""))
+    weights = values.get("imagenet_weights_path") or ""
+    chosen = {f.name: values[f.name] for f in fields(FinetuneConfig)
+              if f.name in values and f.name not in ("init", "imagenet_weights_path")}
+    return FinetuneConfig(
+        init=init, imagenet_weights_path=str(Path(weights).expanduser().resolve()) if weights
+        else None, **chosen,
+    )
 
 
 def resolve_init(init: str, runs: str | Path, positives: str = "augment", seed: int = 0,

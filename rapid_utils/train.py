@@ -36,8 +36,9 @@ from tqdm.auto import tqdm
 
 import rapid_utils
 from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
+from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, keep_batch, open_dataset
-from rapid_utils.io import atomic_path, write_json_atomic
+from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ def _seed_worker(worker_id: int) -> None:
 # Config fields that change how fast batches arrive, not what is learnt: a run may resume, or
 # a result be reused, with other values.
 LOADER_FIELDS = ("num_workers", "pin_memory", "prefetch_factor")
+# What a run did before a config field existed, when that differs from the field's default:
+# a results file or checkpoint without the field is compared as holding this value.
+BEFORE_FIELD_EXISTED = {"eval_dates": "first"}
 
 
 def _changed_fields(config: object, stored: dict | None) -> list[str]:
@@ -75,7 +79,7 @@ def _changed_fields(config: object, stored: dict | None) -> list[str]:
     """
     if stored is None:
         return sorted(k for k in asdict(config) if k not in LOADER_FIELDS)
-    defaults = {f.name: f.default for f in fields(config)}
+    defaults = {f.name: f.default for f in fields(config)} | BEFORE_FIELD_EXISTED
     return sorted(
         k for k, v in asdict(config).items()
         if k not in LOADER_FIELDS and stored.get(k, defaults[k]) != v
@@ -187,18 +191,28 @@ def _augment_generator(seed: int, device: torch.device) -> torch.Generator:
 @torch.no_grad()
 def _features(
     model: nn.Module, loader: DataLoader, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of `model` (eval mode) and labels over `loader`, on the CPU."""
+) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """Outputs of `model` (eval mode), labels and dates over `loader`, on the CPU.
+
+    Outputs are (N, T, D): T dates per site (1 for single-date sampling); dates[n][t] is the
+    ISO date of output [n, t].
+    """
     was_training = model.training
     model.eval()
-    outputs, targets = [], []
+    outputs, targets, dates = [], [], []
     for batch in loader:
+        image = _to_device(batch["image"], device, loader.dataset)
+        series = image.ndim == 5
         with _autocast(device):
-            image = _to_device(batch["image"], device, loader.dataset)
-            outputs.append(model(image).float().cpu())
+            flat = image.flatten(0, 1) if series else image
+            output = model(flat).float().cpu()
+        outputs.append(output.unflatten(0, image.shape[:2]) if series else output[:, None])
         targets.append(batch["label"])
+        # a collated series of dates is one list per date position, each of the batch's sites
+        dates += (list(map(list, zip(*batch["date"], strict=True))) if series
+                  else [[date] for date in batch["date"]])
     model.train(was_training)
-    return torch.cat(outputs), torch.cat(targets)
+    return torch.cat(outputs), torch.cat(targets), dates
 
 
 # --------------------------------------------------------------------------- BYOL pretraining
@@ -280,14 +294,37 @@ def _save_checkpoint(path: Path, checkpoint: dict) -> None:
         torch.save(checkpoint, tmp)
 
 
-def _load_checkpoint(path: Path, config: PretrainConfig) -> dict:
-    """The checkpoint at `path`, refusing one written with other parameters."""
+def pretrain_provenance(
+    train_index: pd.DataFrame, band_stats: BandStats, split_fingerprint: str
+) -> dict:
+    """What a BYOL checkpoint was trained on and expects: the study's split fingerprint, a
+    fingerprint of the pretraining sites, and the normalisation (bands, scale, mean, std)."""
+    return {
+        "split_fingerprint": split_fingerprint or None,
+        "pretraining_sites_fingerprint": splits.fingerprint(
+            train_index, pd.Series("pretraining", index=train_index.index)),
+        "band_stats_fingerprint": band_stats.fingerprint(),
+        "bands": list(layout.BANDS),
+        "scale": layout.REFLECTANCE_SCALE,
+        "mean": list(band_stats.mean),
+        "std": list(band_stats.std),
+    }
+
+
+def _load_checkpoint(path: Path, config: PretrainConfig, provenance: dict) -> dict:
+    """The checkpoint at `path`, refusing one written with other parameters, sites or band
+    statistics (resuming it would jump the schedules or change the normalisation mid-run)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     changed = _changed_fields(config, checkpoint.get("config"))
+    recorded = checkpoint.get("provenance") or {}
+    changed += [key for key in ("pretraining_sites_fingerprint", "band_stats_fingerprint",
+                                "split_fingerprint")
+                if recorded.get(key, provenance[key]) != provenance[key]]
     if changed:
         raise ValueError(
-            f"{path} was written by a pretraining run with other parameters (differing: "
-            f"{changed}); use another out_dir or delete the file to start afresh"
+            f"{path} was written by a pretraining run with other parameters, sites or band "
+            f"statistics (differing: {changed}); use another out_dir or delete the file to "
+            "start afresh"
         )
     return checkpoint
 
@@ -304,17 +341,21 @@ def pretrain(
     band_stats: BandStats,
     out_dir: str | Path,
     progress: bool = True,
+    split_fingerprint: str = "",
 ) -> list[dict]:
     """Pretrain a BYOL encoder on `train_index` sites; return the per-epoch history.
 
     `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard.
 
     Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
-    `knn_sites` labelled train and val sites at their first date), `encoder_change` (relative
-    distance of the encoder's weights from their initialisation; a warning says when training
-    ends below `metrics.MIN_ENCODER_CHANGE`), `lr` and `tau` (at the last step), then saves
-    ``out_dir/checkpoint.pt``. A checkpoint with the same config is resumed; one with another
-    config is refused.
+    `knn_sites` labelled train and val sites, each at one date fixed per site),
+    `encoder_change` (relative distance of the encoder's weights from their initialisation; a
+    warning says when training ends below `metrics.MIN_ENCODER_CHANGE`), `lr` and `tau` (at
+    the last step), then saves ``out_dir/checkpoint.pt`` with its `provenance`: the study's
+    `split_fingerprint` (`Study.split_fingerprint`; fine-tuning refuses a checkpoint of
+    another split), the band statistics and their fingerprint, and a fingerprint of the
+    pretraining sites. A checkpoint with the same config, sites and statistics is resumed; one
+    with others is refused (the learning-rate and EMA schedules depend on the sites).
     """
     context = distributed.setup()
     device = distributed.device(context)
@@ -352,7 +393,7 @@ def pretrain(
         _loader(
             open_dataset(
                 corpus_root, _knn_subset(index, config.knn_sites, config.seed), band_stats,
-                date_sampling="first", raw=raw,
+                date_sampling="spread", raw=raw,
             ),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
@@ -361,8 +402,9 @@ def pretrain(
 
     history: list[dict] = []
     start_epoch, step = 0, 0
+    provenance = pretrain_provenance(train_index, band_stats, split_fingerprint)
     if path.is_file():
-        checkpoint = _load_checkpoint(path, config)
+        checkpoint = _load_checkpoint(path, config, provenance)
         model.load_state_dict(checkpoint["byol"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, step = checkpoint["epoch"], checkpoint["global_step"]
@@ -411,6 +453,7 @@ def pretrain(
                 "global_step": step,
                 "history": history,
                 "config": asdict(config),
+                "provenance": provenance,
                 "rng": _rng_state(loader.generator),
             })
         else:
@@ -429,8 +472,9 @@ def _collapse_guards(
     model: byol.BYOL, knn_train: DataLoader, knn_val: DataLoader, k: int, device: torch.device
 ) -> dict:
     """Projection std and kNN accuracy of the online network on labelled sites (rank 0 only)."""
-    train_x, train_y = _features(model.encoder, knn_train, device)
-    val_x, val_y = _features(model.encoder, knn_val, device)
+    train_x, train_y, _ = _features(model.encoder, knn_train, device)
+    val_x, val_y, _ = _features(model.encoder, knn_val, device)
+    train_x, val_x = train_x[:, 0], val_x[:, 0]
     model.projector.eval()
     with torch.no_grad():
         z = model.projector(val_x.to(device))
@@ -452,17 +496,18 @@ def encoder_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) of a pretrained BYOL encoder and class ids (N,) of `index` sites.
 
-    Each site is read at its first date, as in the kNN guard of `pretrain`.
+    Each site is read at one date, fixed per site and spread over the year, as in the kNN
+    guard of `pretrain` (not all at their first, winter date).
     """
     device = distributed.device(distributed.Context())
     encoder = _accelerate(
         models.build_model(arch, 4, 0, f"byol:{checkpoint}"), device, distributed.Context()
     )
-    dataset = open_dataset(corpus_root, index, band_stats, date_sampling="first",
+    dataset = open_dataset(corpus_root, index, band_stats, date_sampling="spread",
                            raw=_raw_batches(device))
     loader = _loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
-    features, class_ids = _features(encoder, loader, device)
-    return features.numpy(), class_ids.numpy()
+    features, class_ids, _ = _features(encoder, loader, device)
+    return features[:, 0].numpy(), class_ids.numpy()
 
 
 def _byol_views(
@@ -481,6 +526,8 @@ def _byol_views(
 
 
 # --------------------------------------------------------------------------- fine-tuning
+
+EVAL_DATES = ("seasons", "all", "spread", "first")
 
 
 @dataclass(frozen=True)
@@ -506,10 +553,16 @@ class FinetuneConfig:
     # passes repeated, single process only): tiny label shares of a small corpus would
     # otherwise get a handful of optimizer steps (the poster's 1 % was ~3,750 sites).
     min_samples_per_epoch: int = 0
+    # Dates at which validation and test sites are classified: "seasons" (one per season, a
+    # soft vote over them), "all" (every monthly date, voted), "spread" (one per site, spread
+    # over the year) or "first" (each site's first date: early January, what runs did before).
+    eval_dates: str = "seasons"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.eval_dates not in EVAL_DATES:
+            raise ValueError(f"eval_dates must be one of {EVAL_DATES}, got {self.eval_dates!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
@@ -522,6 +575,70 @@ def results_name(config: FinetuneConfig) -> str:
     init = "byol" if config.init.startswith("byol:") else config.init
     probe = "_linear" if config.linear_probe else ""
     return f"finetune_init-{init}_frac-{config.label_fraction:g}{probe}_seed-{config.seed}.json"
+
+
+def finetune_provenance(
+    config: FinetuneConfig, train_index: pd.DataFrame, val_index: pd.DataFrame,
+    test_index: pd.DataFrame, band_stats: BandStats,
+) -> dict[str, str | None]:
+    """What a fine-tuning result depends on beyond its parameters: the split (fingerprint of
+    train, val and test), the normalisation, and the BYOL checkpoint's content (sha256)."""
+    parts = [(train_index, "train"), (val_index, "val"), (test_index, "test")]
+    # built from plain arrays: concatenating the index frames would compare their attrs
+    everything = pd.DataFrame({"sample_id": np.concatenate(
+        [index["sample_id"].to_numpy() for index, _ in parts])})
+    names = pd.Series([name for index, name in parts for _ in range(len(index))])
+    checkpoint = (Path(config.init.removeprefix("byol:")) if config.init.startswith("byol:")
+                  else None)
+    return {
+        "split_fingerprint": splits.fingerprint(everything, names),
+        "band_stats_fingerprint": band_stats.fingerprint(),
+        "init_checkpoint_sha256": (file_sha256(checkpoint) if checkpoint and checkpoint.is_file()
+                                   else None),
+    }
+
+
+def stale_reasons(results: dict, config: FinetuneConfig, provenance: dict) -> list[str]:
+    """Why a results file does not hold the run `config` and `provenance` describe (empty when
+    it does): changed parameters, another split, normalisation or BYOL checkpoint."""
+    reasons = []
+    changed = _changed_fields(config, results.get("parameters"))
+    if changed:
+        reasons.append(f"parameters changed: {', '.join(changed)}")
+    recorded = results.get("provenance") or {}
+    for key, what in (("split_fingerprint", "another split"),
+                      ("band_stats_fingerprint", "other band statistics"),
+                      ("init_checkpoint_sha256", "another BYOL checkpoint")):
+        if recorded.get(key) != provenance[key]:
+            reasons.append(f"{what} ({key} {recorded.get(key)} vs now {provenance[key]})"
+                           if recorded else "written before provenance was recorded")
+    return list(dict.fromkeys(reasons))
+
+
+def check_checkpoint_provenance(path: Path, provenance: dict) -> None:
+    """Refuse a BYOL checkpoint pretrained on another split or with other band statistics.
+
+    Its encoder would have seen this split's validation or test sites, or expect another
+    normalisation. A checkpoint older than provenance records is used with a warning.
+    """
+    if not path.is_file():
+        return  # models.build_model reports the missing file with its fix
+    recorded = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
+        "provenance")
+    if not recorded:
+        log.warning("%s records no split or band statistics fingerprint: cannot check that it "
+                    "was pretrained on this split", path)
+        return
+    for key, what in (("split_fingerprint", "split"), ("band_stats_fingerprint",
+                                                       "band statistics")):
+        if recorded.get(key) and recorded[key] != provenance[key]:
+            raise ValueError(
+                f"{path} was pretrained with another {what} ({key} {recorded[key]}, this run "
+                f"{provenance[key]}): its encoder may have seen this run's validation or test "
+                "sites, or expects another normalisation. Pretrain again on this split (same "
+                "split_by, split_seed and corpus, band_stats.json of this split), or point "
+                "byol_checkpoint to a checkpoint of this split"
+            )
 
 
 def _git_commit() -> str | None:
@@ -553,9 +670,18 @@ def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
     return (param for param in model.parameters() if param.requires_grad)
 
 
-def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[list, list]:
-    logits, labels = _features(model, loader, device)
-    return labels.tolist(), logits.argmax(dim=1).tolist()
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+    """Per-site predictions (a soft vote over the site's evaluation dates) and accuracy per date.
+
+    Returns `y_true`, `y_pred` (one per site) and `per_date` ({ISO date: accuracy of the
+    single-date predictions at that date}).
+    """
+    logits, labels, dates = _features(model, loader, device)
+    voted = logits.softmax(dim=-1).mean(dim=1).argmax(dim=1)
+    correct = (logits.argmax(dim=-1) == labels[:, None]).numpy()
+    per_date = pd.Series(correct.ravel()).groupby(np.ravel(dates)).mean()
+    return {"y_true": labels.tolist(), "y_pred": voted.tolist(),
+            "per_date": {str(date): float(acc) for date, acc in per_date.items()}}
 
 
 def finetune(
@@ -576,17 +702,21 @@ def finetune(
     chips corpus's own (`Study.class_names`) otherwise; the results file records them.
 
     Trains on `config.label_fraction` of `train_index` (stratified, seeded), one random date
-    per site and epoch; evaluates val and test at each site's first date after every epoch.
-    An existing complete results file is returned as it is unless `force`.
+    per site and epoch; evaluates val and test at `config.eval_dates` after every epoch.
+    The results file records the split's and the band statistics' fingerprints and the BYOL
+    checkpoint's content hash (`provenance`); a BYOL checkpoint pretrained on another split or
+    normalisation is refused. An existing complete results file with the same parameters and
+    provenance is returned as it is unless `force`; one with others is refused.
     """
     results_path = Path(results_path)
+    provenance = finetune_provenance(config, train_index, val_index, test_index, band_stats)
     if results_path.is_file() and not force:
         existing = json.loads(results_path.read_text())
         if existing.get("complete"):
-            changed = _changed_fields(config, existing["parameters"])
-            if changed:
+            stale = stale_reasons(existing, config, provenance)
+            if stale:
                 raise ValueError(
-                    f"{results_path} holds a run with other parameters ({changed}); "
+                    f"{results_path} holds a run that differs ({'; '.join(stale)}); "
                     "pass force=True to replace it or choose another results path"
                 )
             return existing
@@ -603,6 +733,8 @@ def finetune(
             f"batch_size {config.batch_size} (global) must divide by the {context.world_size} "
             "processes"
         )
+    if config.init.startswith("byol:"):
+        check_checkpoint_provenance(Path(config.init.removeprefix("byol:")), provenance)
     # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
     model = models.build_model(config.arch, 4, len(class_names), config.init,
                                config.imagenet_weights_path)
@@ -625,7 +757,8 @@ def finetune(
 
     eval_loaders = {
         name: _loader(
-            open_dataset(corpus_root, index, band_stats, date_sampling="first", raw=raw),
+            open_dataset(corpus_root, index, band_stats, date_sampling=config.eval_dates,
+                         raw=raw),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
         for name, index in (("val", val_index), ("test", test_index))
@@ -646,7 +779,7 @@ def finetune(
     per_epoch: dict[str, list[float]] = {
         "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
     }
-    predictions: dict[str, tuple[list, list]] = {}
+    evaluations: dict[str, dict] = {}
     for epoch in range(config.epochs):
         flips = _augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
@@ -668,8 +801,8 @@ def finetune(
         per_epoch["train_loss"].append(_mean_over_processes(float(np.mean(losses)), context))
         if context.is_main:  # evaluation and results are rank 0's alone
             for name, eval_loader in eval_loaders.items():
-                predictions[name] = _predict(model, eval_loader, device)
-                y_true, y_pred = predictions[name]
+                evaluations[name] = _evaluate(model, eval_loader, device)
+                y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
                 per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
         distributed.barrier(context)
 
@@ -686,10 +819,14 @@ def finetune(
             "device": str(device),
             "per_epoch": per_epoch,
             "final": {
-                name: metrics.classification_metrics(*predictions[name],
-                                                     class_names=class_names)
+                name: metrics.classification_metrics(
+                    evaluations[name]["y_true"], evaluations[name]["y_pred"],
+                    class_names=class_names)
                 for name in ("test", "val")
             },
+            # accuracy of the last epoch's single-date predictions, at each evaluation date
+            "per_date_accuracy": {name: evaluations[name]["per_date"] for name in ("test", "val")},
+            "provenance": provenance,
             "classes": list(class_names),
             "versions": _versions(),
             "git_commit": _git_commit(),

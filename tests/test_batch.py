@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 import papermill
 import pytest
+import torch
 
 from rapid_utils import batch, cli, docs, paths, results, study
 from rapid_utils.corpus.index import build_index
@@ -45,7 +47,7 @@ def test_load_profile_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home):
+def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path, caplog):
     outcomes = batch.reproduce("ci")
     by_name = {run.name: run for run in outcomes}
     assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 1  # 01-03, 04 per scenario, 05
@@ -79,6 +81,36 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home):
     again = batch.reproduce("ci")
     statuses = {run.name: run.status for run in again if run.name.startswith("04_")}
     assert set(statuses.values()) == {"reused", "skipped"}
+    for run in results.load_results(paths.results_dir(paths.runs_dir("ci"))):
+        assert run["parameters"]["eval_dates"] == "seasons"  # the profile's, not January alone
+        assert len(run["per_date_accuracy"]["test"]) == 4
+
+    # A result is reused only for the very run: checked job by job, without running anything.
+    values = batch.load_profile("ci")
+    corpus = batch.resolve_corpus("ci", values)
+    check = batch._ReuseCheck()
+
+    def reasons(jobs: list[batch.Job]) -> dict[str, str | None]:
+        return {job.scenario: check.why_rerun(job) for job in jobs
+                if job.scenario and job.scenario != "imagenet-100%"}
+
+    assert set(reasons(batch.plan_jobs("ci", values, corpus)).values()) == {None}
+    changed = reasons(batch.plan_jobs("ci", values | {"lr": 0.002}, corpus))
+    assert all("stale result: parameters changed: lr" in why for why in changed.values())
+    checkpoint = next(paths.runs_dir("ci").glob("byol/*/checkpoint.pt"))
+    torch.save(torch.load(checkpoint, weights_only=True) | {"note": "retrained"}, checkpoint)
+    retrained = reasons(batch.plan_jobs("ci", values, corpus))
+    assert {key for key, why in retrained.items() if why} == {
+        key for key in retrained if key.startswith("byol")}
+    assert "another BYOL checkpoint" in retrained["byol-1%"]
+    # ... and the batch reruns a stale one, saying why (one scenario keeps the test short)
+    one = tmp_path / "one.yaml"
+    one.write_text("scenarios: [byol-1%]\n")
+    with caplog.at_level(logging.INFO, logger="rapid_utils.batch"):
+        rerun = batch.reproduce("ci", (one,))
+    assert [run.status for run in rerun if run.name.startswith("04_")] == ["done"]
+    assert "rerunning, stale result: another BYOL checkpoint" in caplog.text
+    assert check.why_rerun(batch.plan_jobs("ci", values, corpus)[6]) is None  # byol-1%
 
 
 def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):

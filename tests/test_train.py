@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rapid_utils import datasets, metrics, models, splits, train
+from rapid_utils import datasets, io, metrics, models, splits, train
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.labels import CLASSES
@@ -284,3 +285,123 @@ def test_a_field_missing_from_older_files_counts_as_its_default() -> None:
     assert train._changed_fields(tiny_pretrain(), older) == []
     assert train._changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
     assert train._changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_results_record_split_statistics_and_checkpoint(data: dict, tmp_path: Path) -> None:
+    pretrain_dir = tmp_path / "byol"
+    run_pretrain(data, tiny_pretrain(), pretrain_dir)
+    checkpoint = pretrain_dir / train.CHECKPOINT_FILE
+    config = tiny_finetune(epochs=1, init=f"byol:{checkpoint}")
+    results = run_finetune(data, config, tmp_path / "r.json")
+    provenance = results["provenance"]
+    assert provenance["band_stats_fingerprint"] == data["band_stats"].fingerprint()
+    assert provenance["init_checkpoint_sha256"] == io.file_sha256(checkpoint)
+    assert len(provenance["split_fingerprint"]) == 16
+    assert train.stale_reasons(results, config, provenance) == []
+
+
+def test_stale_reasons_name_what_changed(data: dict, tmp_path: Path) -> None:
+    config = tiny_finetune(epochs=1)
+    results = run_finetune(data, config, tmp_path / "r.json")
+    provenance = results["provenance"]
+    assert train.stale_reasons(results, dataclasses.replace(config, lr=0.01), provenance) == [
+        "parameters changed: lr"]
+    other_stats = dataclasses.replace(data["band_stats"], mean=(1.0, 2.0, 3.0, 4.0))
+    moved = train.finetune_provenance(config, data["train_index"].iloc[1:], data["val_index"],
+                                      data["val_index"], other_stats)
+    reasons = train.stale_reasons(results, config, moved)
+    assert any("another split" in r for r in reasons)
+    assert any("other band statistics" in r for r in reasons)
+    older = {key: value for key, value in results.items() if key != "provenance"}
+    assert train.stale_reasons(older, config, provenance) == [
+        "written before provenance was recorded"]
+    with pytest.raises(ValueError, match=r"differs \(parameters changed: lr"):
+        run_finetune(data, dataclasses.replace(config, lr=0.01), tmp_path / "r.json")
+
+
+def test_finetune_refuses_a_checkpoint_of_another_split(data: dict, tmp_path: Path) -> None:
+    train.pretrain(tiny_pretrain(), data["corpus_root"], data["train_index"], data["val_index"],
+                   data["band_stats"], tmp_path, progress=False, split_fingerprint="0123abcd")
+    checkpoint = torch.load(tmp_path / train.CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["provenance"]["split_fingerprint"] == "0123abcd"
+    assert checkpoint["provenance"]["mean"] == list(data["band_stats"].mean)
+    config = tiny_finetune(epochs=1, init=f"byol:{tmp_path / train.CHECKPOINT_FILE}")
+    with pytest.raises(ValueError, match="pretrained with another split"):
+        run_finetune(data, config, tmp_path / "r.json")
+
+
+def test_resume_refuses_other_sites_or_statistics(data: dict, tmp_path: Path) -> None:
+    run_pretrain(data, tiny_pretrain(epochs=2), tmp_path)  # complete: a rerun would return
+    fewer = dict(data, train_index=data["train_index"].iloc[1:])
+    with pytest.raises(ValueError, match="pretraining_sites_fingerprint"):
+        run_pretrain(fewer, tiny_pretrain(epochs=2), tmp_path)
+    other_stats = dict(data, band_stats=dataclasses.replace(data["band_stats"],
+                                                            std=(1.0, 1.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="band_stats_fingerprint"):
+        run_pretrain(other_stats, tiny_pretrain(epochs=2), tmp_path)
+
+
+# --------------------------------------------------------------------------- evaluation dates
+
+
+def test_seasonal_dates_pick_one_date_per_season() -> None:
+    monthly = [dt.date(2018, month, 3) for month in range(1, 13)]
+    monthly += [dt.date(2019, month, 3) for month in range(1, 13)]
+    assert datasets.seasonal_dates(monthly) == [dt.date(2018, m, 3) for m in (1, 4, 7, 10)]
+    ragged = [dt.date(2018, month, 3) for month in (2, 3, 5, 6, 8, 9, 11, 12)]
+    assert datasets.seasonal_dates(ragged) == [ragged[i] for i in (0, 2, 4, 6)]
+    assert datasets.seasonal_dates(monthly[:2]) == monthly[:2]
+
+
+def test_spread_dates_are_fixed_per_site_and_draw_no_random_numbers(data: dict) -> None:
+    dataset = datasets.PlanetFusionDataset(
+        data["corpus_root"], data["train_index"], data["band_stats"], date_sampling="spread")
+    state = torch.get_rng_state()
+    dates = [dataset[i]["date"] for i in range(len(dataset))]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert dates == [dataset[i]["date"] for i in range(len(dataset))]
+    assert len(set(dates)) > 1  # not every site at its first (January) date
+
+
+def test_evaluation_votes_over_dates_and_reports_each_date() -> None:
+    # logits are the first 3 channels of a 1 x 1 image: per site, 3 dates
+    logits = torch.tensor([
+        [[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]],  # site 0: vote 0 (one sure date)
+        [[0.0, 0.0, 1.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]],  # site 1: vote 1
+    ])
+    images = torch.zeros(2, 3, 4, 1, 1)
+    images[:, :, :3, 0, 0] = logits
+    batch = {"image": images, "label": torch.tensor([0, 2]),
+             "date": [["d1", "d1"], ["d2", "d2"], ["d3", "d3"]]}  # collated: per date position
+
+    class Loader(list):
+        dataset = None
+
+    model = torch.nn.Flatten()  # (N, 4, 1, 1) -> (N, 4): channel 3 is 0, never the maximum
+    result = train._evaluate(model, Loader([batch]), torch.device("cpu"))
+    assert result["y_true"] == [0, 2]
+    assert result["y_pred"] == [0, 1]
+    assert result["per_date"] == {"d1": 1.0, "d2": 0.0, "d3": 0.0}
+
+
+def test_results_report_voted_and_per_date_accuracy(data: dict, tmp_path: Path) -> None:
+    seasons = run_finetune(data, tiny_finetune(epochs=1), tmp_path / "seasons.json")
+    assert seasons["parameters"]["eval_dates"] == "seasons"
+    assert sorted(seasons["per_date_accuracy"]["test"]) == DATES
+    first = run_finetune(data, tiny_finetune(epochs=1, eval_dates="first"), tmp_path / "f.json")
+    assert list(first["per_date_accuracy"]["test"]) == ["2018-01-03"]
+    # the same model: its January accuracy is the first-date run's accuracy
+    assert first["final"]["test"]["accuracy"] == pytest.approx(
+        seasons["per_date_accuracy"]["test"]["2018-01-03"])
+    with pytest.raises(ValueError, match="eval_dates must be one of"):
+        tiny_finetune(eval_dates="winter")
+
+
+def test_results_from_before_eval_dates_count_as_first_date() -> None:
+    older = dataclasses.asdict(tiny_finetune())
+    del older["eval_dates"]
+    assert train._changed_fields(tiny_finetune(eval_dates="first"), older) == []
+    assert train._changed_fields(tiny_finetune(), older) == ["eval_dates"]

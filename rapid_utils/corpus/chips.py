@@ -30,7 +30,7 @@ from rasterio.errors import RasterioError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from rapid_utils import datasets, labels, paths, splits, study
+from rapid_utils import datasets, labels, splits, study
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import BandCountError, CorpusError, RasterReadError
 from rapid_utils.io import atomic_path
@@ -381,8 +381,9 @@ class ChipsDataset(Dataset):
     """Chips of a chips corpus with their class: the chips counterpart of PlanetFusionDataset.
 
     Items are dicts: `image` (float32 (4, S, S), normalised; (1, 4, S, S) with
-    `date_sampling="all"`), `label` (class index, -1 for unlabelled chips), `sample_id` and
-    `date` ("", chips have none). `date_sampling="pair"` adds `image2`, the same chip again:
+    a multi-date `date_sampling`), `label` (class index, -1 for unlabelled chips), `sample_id` and
+    `date` ("", chips have none; every date sampling reads the one chip).
+    `date_sampling="pair"` adds `image2`, the same chip again:
     with a single date, BYOL's two positives differ by augmentation only. Nodata pixels become
     0 after normalisation (the band mean), before resizing.
     """
@@ -412,11 +413,12 @@ class ChipsDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict:
         image = self.load_chip(item)
+        series = self.date_sampling in datasets.MULTI_DATE  # a chip's one "date"
         item_dict = {
-            "image": image[None] if self.date_sampling == "all" else image,
+            "image": image[None] if series else image,
             "label": self.targets[item],
             "sample_id": self.sample_ids[item],
-            "date": [""] if self.date_sampling == "all" else "",
+            "date": [""] if series else "",
         }
         if self.date_sampling == "pair":
             item_dict |= {"image2": image.clone(), "date2": ""}
@@ -424,11 +426,11 @@ class ChipsDataset(Dataset):
 
 
 def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256, seed: int = 0,
-                       progress: bool = False) -> datasets.BandStats:
+                       progress: bool = False, split_fingerprint: str = "") -> datasets.BandStats:
     """Per-band mean/std (stored units) over valid pixels of a seeded sample of `chips`.
 
     Pass training and unlabelled chips only, so validation and test chips do not leak into
-    normalisation. Pixels are counted before resizing.
+    normalisation, and the fingerprint of their split. Pixels are counted before resizing.
     """
     rng = np.random.default_rng(seed)
     ordered = chips.sort_values("sample_id")
@@ -445,7 +447,7 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return datasets.BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen),
-                              int(count[0]))
+                              int(count[0]), split_fingerprint)
 
 
 def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
@@ -496,13 +498,12 @@ def load_study(corpus: str | Path, runs: str | Path, split_by: str = "site", see
     spec = load_spec(corpus)
     labelled, unlabelled, classes = build_chips_index(spec, progress=False)
     split = splits.assign_splits(labelled, by="site", seed=seed)
-    stats_path = Path(runs) / paths.BAND_STATS_FILE
-    if stats_path.is_file():
-        stats = datasets.BandStats.load(stats_path)
-    else:
+
+    def compute(split_fingerprint: str) -> datasets.BandStats:
         pool = pd.concat([labelled[split == "train"], unlabelled], ignore_index=True)
-        stats = compute_band_stats(spec, pool, n_chips=stats_sites, seed=seed)
-        stats.save(stats_path)
-        log.info("computed band statistics of %d chips -> %s", stats.n_sites, stats_path)
+        return compute_band_stats(spec, pool, n_chips=stats_sites, seed=seed,
+                                  split_fingerprint=split_fingerprint)
+
+    stats = study.stored_band_stats(runs, splits.fingerprint(labelled, split), compute)
     return study.Study(spec_path(corpus).resolve(), labelled, split, stats,
                        class_names=classes, unlabelled=unlabelled)

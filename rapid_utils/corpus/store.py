@@ -229,7 +229,8 @@ class PackedStore:
         return pd.DataFrame(self.attrs.get("skipped", []), columns=SKIPPED_COLUMNS)
 
     def band_stats(self) -> tuple[list[float], list[float]]:
-        """Per-band mean and standard deviation over all valid pixels of all packed chips."""
+        """Per-band mean and std over all valid pixels of the training samples' chips (the
+        store's default split: by site, seed 0), for users of the store outside this package."""
         return list(self.attrs["band_mean"]), list(self.attrs["band_std"])
 
     def to_xarray(self) -> xr.Dataset:
@@ -611,19 +612,21 @@ def _verify_sample(url: str, options: dict, row: int) -> int:
 
 
 def _finalise(group: zarr.Group) -> None:
-    """Store-wide band statistics and the default split, from the packed samples."""
+    """The default split and store-wide band statistics of its training samples only (val
+    and test pixels must not set the normalisation)."""
     packed = group["packed"][:].astype(bool)
-    total = group["band_sum"][:][packed].sum(axis=0)
-    total_sq = group["band_sumsq"][:][packed].sum(axis=0)
-    count = group["band_count"][:][packed].sum(axis=0)
-    if count.all():
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        group.attrs.update({"band_mean": mean.tolist(), "band_std": std.tolist(),
-                            "band_pixels": int(count[0])})
     ids = np.asarray([str(s) for s in group["sample_id"][:]])
     table = pd.DataFrame({"sample_id": ids[packed], "label": group["label"][:][packed]})
     split = np.full(len(ids), "", dtype=object)
     if len(table):
         split[packed] = splits.assign_splits(table, by="site", seed=0).to_numpy()
+    training = split == "train"
+    total = group["band_sum"][:][training].sum(axis=0)
+    total_sq = group["band_sumsq"][:][training].sum(axis=0)
+    count = group["band_count"][:][training].sum(axis=0)
+    if count.all():
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        group.attrs.update({"band_mean": mean.tolist(), "band_std": std.tolist(),
+                            "band_pixels": int(count[0])})
     group["split"][:] = split
