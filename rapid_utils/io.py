@@ -14,9 +14,11 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`.
+    """Yield a temporary path beside `path`; on success make it durable and rename it over `path`.
 
-    A crash or interruption leaves the old file (or no file), never a half-written one.
+    A crash, interruption or power cut leaves the old file (or no file), never a half-written
+    one: the file is fsynced before the rename and its folder after it. The file gets the
+    permissions of a plainly created one (0666 less the umask), so others can read results.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -25,9 +27,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        tmp.chmod(0o666 & ~_UMASK)
         os.replace(tmp, target)
+        _fsync_folder(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_keeping_previous(new: Path, target: Path, previous: Path) -> None:
+    """Rename the durable file `new` over `target`, the old `target` becoming `previous`.
+
+    At every moment one complete file exists among `target` and `previous`: a run killed
+    between the two renames finds the previous version (`previous`) and no current one.
+    """
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(new, target)
+    _fsync_folder(target.parent)
+
+
+def _read_umask() -> int:
+    """The process umask (read once at import: setting it to read it is not thread-safe)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; Windows cannot open folders, and needs not)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -38,7 +39,7 @@ import rapid_utils
 from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, keep_batch, open_dataset
-from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
+from rapid_utils.io import atomic_path, file_sha256, replace_keeping_previous, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +290,17 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(path: Path, checkpoint: dict) -> None:
-    """Write `checkpoint` atomically: a killed run leaves the previous epoch's file intact."""
-    with atomic_path(path) as tmp:
+    """Write `checkpoint` durably; the epoch before stays as `previous_checkpoint(path)`
+    until the new file is complete, so a killed run always leaves one whole checkpoint."""
+    new = path.with_name(f".{path.name}.new")
+    with atomic_path(new) as tmp:
         torch.save(checkpoint, tmp)
+    replace_keeping_previous(new, path, previous_checkpoint(path))
+
+
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint of the epoch before `path`'s is kept."""
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
 def pretrain_provenance(
@@ -311,22 +320,48 @@ def pretrain_provenance(
     }
 
 
-def _load_checkpoint(path: Path, config: PretrainConfig, provenance: dict) -> dict:
-    """The checkpoint at `path`, refusing one written with other parameters, sites or band
-    statistics (resuming it would jump the schedules or change the normalisation mid-run)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    changed = _changed_fields(config, checkpoint.get("config"))
-    recorded = checkpoint.get("provenance") or {}
-    changed += [key for key in ("pretraining_sites_fingerprint", "band_stats_fingerprint",
-                                "split_fingerprint")
-                if recorded.get(key, provenance[key]) != provenance[key]]
-    if changed:
+def _resume_checkpoint(path: Path, config: PretrainConfig, provenance: dict) -> dict | None:
+    """The checkpoint to resume from: `path`, or the previous epoch's when `path` is missing
+    or unreadable (truncated, corrupt); None when there is neither (start afresh).
+
+    Refuses one written with other parameters, sites or band statistics: resuming it would
+    jump the schedules or change the normalisation mid-run.
+    """
+    problems = []
+    for candidate in (path, previous_checkpoint(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True)
+            epoch = int(checkpoint["epoch"])
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+                pickle.UnpicklingError) as error:
+            # torch's own messages run to paragraphs (and suggest unsafe loading): the gist
+            gist = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
+            problems.append(f"{candidate} (truncated or corrupt: {type(error).__name__}: {gist})")
+            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous epoch's",
+                        candidate, type(error).__name__, gist)
+            continue
+        changed = _changed_fields(config, checkpoint.get("config"))
+        recorded = checkpoint.get("provenance") or {}
+        changed += [key for key in ("pretraining_sites_fingerprint", "band_stats_fingerprint",
+                                    "split_fingerprint")
+                    if recorded.get(key, provenance[key]) != provenance[key]]
+        if changed:
+            raise ValueError(
+                f"{candidate} was written by a pretraining run with other parameters, sites or "
+                f"band statistics (differing: {changed}); use another out_dir or delete the "
+                "file to start afresh"
+            )
+        if problems:
+            log.warning("resuming from %s (epoch %d)", candidate, epoch)
+        return checkpoint
+    if problems:
         raise ValueError(
-            f"{path} was written by a pretraining run with other parameters, sites or band "
-            f"statistics (differing: {changed}); use another out_dir or delete the file to "
-            "start afresh"
+            f"no readable checkpoint to resume from: {'; '.join(problems)}. Delete these files "
+            "to start the pretraining afresh"
         )
-    return checkpoint
+    return None
 
 
 def _knn_subset(index: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -403,8 +438,8 @@ def pretrain(
     history: list[dict] = []
     start_epoch, step = 0, 0
     provenance = pretrain_provenance(train_index, band_stats, split_fingerprint)
-    if path.is_file():
-        checkpoint = _load_checkpoint(path, config, provenance)
+    checkpoint = _resume_checkpoint(path, config, provenance)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["byol"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, step = checkpoint["epoch"], checkpoint["global_step"]

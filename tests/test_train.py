@@ -405,3 +405,26 @@ def test_results_from_before_eval_dates_count_as_first_date() -> None:
     del older["eval_dates"]
     assert train._changed_fields(tiny_finetune(eval_dates="first"), older) == []
     assert train._changed_fields(tiny_finetune(), older) == ["eval_dates"]
+
+
+def test_a_corrupt_checkpoint_resumes_from_the_previous_epoch(
+    data: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny_pretrain(epochs=2)
+    straight = run_pretrain(data, config, tmp_path / "straight")
+    run_dir = tmp_path / "corrupt"
+    run_pretrain(data, config, run_dir)
+    path = run_dir / train.CHECKPOINT_FILE
+    previous = train.previous_checkpoint(path)
+    assert torch.load(previous, weights_only=True)["epoch"] == 1
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated, e.g. disk full
+    with caplog.at_level(logging.WARNING, logger="rapid_utils.train"):
+        resumed = run_pretrain(data, config, run_dir)
+    assert "is unreadable" in caplog.text and "resuming from" in caplog.text
+    assert resumed == straight  # epoch 2 retrained from epoch 1, bit for bit
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+    for broken in (path, previous):
+        broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="no readable checkpoint to resume from.*Delete"):
+        run_pretrain(data, config, run_dir)
