@@ -1,5 +1,5 @@
 """The `rapid-utils` command: generate the embedded corpus or example chips, pack a corpus,
-run the notebook batch, train.
+run the notebook batch, train, export pretrained weights.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from rapid_utils import batch, docs, paths, study, train
+from rapid_utils import batch, docs, models, paths, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -126,6 +126,17 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        description = models.export_encoder(args.checkpoint, args.out)
+    except models.WeightsUnavailableError as error:
+        logging.error("error: %s", error)
+        return 2
+    logging.info("encoder of %s -> %s (%s, %s, %s)", args.checkpoint, description.parent,
+                 models.EXPORT_WEIGHTS, description.name, models.EXPORT_CARD)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `rapid-utils`."""
     parser = argparse.ArgumentParser(prog="rapid-utils", description=__doc__)
@@ -204,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --init byol: a checkpoint path instead of the default")
     finetune.add_argument("--force", action="store_true", help="retrain over a complete result")
     finetune.set_defaults(func=_finetune)
+
+    export = commands.add_parser(
+        "export", help="write a BYOL checkpoint's encoder as weights that describe themselves",
+        description="Write the encoder of a BYOL checkpoint as OUT/encoder.safetensors, "
+        "OUT/encoder.json (bands, scale, per-band mean and std, input size, ground sampling "
+        "distance, provenance) and OUT/MODEL_CARD.md; rapid_utils.models.load_pretrained(OUT) "
+        "reads them back.")
+    export.add_argument("--checkpoint", required=True,
+                        help="a BYOL checkpoint, e.g. runs/quick/byol/byol_augment_seed0/"
+                        "checkpoint.pt")
+    export.add_argument("--out", required=True, help="output folder (files in it are replaced)")
+    export.set_defaults(func=_export)
     return parser
 
 

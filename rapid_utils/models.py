@@ -3,16 +3,29 @@
 One function, `build_model`, makes every network of the compendium from explicit arguments: the
 architecture, the number of input bands, the number of classes (0 for a bare encoder) and where the
 initial weights come from (`random`, `imagenet`, or `byol:<checkpoint path>`).
+
+`export_encoder` writes a BYOL checkpoint's encoder as weights that describe themselves (safetensors
+plus a JSON of bands, scale, per-band statistics, input size and ground sampling distance, and a
+model card); `load_pretrained` reads them back with their `Normalisation`.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 import torchvision
 from torch import nn
+
+import rapid_utils
+from rapid_utils.corpus import layout
+from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
 
 BAND_ORDER = ("blue", "green", "red", "nir")
 """The input channels the ImageNet adaptation assumes, in this order."""
@@ -147,13 +160,19 @@ def _imagenet_state_dict(arch: str, path: str | Path | None) -> dict[str, torch.
         ) from err
 
 
+_BYOL_HINT = "Run BYOL pretraining first, or pass the path of an existing checkpoint."
+
+
 def _byol_encoder_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    hint = "Run BYOL pretraining first, or pass the path of an existing checkpoint."
-    checkpoint = _read_state_dict(path, "BYOL checkpoint", hint)
+    return _encoder_entry(_read_state_dict(path, "BYOL checkpoint", _BYOL_HINT), path)
+
+
+def _encoder_entry(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The encoder state dict of a BYOL checkpoint read from `path`."""
     if BYOL_ENCODER_KEY not in checkpoint:
         raise WeightsUnavailableError(
             f"BYOL checkpoint {path} has no {BYOL_ENCODER_KEY!r} entry (keys: "
-            f"{sorted(checkpoint)[:10]}). {hint}"
+            f"{sorted(checkpoint)[:10]}). {_BYOL_HINT}"
         )
     return checkpoint[BYOL_ENCODER_KEY]
 
@@ -176,3 +195,251 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise WeightsUnavailableError(f"{what}: cannot be loaded into this model: {err}") from err
+
+
+# --------------------------------------------------------------------------- self-describing export
+
+EXPORT_WEIGHTS = "encoder.safetensors"
+EXPORT_DESCRIPTION = "encoder.json"
+EXPORT_CARD = "MODEL_CARD.md"
+EXPORT_FORMAT = "rapid_utils.encoder/1"
+"""Value of encoder.json's `format` (and the key of its copy in the safetensors header)."""
+
+# What an export describes and a checkpoint must therefore record (older ones lack `provenance`).
+_REQUIRED_PROVENANCE = ("bands", "scale", "mean", "std", "split_fingerprint",
+                        "band_stats_fingerprint")
+_REQUIRED_CONFIG = ("arch", "image_size")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """What pretrained weights expect of their input: bands in order, the scale of stored values
+    (stored value / scale = reflectance), per-band mean and std in stored units, the input size
+    (px) and the ground sampling distance (m)."""
+
+    bands: tuple[str, ...]
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    gsd_m: float
+
+    @classmethod
+    def from_description(cls, description: dict) -> Normalisation:
+        """The normalisation recorded in an encoder.json."""
+        return cls(tuple(description["bands"]), description["scale"],
+                   tuple(description["mean"]), tuple(description["std"]),
+                   description["input_size"], description["gsd_m"])
+
+    def check(self, bands: Sequence[str], scale: float) -> None:
+        """Raise ValueError, naming both, when data of `bands` (names, in order) and `scale`
+        differ from what the weights expect."""
+        problems = []
+        if tuple(bands) != self.bands:
+            problems.append(f"the data's bands are {tuple(bands)}, the weights expect "
+                            f"{self.bands} (names and order)")
+        if float(scale) != float(self.scale):
+            problems.append(f"the data's scale is {scale:g}, the weights expect {self.scale:g} "
+                            "(stored value / scale = reflectance)")
+        if problems:
+            raise ValueError(
+                "data do not match the pretrained weights: " + "; ".join(problems) + ". Reorder "
+                "the channels and rescale the values (value * weights' scale / data's scale) first"
+            )
+
+    def normalise(self, values: torch.Tensor, nodata: float | None = None) -> torch.Tensor:
+        """(value - mean) / std per band of a (..., bands, H, W) tensor of stored values, as
+        float32; pixels equal to `nodata` become 0 (the band mean), as in training."""
+        if values.ndim < 3 or values.shape[-3] != len(self.bands):
+            raise ValueError(f"expected a (..., {len(self.bands)}, H, W) tensor of the bands "
+                             f"{self.bands}, got shape {tuple(values.shape)}")
+        x = values.to(torch.float32)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
+        image = (x - mean) / std
+        return image if nodata is None else image.masked_fill(x == nodata, 0.0)
+
+
+def _versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+            "safetensors": safetensors.__version__, "rapid_utils": rapid_utils.__version__}
+
+
+def _describe(path: Path, checkpoint: dict) -> dict:
+    """encoder.json's content (less the weights' sha256) from a BYOL checkpoint at `path`."""
+    provenance = checkpoint.get("provenance") or {}
+    config = checkpoint.get("config") or {}
+    missing = ([f"provenance.{key}" for key in _REQUIRED_PROVENANCE if key not in provenance]
+               + [f"config.{key}" for key in _REQUIRED_CONFIG if key not in config])
+    if missing:
+        raise ValueError(
+            f"BYOL checkpoint {path} lacks {', '.join(missing)}: it predates checkpoints that "
+            "record their normalisation and split, so its weights cannot describe themselves. "
+            "Move it aside and re-run the pretraining with the same parameters (a rerun beside "
+            "it would resume it unchanged), then export the new checkpoint"
+        )
+    bands = list(provenance["bands"])
+    if not len(provenance["mean"]) == len(provenance["std"]) == len(bands):
+        raise ValueError(f"BYOL checkpoint {path}: {len(bands)} bands but "
+                         f"{len(provenance['mean'])} means and {len(provenance['std'])} stds")
+    history = checkpoint.get("history") or []
+    return {
+        "format": EXPORT_FORMAT,
+        "weights": EXPORT_WEIGHTS,
+        "arch": config["arch"],
+        "in_channels": len(bands),
+        "feature_dim": None,  # set from the built encoder
+        "class_names": None,  # an encoder has no classifier head
+        "bands": bands,
+        "scale": provenance["scale"],
+        "mean": [float(v) for v in provenance["mean"]],
+        "std": [float(v) for v in provenance["std"]],
+        "input_size": config["image_size"],
+        # The checkpoint does not record it; Planet Fusion's pixel size is what the format assumes.
+        "gsd_m": layout.PIXEL_SIZE_M,
+        "split_fingerprint": provenance["split_fingerprint"],
+        "band_stats_fingerprint": provenance["band_stats_fingerprint"],
+        "pretraining_sites_fingerprint": provenance.get("pretraining_sites_fingerprint"),
+        "corpus": provenance.get("corpus") or config.get("corpus"),
+        "checkpoint_path": str(path),
+        "checkpoint_sha256": file_sha256(path),
+        "checkpoint_epoch": checkpoint.get("epoch"),
+        "pretraining": config,
+        "last_epoch": history[-1] if history else None,
+        "versions": _versions(),  # of the exporting environment; checkpoints record none
+    }
+
+
+def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a BYOL checkpoint's encoder to `out_dir` as encoder.safetensors, encoder.json (its
+    normalisation, input, provenance) and MODEL_CARD.md; return encoder.json's path.
+
+    A checkpoint without `provenance` (older than it) is refused with a ValueError naming the
+    missing fields.
+    """
+    path, out = Path(checkpoint), Path(out_dir)
+    content = _read_state_dict(path, "BYOL checkpoint", _BYOL_HINT)
+    state = _encoder_entry(content, path)
+    description = _describe(path, content)
+    model = build_model(description["arch"], description["in_channels"], 0)
+    _load(model, state, f"BYOL checkpoint {path}")
+    description["feature_dim"] = feature_dim(model)
+    tensors = {name: value.detach().contiguous() for name, value in model.state_dict().items()}
+    with atomic_path(out / EXPORT_WEIGHTS) as tmp:
+        # a copy of the description in the header, for a weights file that travels alone
+        safetensors.torch.save_file(tensors, str(tmp), metadata={
+            "format": "pt", EXPORT_FORMAT: json.dumps(description)})
+    description["weights_sha256"] = file_sha256(out / EXPORT_WEIGHTS)
+    write_json_atomic(out / EXPORT_DESCRIPTION, description)
+    with atomic_path(out / EXPORT_CARD) as tmp:
+        tmp.write_text(_model_card(description))
+    return out / EXPORT_DESCRIPTION
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
+    """The encoder of an export folder (or its encoder.json), in eval mode, and its normalisation.
+
+    The model is ``build_model(arch, in_channels, 0)`` (4-band conv1, `fc` = Identity) with the
+    exported weights; check your data with ``normalisation.check(bands, scale)`` and feed it
+    ``normalisation.normalise(values)``.
+    """
+    path = Path(path)
+    json_path = path / EXPORT_DESCRIPTION if path.is_dir() else path
+    hint = "Export a BYOL checkpoint with `rapid-utils export --checkpoint PATH --out DIR`."
+    if not json_path.is_file():
+        raise WeightsUnavailableError(f"no {EXPORT_DESCRIPTION} at {json_path}. {hint}")
+    try:
+        description = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsUnavailableError(f"cannot read {json_path} ({err}). {hint}") from err
+    if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
+        raise WeightsUnavailableError(f"{json_path} is not an encoder export (format "
+                                      f"{EXPORT_FORMAT!r}). {hint}")
+    weights = json_path.parent / description["weights"]
+    if not weights.is_file():
+        raise WeightsUnavailableError(f"{json_path} names weights {weights}, which are missing. "
+                                      f"{hint}")
+    if file_sha256(weights) != description["weights_sha256"]:
+        raise WeightsUnavailableError(f"{weights} is not the file {json_path} describes (sha256 "
+                                      f"differs): export again into one folder. {hint}")
+    model = build_model(description["arch"], description["in_channels"], 0)
+    _load(model, safetensors.torch.load_file(weights), f"encoder weights {weights}")
+    return model.eval(), Normalisation.from_description(description)
+
+
+def _model_card(d: dict) -> str:
+    """MODEL_CARD.md of an export: what it is, how it was trained, its input, how to load it."""
+    config, last = d["pretraining"], d["last_epoch"] or {}
+    epochs = config.get("epochs")
+    trained = (f"{d['checkpoint_epoch']} of {epochs} epochs"
+               + (" (an interrupted run)" if d["checkpoint_epoch"] != epochs else ""))
+    stats = "\n".join(f"| {band} | {mean:.2f} | {std:.2f} |"
+                      for band, mean, std in zip(d["bands"], d["mean"], d["std"], strict=True))
+    settings = "\n".join(f"| `{key}` | `{value}` |" for key, value in config.items())
+    guards = ", ".join(f"{key} {last[key]:.4g}" for key in
+                       ("loss", "knn_accuracy", "projection_std", "encoder_change") if key in last)
+    caveats = (f"The checkpoint records its corpus: `{d['corpus']}`." if d["corpus"] else
+               "The checkpoint does not record which corpus it was pretrained on. Unless it was "
+               "pretrained on the real RapidAI4EO corpus, that is this compendium's embedded "
+               "synthetic corpus: generated images, not Planet Fusion acquisitions, so the "
+               "features say nothing yet about real imagery.")
+    from rapid_utils.metrics import MIN_ENCODER_CHANGE  # sklearn: imported only when needed
+
+    change = last.get("encoder_change")
+    if change is not None and change < MIN_ENCODER_CHANGE:
+        caveats += (f"\n- The encoder's weights moved only {100 * change:.2g} % from their "
+                    "random initialisation in pretraining: its features are close to random ones.")
+    return f"""# BYOL encoder: {d['arch']}, {d['in_channels']} bands
+
+A torchvision `{d['arch']}` encoder (conv1 reading {d['in_channels']} bands, `fc` = Identity, no
+classifier head) pretrained with BYOL (Grill et al. 2020) by `rapid_utils`. It maps a
+({d['in_channels']}, H, W) chip to a {d['feature_dim']}-dimensional feature vector. Exported from
+`{d['checkpoint_path']}` (sha256 `{d['checkpoint_sha256']}`), {trained}.
+
+## Input
+
+Bands, in this order: {', '.join(d['bands'])}. Values as stored: reflectance x {d['scale']:g}
+(stored value / scale = reflectance). Normalise each band as (value - mean) / std with the
+statistics below (stored units); nodata pixels were set to 0 (the band mean) in training.
+Input size {d['input_size']} px (the side of the BYOL training views); ground sampling distance
+{d['gsd_m']:g} m (Planet Fusion's pixel size: the checkpoint does not record it).
+
+| band | mean | std |
+|---|---|---|
+{stats}
+
+## Training
+
+BYOL, `positives={config.get('positives')}` ("augment": two views of one image; "temporal": two
+dates of one site); last epoch: {guards or 'not recorded'}. Split fingerprint
+`{d['split_fingerprint']}`, band statistics fingerprint `{d['band_stats_fingerprint']}`,
+pretraining sites fingerprint `{d['pretraining_sites_fingerprint']}`.
+
+| parameter | value |
+|---|---|
+{settings}
+
+## Loading
+
+```python
+from rapid_utils.models import load_pretrained
+
+model, normalisation = load_pretrained("{EXPORT_DESCRIPTION}")  # or this folder
+normalisation.check(bands=your_bands, scale=your_scale)  # ValueError if they differ
+features = model(normalisation.normalise(values))  # values: (N, {d['in_channels']}, H, W) stored
+```
+
+Without `rapid_utils`: `torchvision.models.get_model("{d['arch']}")`, conv1 replaced by
+`nn.Conv2d({d['in_channels']}, 64, 7, stride=2, padding=3, bias=False)`, fc by `nn.Identity()`,
+then `load_state_dict(safetensors.torch.load_file("{EXPORT_WEIGHTS}"))`; `{EXPORT_DESCRIPTION}`
+holds the statistics above.
+
+## Limitations
+
+- {caveats}
+- Only for data in these bands, in this order, at this scale, normalised with these statistics
+  (`Normalisation.check` refuses other bands or scales).
+- BatchNorm statistics are those of the pretraining data.
+- Versions in `{EXPORT_DESCRIPTION}` are those of the exporting environment
+  ({', '.join(f'{k} {v}' for k, v in d['versions'].items())}); the checkpoint records none.
+"""
