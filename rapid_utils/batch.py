@@ -20,6 +20,7 @@ import yaml
 
 from rapid_utils import models, paths, results, study, train
 from rapid_utils.corpus import chips
+from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
@@ -37,6 +38,10 @@ REQUIRED_KEYS = ("corpus", "seed")
 
 class ProfileError(ValueError):
     """A parameter profile that is missing, unreadable or has bad values."""
+
+
+class CorpusCheckError(RuntimeError):
+    """The profile's corpus (folder, chips or store) is missing or has no usable site."""
 
 
 def load_profile(profile: str, extra_files: tuple[str | Path, ...] = ()) -> dict[str, Any]:
@@ -285,6 +290,12 @@ def reproduce(
     """
     values = load_profile(profile, extra_files)
     corpus = resolve_corpus(profile, values)
+    data = paths.data_location(values["store"]) if values.get("store") else corpus
+    try:
+        log.info("%s: %d usable sites", data, study.check_corpus(data))
+    except CorpusError as error:
+        raise CorpusCheckError(f"the corpus of profile {profile!r} cannot be used, so no "
+                               f"notebook was run: {error}") from error
     jobs = plan_jobs(profile, values, corpus)
     results_dir = paths.results_dir(paths.runs_dir(profile))
     skipped: dict[str, str] = {}

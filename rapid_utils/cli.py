@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (batch.ProfileError, CorpusError, FileExistsError, FileNotFoundError,
-            ValueError) as error:
+    except (batch.ProfileError, batch.CorpusCheckError, CorpusError, FileExistsError,
+            FileNotFoundError, ValueError) as error:
         logging.error("error: %s", error)
         return 2
 

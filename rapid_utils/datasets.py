@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from rapid_utils import labels, splits
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import (
+    CorpusError,
     DateSelection,
     available_dates,
     draw_chips,
@@ -26,10 +28,13 @@ from rapid_utils.corpus.reader import (
 from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.io import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 DATE_SAMPLING = ("random", "first", "spread", "seasons", "all", "pair")
 """How an item picks its dates: one at random (training), the first, one fixed per site spread
 over the year (`spread`, a hash of the sample id: no RNG drawn), one per season (`seasons`),
 every date (`all`), or two different dates (`pair`, temporal positives)."""
+MAX_REPLACEMENTS = 10  # replacements tried for an unreadable sample before giving up
 MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
 SEASON_MONTHS = (1, 4, 7, 10)
 
@@ -145,6 +150,7 @@ class _ChipDataset(Dataset):
         self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
         self._site_dates: dict[str, list[dt.date]] = {}
+        self.unreadable: set[str] = set()  # sample ids already warned about (this process)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -186,19 +192,45 @@ class _ChipDataset(Dataset):
         return [site_dates[int(torch.randint(len(site_dates), ()))]]
 
     def __getitem__(self, item: int) -> dict:
+        item, chosen, images, unreadable = self._readable_item(item)
         sample_id = self.sample_ids[item]
-        chosen = self.choose_dates(sample_id)
-        images = self.load_images(sample_id, chosen)
         single = self.date_sampling not in MULTI_DATE
         item_dict = {
             "image": images[0] if single else torch.stack(images),
             "label": self.targets[item],
             "sample_id": sample_id,
             "date": chosen[0].isoformat() if single else [d.isoformat() for d in chosen],
+            "unreadable": unreadable,
         }
         if self.date_sampling == "pair":
             item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
         return item_dict
+
+    def _readable_item(self, item: int) -> tuple[int, list[dt.date], list[torch.Tensor], str]:
+        """The item's dates and images, or a replacement's when its rasters cannot be read.
+
+        A truncated, missing or wrong-size raster of one site must not end a run of hours:
+        the site is replaced by another, drawn deterministically from the site and the
+        attempt, and named with the reason in the returned text: one "sample_id: reason" line
+        per failed read, "" when none failed (the training loops count these and stop past
+        `train.UNREADABLE_SHARE` of all reads).
+        """
+        problems = []
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            sample_id = self.sample_ids[item]
+            try:
+                chosen = self.choose_dates(sample_id)
+                return item, chosen, self.load_images(sample_id, chosen), "\n".join(problems)
+            except CorpusError as error:
+                problems.append(f"{sample_id}: {error}")
+                if sample_id not in self.unreadable:
+                    self.unreadable.add(sample_id)
+                    log.warning("unreadable sample %s, replaced by another: %s", sample_id,
+                                error)
+                step = splits.unit_hash([f"{sample_id}#{attempt}"], 0, "replacement")[0]
+                item = (item + 1 + int(step * (len(self) - 1))) % len(self)
+        raise CorpusError(f"{MAX_REPLACEMENTS + 1} samples in a row could not be read: "
+                          + "; ".join(problems))
 
     def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
         """The item's images, one per date."""

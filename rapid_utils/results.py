@@ -303,6 +303,28 @@ def write_summary(summary: pd.DataFrame, directory: str | Path,
     return csv_path, md_path
 
 
+class NoResultsError(RuntimeError):
+    """No complete fine-tuning result to draw figures from."""
+
+
+def require_results(found: Sequence[Mapping], directory: str | Path,
+                    skipped: Mapping[str, str]) -> None:
+    """Stop with a message in words when `found` (from `load_results`) is empty.
+
+    Figures of nothing would fail later with an obscure pandas error; this says what is
+    missing, what the batch skipped and why, and where to look.
+    """
+    if found:
+        return
+    reasons = "".join(f"\n- {key}: {reason}" for key, reason in skipped.items())
+    raise NoResultsError(
+        f"No complete fine-tuning results in {directory}, so there is nothing to draw. Every "
+        "fine-tuning job failed or was skipped: see the batch's last lines and the executed "
+        "04_finetuning notebooks beside this one"
+        + (f". Skipped by the batch:{reasons}" if reasons else "")
+    )
+
+
 def skipped_scenarios(directory: str | Path) -> dict[str, str]:
     """Scenario key -> reason from the folder's `skipped.json` (format: `SKIPPED_FORMAT`).
 

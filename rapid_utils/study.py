@@ -95,6 +95,22 @@ def load_study(
     return Study(corpus, index, split, stats)
 
 
+def check_corpus(corpus: str | Path) -> int:
+    """Index a corpus once (GeoTIFF folder, chips spec or packed store) and return its number
+    of usable sites, raising the corpus's own clear error (`CorpusError`) when it has none.
+
+    The batch calls this before its first notebook, so a wrong path stops with one message
+    instead of failing every job in turn.
+    """
+    if is_store(corpus):
+        return len(PackedStore(corpus).index())
+    corpus = Path(corpus).expanduser().resolve()
+    if chips.is_chips_corpus(corpus):
+        labelled, unlabelled, _ = chips.build_chips_index(chips.load_spec(corpus), progress=False)
+        return len(labelled) + len(unlabelled)
+    return len(build_index(corpus, progress=False))
+
+
 def stored_band_stats(
     runs: str | Path, split_fingerprint: str, compute: Callable[[str], BandStats]
 ) -> BandStats:

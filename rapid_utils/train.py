@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import rapid_utils
 from rapid_utils import augment, byol, distributed, labels, metrics, models, paths, splits
 from rapid_utils.corpus import layout
+from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.datasets import BandStats, keep_batch, open_dataset
 from rapid_utils.io import atomic_path, file_sha256, replace_keeping_previous, write_json_atomic
 
@@ -185,13 +186,49 @@ def _mean_over_processes(value: float, context: distributed.Context) -> float:
     return float(total.item()) / context.world_size
 
 
+UNREADABLE_SHARE = 0.01
+"""Share of sample reads that may fail (truncated or missing rasters, replaced by other
+samples) before a run stops with the list: one bad file of millions must not end a run of
+hours, but a broken corpus must not train quietly on what is left."""
+
+
+class UnreadableLog:
+    """The unreadable samples a run's Datasets replaced (`Dataset._readable_item`), counted."""
+
+    def __init__(self, recorded: dict[str, str] | None = None) -> None:
+        self.reasons: dict[str, str] = dict(recorded or {})  # sample id -> first reason
+        self.failed = 0
+        self.read = 0
+
+    def note(self, batch: dict) -> None:
+        """Count a batch's reads and the failed ones its items report."""
+        self.read += len(batch["label"])
+        for text in batch.get("unreadable") or ():
+            for line in filter(None, text.split("\n")):
+                sample_id, _, reason = line.partition(": ")
+                self.reasons.setdefault(sample_id, reason)
+                self.failed += 1
+
+    def check(self) -> None:
+        """Stop, listing the samples, when more than `UNREADABLE_SHARE` of the reads failed."""
+        if self.failed <= UNREADABLE_SHARE * self.read:
+            return
+        listed = "; ".join(f"{sid}: {why}" for sid, why in list(self.reasons.items())[:20])
+        raise CorpusError(
+            f"{self.failed} of {self.read} sample reads failed, more than "
+            f"{UNREADABLE_SHARE:.0%}: {listed}. Repair or remove these sites (check the whole "
+            "corpus with rapid_utils.corpus.reader.verify_sites), then rerun"
+        )
+
+
 def _augment_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
 @torch.no_grad()
 def _features(
-    model: nn.Module, loader: DataLoader, device: torch.device
+    model: nn.Module, loader: DataLoader, device: torch.device,
+    unreadable: UnreadableLog | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
     """Outputs of `model` (eval mode), labels and dates over `loader`, on the CPU.
 
@@ -202,6 +239,8 @@ def _features(
     model.eval()
     outputs, targets, dates = [], [], []
     for batch in loader:
+        if unreadable is not None:
+            unreadable.note(batch)
         image = _to_device(batch["image"], device, loader.dataset)
         series = image.ndim == 5
         with _autocast(device):
@@ -439,6 +478,7 @@ def pretrain(
     start_epoch, step = 0, 0
     provenance = pretrain_provenance(train_index, band_stats, split_fingerprint)
     checkpoint = _resume_checkpoint(path, config, provenance)
+    unreadable = UnreadableLog(checkpoint.get("unreadable_samples") if checkpoint else None)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["byol"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -458,6 +498,7 @@ def pretrain(
         losses = []
         for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
+            unreadable.note(batch)
             view1, view2 = _byol_views(batch, config, views_rng, device, dataset)
             lr = byol.lr_schedule(
                 step, total_steps, config.base_lr, config.batch_size, warmup_steps
@@ -474,6 +515,7 @@ def pretrain(
             step += 1
             losses.append(loss.item())
 
+        unreadable.check()
         entry = {"epoch": epoch + 1, "loss": _mean_over_processes(float(np.mean(losses)), context),
                  "lr": lr, "tau": tau}
         if context.is_main:
@@ -489,6 +531,7 @@ def pretrain(
                 "history": history,
                 "config": asdict(config),
                 "provenance": provenance,
+                "unreadable_samples": unreadable.reasons,
                 "rng": _rng_state(loader.generator),
             })
         else:
@@ -705,13 +748,14 @@ def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
     return (param for param in model.parameters() if param.requires_grad)
 
 
-def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+              unreadable: UnreadableLog | None = None) -> dict:
     """Per-site predictions (a soft vote over the site's evaluation dates) and accuracy per date.
 
     Returns `y_true`, `y_pred` (one per site) and `per_date` ({ISO date: accuracy of the
     single-date predictions at that date}).
     """
-    logits, labels, dates = _features(model, loader, device)
+    logits, labels, dates = _features(model, loader, device, unreadable)
     voted = logits.softmax(dim=-1).mean(dim=1).argmax(dim=1)
     correct = (logits.argmax(dim=-1) == labels[:, None]).numpy()
     per_date = pd.Series(correct.ravel()).groupby(np.ravel(dates)).mean()
@@ -815,6 +859,7 @@ def finetune(
         "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
     }
     evaluations: dict[str, dict] = {}
+    unreadable = UnreadableLog()
     for epoch in range(config.epochs):
         flips = _augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
@@ -823,6 +868,7 @@ def finetune(
         losses = []
         for batch in tqdm(train_loader(epoch), desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
+            unreadable.note(batch)
             image = _to_device(batch["image"], device, train_set)
             if config.augment:
                 image = augment.augment(image, FINETUNE_VIEW, flips)
@@ -833,14 +879,16 @@ def finetune(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+        unreadable.check()
         per_epoch["train_loss"].append(_mean_over_processes(float(np.mean(losses)), context))
         if context.is_main:  # evaluation and results are rank 0's alone
             for name, eval_loader in eval_loaders.items():
-                evaluations[name] = _evaluate(model, eval_loader, device)
+                evaluations[name] = _evaluate(model, eval_loader, device, unreadable)
                 y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
                 per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
         distributed.barrier(context)
 
+    unreadable.check()  # the last epoch's evaluation reads too
     if context.is_main:
         write_json_atomic(results_path, {
             "parameters": asdict(config) | {
@@ -862,6 +910,7 @@ def finetune(
             # accuracy of the last epoch's single-date predictions, at each evaluation date
             "per_date_accuracy": {name: evaluations[name]["per_date"] for name in ("test", "val")},
             "provenance": provenance,
+            "unreadable_samples": unreadable.reasons,  # replaced by other samples, with why
             "classes": list(class_names),
             "versions": _versions(),
             "git_commit": _git_commit(),

@@ -113,16 +113,32 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     assert check.why_rerun(batch.plan_jobs("ci", values, corpus)[6]) is None  # byol-1%
 
 
-def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
+def test_a_missing_corpus_stops_the_batch_before_any_notebook(project_home, tmp_path, caplog):
     override = tmp_path / "missing_corpus.yaml"
-    override.write_text(f"corpus: {tmp_path / 'no-such-corpus'}\nscenarios: [byol-1%]\n")
+    override.write_text(f"corpus: {tmp_path / 'no-such-corpus'}\n")
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["reproduce", "--profile", "ci", "--extra", str(override)]) == 2
+    assert "cannot be used, so no notebook was run: no corpus folder at" in caplog.text
+    assert not (paths.runs_dir("ci") / "notebooks").exists()
+
+
+@pytest.mark.slow
+def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
+    override = tmp_path / "too_big_a_batch.yaml"
+    override.write_text("pretrain_batch_size: 100000\nscenarios: [byol-1%]\n")
     assert cli.main(["reproduce", "--profile", "ci", "--extra", str(override)]) == 1
-    executed = paths.runs_dir("ci") / "notebooks" / "01_data_exploration.ipynb"
+    executed = paths.runs_dir("ci") / "notebooks" / "03_byol_pretraining.ipynb"
     assert executed.is_file()
-    assert "CorpusNotFoundError" in executed.read_text()
+    assert "exceeds the" in executed.read_text()
     # BYOL fine-tuning cannot run without its pretraining: skipped, with the reason recorded
     skipped = results.skipped_scenarios(paths.results_dir(paths.runs_dir("ci")))
     assert skipped["byol-1%"].startswith("BYOL pretraining failed")
+    # notebook 05 then has nothing to draw, and says so in words
+    figures = json.loads((paths.runs_dir("ci") / "notebooks" / "05_figures.ipynb").read_text())
+    errors = [o for c in figures["cells"] for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert errors[0]["ename"] == "NoResultsError"
+    assert "BYOL pretraining failed" in errors[0]["evalue"]
 
 
 def test_unknown_scenario_is_a_profile_error(project_home, tmp_path):

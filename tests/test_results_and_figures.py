@@ -242,3 +242,10 @@ def test_notebook_05_on_fake_results(results_dir: Path, tmp_path: Path, run_note
     executed = nbformat.read(tmp_path / "05_figures.ipynb", as_version=4)
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "ImageNet weights unavailable offline" in outputs
+
+
+def test_no_results_are_reported_in_words(tmp_path):
+    with pytest.raises(results.NoResultsError, match=r"No complete fine-tuning results in .*"
+                       r"Skipped by the batch:\n- byol-1%: BYOL pretraining failed"):
+        results.require_results([], tmp_path, {"byol-1%": "BYOL pretraining failed"})
+    results.require_results([{"parameters": {}}], tmp_path, {})  # something to draw: no error

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from rapid_utils import datasets, io, metrics, models, splits, train
+from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.labels import CLASSES
 
@@ -428,3 +430,55 @@ def test_a_corrupt_checkpoint_resumes_from_the_previous_epoch(
         broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="no readable checkpoint to resume from.*Delete"):
         run_pretrain(data, config, run_dir)
+
+
+# --------------------------------------------------------------------------- unreadable samples
+
+
+@pytest.fixture
+def damaged(data: dict, tmp_path: Path) -> dict:
+    """The tiny corpus with every PF-SR GeoTIFF of one training site truncated."""
+    import shutil
+
+    root = tmp_path / "damaged"
+    shutil.copytree(data["corpus_root"], root)
+    bad_site = data["train_index"]["sample_id"].iloc[0]
+    for date in DATES:
+        raster = layout.raster_path(root, bad_site, dt.date.fromisoformat(date))
+        raster.write_bytes(raster.read_bytes()[:300])
+    return data | {"corpus_root": root, "bad_site": bad_site}
+
+
+def test_an_unreadable_sample_is_replaced_and_recorded(
+    damaged: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = datasets.PlanetFusionDataset(
+        damaged["corpus_root"], damaged["train_index"], damaged["band_stats"])
+    item = dataset[0]
+    assert item["sample_id"] != damaged["bad_site"]
+    assert item["unreadable"].startswith(f"{damaged['bad_site']}: ")
+    assert "corrupt or truncated" in item["unreadable"]
+    assert dataset[0]["sample_id"] == item["sample_id"]  # the replacement is deterministic
+
+    # one site of 22 is more than 1 % of the reads: the run stops and names it ...
+    with pytest.raises(CorpusError, match=f"sample reads failed.*{damaged['bad_site']}"):
+        run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "stopped.json")
+    assert not (tmp_path / "stopped.json").exists()
+    # ... and within a larger share it trains on, recording the site and the reason
+    monkeypatch.setattr(train, "UNREADABLE_SHARE", 0.5)
+    results = run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "r.json")
+    assert list(results["unreadable_samples"]) == [damaged["bad_site"]]
+    assert "corrupt or truncated" in results["unreadable_samples"][damaged["bad_site"]]
+    run_pretrain(damaged, tiny_pretrain(epochs=2), tmp_path / "byol")
+    checkpoint = torch.load(tmp_path / "byol" / train.CHECKPOINT_FILE, weights_only=True)
+    assert set(checkpoint["unreadable_samples"]) <= {damaged["bad_site"]}  # if drawn
+
+
+def test_too_many_unreadable_reads_stop_the_run_with_the_list() -> None:
+    log = train.UnreadableLog()
+    log.note({"label": torch.zeros(50), "unreadable": ["", "a: corrupt\nb: missing"] + [""] * 48})
+    with pytest.raises(CorpusError, match=r"2 of 50 sample reads failed.*a: corrupt; b: missing"):
+        log.check()
+    log.note({"label": torch.zeros(150), "unreadable": [""] * 150})
+    log.check()  # 2 of 200 is 1 %: within the share
+    assert log.reasons == {"a": "corrupt", "b": "missing"}
