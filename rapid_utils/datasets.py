@@ -359,6 +359,8 @@ class PackedStoreDataset(_ChipDataset):
             "label": self.targets[items],
             "sample_id": sample_ids,
             "date": [dates[0].isoformat() for dates in chosen],
+            # a batched read has no per-sample replacement: a torn chunk stops it, named
+            "unreadable": [""] * len(items),
         }
         if self.date_sampling == "pair":
             batch |= {"image2": images[1], "date2": [dates[1].isoformat() for dates in chosen]}

@@ -486,7 +486,8 @@ def _run_title(results: Mapping) -> str:
     p = results["parameters"]
     probe = ", linear probe" if p.get("linear_probe") else ""
     init = "byol" if str(p["init"]).startswith("byol:") else p["init"]
-    return f"{p['arch']}, init {init}, {p['label_fraction']:g} of labels{probe}, seed {p['seed']}"
+    return (f"{p['arch']}, init {init}, {100 * p['label_fraction']:g} % of labels{probe}, "
+            f"seed {p['seed']}")
 
 
 def plot_finetune_curves(results: Mapping) -> Figure:
