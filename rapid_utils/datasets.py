@@ -20,6 +20,7 @@ from rapid_utils.corpus.reader import (
     CorpusError,
     DateSelection,
     available_dates,
+    corpus_size,
     draw_chips,
     read_raster,
     sample_chips,
@@ -291,12 +292,16 @@ class PlanetFusionDataset(_ChipDataset):
         super().__init__(index, band_stats, dates, date_sampling, target, multilabel_threshold)
         self.root = Path(root)
         self.nodata = nodata
+        # every raster is checked against the corpus's size: a wrong-size one is then an
+        # unreadable sample (replaced, recorded) instead of a collate error deep in a loader
+        self.size = corpus_size(self.root)
 
     def available(self, sample_id: str) -> list[dt.date]:
         return available_dates(self.root, sample_id)
 
     def read_chip(self, sample_id: str, date: dt.date) -> np.ma.MaskedArray:
-        return read_raster(layout.raster_path(self.root, sample_id, date), nodata=self.nodata)
+        return read_raster(layout.raster_path(self.root, sample_id, date), nodata=self.nodata,
+                           size=self.size)
 
 
 class PackedStoreDataset(_ChipDataset):

@@ -474,6 +474,26 @@ def test_an_unreadable_sample_is_replaced_and_recorded(
     assert set(checkpoint["unreadable_samples"]) <= {damaged["bad_site"]}  # if drawn
 
 
+def test_a_wrong_size_raster_is_an_unreadable_sample(data: dict, tmp_path: Path) -> None:
+    import shutil
+
+    import rasterio
+
+    root = tmp_path / "resized"
+    shutil.copytree(data["corpus_root"], root)
+    site = data["train_index"]["sample_id"].iloc[0]
+    raster = layout.raster_path(root, site, dt.date.fromisoformat(DATES[0]))
+    with rasterio.open(raster) as src:
+        profile, values = src.profile, src.read()[:, :8, :8]
+    with rasterio.open(raster, "w", **(profile | {"width": 8, "height": 8})) as dst:
+        dst.write(values)
+    dataset = datasets.PlanetFusionDataset(root, data["train_index"], data["band_stats"],
+                                           date_sampling="first")
+    item = dataset[0]
+    assert item["sample_id"] != site and item["image"].shape[-1] == 16
+    assert "8 x 8 px, expected 16 x 16" in item["unreadable"]
+
+
 def test_too_many_unreadable_reads_stop_the_run_with_the_list() -> None:
     log = train.UnreadableLog()
     log.note({"label": torch.zeros(50), "unreadable": ["", "a: corrupt\nb: missing"] + [""] * 48})
