@@ -312,7 +312,8 @@ def reproduce(
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
                                 if job.scenario else "")
-        rerun_reason = reuse.why_rerun(job) if job.results_file and not force else None
+        rerun_reason = (reuse.why_rerun(job) if job.results_file and not force
+                        and job.scenario not in skipped else None)
         if job.scenario in skipped:
             outcome = NotebookRun(label, job.output, 0.0, skipped[job.scenario], "skipped")
         elif job.results_file and not force and rerun_reason is None:

@@ -223,7 +223,8 @@ class _ChipDataset(Dataset):
                 chosen = self.choose_dates(sample_id)
                 return item, chosen, self.load_images(sample_id, chosen), "\n".join(problems)
             except CorpusError as error:
-                problems.append(f"{sample_id}: {error}")
+                # one line per failed read: the loops split the text on newlines
+                problems.append(f"{sample_id}: {' '.join(str(error).split())}")
                 if sample_id not in self.unreadable:
                     self.unreadable.add(sample_id)
                     log.warning("unreadable sample %s, replaced by another: %s", sample_id,
