@@ -30,7 +30,8 @@ SYNTHETIC = "synthetic"
 EXAMPLE_CHIPS = "example-chips"  # generate the example chips folder (EuroSAT's format)
 # Profile keys of a chips corpus: `chips_<field>` is the chips spec's <field> (corpus.chips).
 CHIPS_KEYS = tuple(f"chips_{name}" for name in (
-    "bands", "scale", "size", "resize", "labels_csv", "unlabelled", "class_map", "nodata"))
+    "bands", "scale", "size", "resize", "labels_csv", "unlabelled", "class_map", "nodata",
+    "normalisation", "pretrain_on_labelled_images"))
 EXAMPLE_CHIPS_KEYS = ("example_chips_classes", "example_chips_per_class",
                       "example_chips_unlabelled", "example_chips_size")
 REQUIRED_KEYS = ("corpus", "seed")

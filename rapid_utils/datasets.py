@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +42,31 @@ SEASON_MONTHS = (1, 4, 7, 10)
 
 @dataclass(frozen=True)
 class BandStats:
-    """Mean and standard deviation per band, in stored units (reflectance x 10000)."""
+    """Mean and standard deviation per band, in stored units (reflectance x 10000).
+
+    `per_source` holds other (mean, std) pairs by source name, for chips corpora normalised per
+    folder of unlabelled chips (`corpus.chips`); `mean` and `std` are then the labelled chips'.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     n_sites: int
     n_pixels: int
     split_fingerprint: str = ""  # `splits.fingerprint` of the split whose training sites gave it
+    per_source: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict)
+
+    def for_source(self, source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of one source's chips: its own when normalised per source, else ours."""
+        return self.per_source.get(source, (self.mean, self.std))
 
     def fingerprint(self) -> str:
         """A short content hash of the normalisation (means and stds), for provenance."""
-        numbers = json.dumps([list(self.mean), list(self.std)]).encode()
-        return hashlib.sha256(numbers).hexdigest()[:16]
+        numbers = [list(self.mean), list(self.std)]
+        if self.per_source:  # absent before per-source statistics: older hashes stay valid
+            numbers.append({name: [list(m), list(s)] for name, (m, s) in
+                            sorted(self.per_source.items())})
+        return hashlib.sha256(json.dumps(numbers).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically)."""
@@ -63,8 +76,11 @@ class BandStats:
     def load(cls, path: str | Path) -> BandStats:
         """Read from a JSON file written by `save` (older files have no split fingerprint)."""
         content = json.loads(Path(path).read_text())
+        per_source = {name: (tuple(mean), tuple(std))
+                      for name, (mean, std) in content.get("per_source", {}).items()}
         return cls(tuple(content["mean"]), tuple(content["std"]),
-                   content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""))
+                   content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""),
+                   per_source)
 
 
 def compute_band_stats(

@@ -106,8 +106,8 @@ def check_corpus(corpus: str | Path) -> int:
         return len(PackedStore(corpus).index())
     corpus = Path(corpus).expanduser().resolve()
     if chips.is_chips_corpus(corpus):
-        labelled, unlabelled, _ = chips.build_chips_index(chips.load_spec(corpus), progress=False)
-        return len(labelled) + len(unlabelled)
+        found = chips.build_chips_index(chips.load_spec(corpus), progress=False)
+        return len(found.labelled) + len(found.unlabelled)
     return len(build_index(corpus, progress=False))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from rapid_utils import batch, cli, paths, results, study, train
+from rapid_utils import batch, cli, datasets, paths, results, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import BandCountError, RasterReadError
 from rapid_utils.corpus.synthetic_chips import S2_BANDS, generate_example_chips
@@ -34,7 +35,8 @@ def chips_copy(chips_root: Path, tmp_path: Path) -> Path:
 
 
 def make_spec(root: Path, **fields) -> chips.ChipsSpec:
-    values = {"root": root, "bands": (2, 3, 4, 8), "unlabelled": root / "unlabelled"} | fields
+    values = {"root": root, "bands": (2, 3, 4, 8),
+              "unlabelled": (chips.ChipSource(root / "unlabelled"),)} | fields
     return chips.ChipsSpec(**values)
 
 
@@ -48,7 +50,8 @@ def test_example_chips_have_eurosat_format(chips_root: Path) -> None:
 
 
 def test_index_reads_classes_from_folders_and_keeps_unlabelled_apart(chips_root: Path) -> None:
-    labelled, unlabelled, classes = chips.build_chips_index(make_spec(chips_root), progress=False)
+    found = chips.build_chips_index(make_spec(chips_root), progress=False)
+    labelled, unlabelled, classes = found.labelled, found.unlabelled, found.classes
     assert classes == CLASSES
     assert len(labelled) == 24 and len(unlabelled) == 6
     assert (labelled.groupby("label_name").size() == 8).all()
@@ -77,7 +80,8 @@ def test_class_map_merges_into_poster_classes(chips_root: Path, tmp_path: Path) 
     mapping.write_text("AnnualCrop: agricultural\nHerbaceousVegetation: agricultural\n"
                        "Forest: forest\n")
     spec = make_spec(chips_root, class_map=chips.read_class_map(str(mapping), tmp_path))
-    labelled, _, classes = chips.build_chips_index(spec, progress=False)
+    found = chips.build_chips_index(spec, progress=False)
+    labelled, classes = found.labelled, found.classes
     assert classes == ("agricultural", "forest")  # poster order, only the classes used
     assert labelled.groupby("label_name").size().to_dict() == {"agricultural": 16, "forest": 8}
     assert set(labelled.loc[labelled["label"] == 1, "source_class"]) == {"Forest"}
@@ -93,8 +97,8 @@ def test_csv_labels_and_unlabelled_rows(chips_root: Path, tmp_path: Path) -> Non
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label\nForest/Forest_1.tif,trees\nAnnualCrop/AnnualCrop_1.tif,crops\n"
                    "Forest/Forest_2.tif,trees\n")
-    labelled, _, classes = chips.build_chips_index(make_spec(chips_root, labels_csv=csv),
-                                                   progress=False)
+    found = chips.build_chips_index(make_spec(chips_root, labels_csv=csv), progress=False)
+    labelled, classes = found.labelled, found.classes
     assert classes == ("crops", "trees")
     assert labelled.set_index("sample_id")["label_name"].to_dict() == {
         "Forest/Forest_1.tif": "trees", "AnnualCrop/AnnualCrop_1.tif": "crops",
@@ -121,7 +125,8 @@ def test_clear_errors_for_bad_chips(chips_copy: Path) -> None:
     with pytest.raises(chips.ChipsError, match=r"different sizes \(32x32 px: 1 chips, e.g.*"
                                                r"Forest_3.tif; 64x64 px: 29.*set `size`"):
         chips.build_chips_index(spec, progress=False)
-    assert len(chips.build_chips_index(make_spec(chips_copy, size=48), progress=False)[0]) == 24
+    resized = chips.build_chips_index(make_spec(chips_copy, size=48), progress=False)
+    assert len(resized.labelled) == 24
     with pytest.raises(chips.ChipsError, match="Forest_3.tif is 32x32 px, smaller than size 48"):
         chips.build_chips_index(make_spec(chips_copy, size=48, resize="crop"), progress=False)
     small.unlink()
@@ -155,6 +160,62 @@ def test_spec_file_round_trip_and_bad_values(chips_root: Path, tmp_path: Path) -
     (tmp_path / "typo.yaml").write_text(f"root: {chips_root}\nbands: [2, 3, 4, 8]\nsise: 32\n")
     with pytest.raises(chips.ChipsError, match=r"unknown keys \['sise'\]"):
         chips.load_spec(tmp_path / "typo.yaml")
+
+
+def write_l2a_like_folder(chips_root: Path, folder: Path) -> Path:
+    """4-band chips described B02..B08 at a third of the labelled chips' level, and one chip
+    of zeros: an L2A-like source stored unlike the 13-band labelled chips."""
+    folder.mkdir()
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 4, "dtype": "uint16"}
+    for k, path in enumerate(sorted((chips_root / "Forest").glob("*.tif"))[:4]):
+        with rasterio.open(path) as src:
+            values = src.read([2, 3, 4, 8]) // 3
+        with rasterio.open(folder / f"chip_{k}.tif", "w", **profile) as dst:
+            dst.write(values)
+            dst.descriptions = ("B02", "B03", "B04", "B08")
+    with rasterio.open(folder / "empty.tif", "w", **profile) as dst:
+        dst.write(np.zeros((4, 64, 64), dtype="uint16"))
+        dst.descriptions = ("B02", "B03", "B04", "B08")
+    return folder
+
+
+def test_unlabelled_sources_with_own_bands_per_source_statistics_and_empty_chips(
+        chips_root: Path, tmp_path: Path) -> None:
+    l2a = write_l2a_like_folder(chips_root, tmp_path / "l2a")
+    sources = (chips.ChipSource(chips_root / "unlabelled"),
+               chips.ChipSource(l2a, bands=("B02", "B03", "B04", "B08")))
+    spec = make_spec(chips_root, unlabelled=sources, normalisation="per-source",
+                     pretrain_on_labelled_images=True)
+    assert chips.load_spec(spec.save(tmp_path / "chips.yaml")) == spec
+
+    found = chips.build_chips_index(spec, progress=False)
+    assert found.unlabelled.groupby("source").size().to_dict() == {"l2a": 4, "unlabelled": 6}
+    assert found.skipped["path"].tolist() == [str(l2a / "empty.tif")]  # listed, never indexed
+    assert "l2a:chip_0.tif" in set(found.unlabelled["sample_id"])
+    assert (found.labelled["source"] == chips.LABELLED_SOURCE).all()
+
+    split = pd.Series("train", index=found.labelled.index)
+    stats = chips.study_band_stats(spec, found.labelled, split, found.unlabelled, n_chips=100)
+    l2a_pixels = np.stack([chips.read_chip(l2a / f"chip_{k}.tif", spec, "l2a")
+                           for k in range(4)])
+    np.testing.assert_allclose(stats.per_source["l2a"][0], l2a_pixels.mean(axis=(0, 2, 3)),
+                               rtol=1e-5)
+    labelled_mean = np.asarray(stats.mean)
+    assert (np.asarray(stats.per_source["l2a"][0]) < 0.5 * labelled_mean).all()
+    pooled = chips.study_band_stats(dataclasses.replace(spec, normalisation="pooled"),
+                                    found.labelled, split, found.unlabelled, n_chips=100)
+    assert pooled.per_source == {} and pooled.fingerprint() != stats.fingerprint()
+
+    dataset = chips.ChipsDataset(spec, found.unlabelled[found.unlabelled["source"] == "l2a"],
+                                 stats)
+    normalised = torch.stack([dataset[k]["image"] for k in range(len(dataset))])
+    np.testing.assert_allclose(normalised.mean(dim=(0, 2, 3)), 0.0, atol=1e-4)  # its own stats
+
+    data = chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
+    assert len(data.pretraining_sites()) == 24 + 10  # every labelled image, no label beyond train
+    pretraining_only = data.pretraining_sites().iloc[len(data.sites("train")):]
+    assert (pretraining_only["label"] == chips.UNLABELLED).all()
+    assert datasets.BandStats.load(tmp_path / "runs" / paths.BAND_STATS_FILE) == data.band_stats
 
 
 def test_study_and_dataset_on_a_chips_spec(chips_root: Path, tmp_path: Path) -> None:

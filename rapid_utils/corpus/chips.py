@@ -7,6 +7,12 @@ scale them and to what size. Labels come from one sub-folder per class
 `path,label`; an optional folder of unlabelled chips feeds pretraining only. The class list
 comes from the data, or from a class map into the poster's 7 classes.
 
+Unlabelled chips may come from several folders (`ChipSource`), each read with its own bands
+and scale, and normalised with its own band statistics when `normalisation` is "per-source":
+Sentinel-2 L1C and L2A chips differ by up to a factor of three in blue, so one set of
+statistics would put one processing level far from the other. Chips that are all zero or all
+nodata carry no image; the index skips them, counts them and lists them (`ChipsIndex.skipped`).
+
 Chips are single-date: a dataset item has no time axis, and BYOL's temporal positives are the
 same chip twice (so the two views differ by augmentation only). Pixel values are converted
 to the project's stored units, reflectance x 10000, so band statistics and figures read them
@@ -16,6 +22,7 @@ like Planet Fusion chips.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +33,7 @@ import rasterio
 import torch
 import torchvision.transforms.v2.functional as TF
 import yaml
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -42,10 +49,32 @@ KIND = "chips"
 CHIP_SUFFIXES = (".tif", ".tiff")
 RESIZE_METHODS = ("bilinear", "crop")
 UNLABELLED = -1  # the label of unlabelled chips (pretraining only)
+NORMALISATIONS = ("pooled", "per-source")
+LABELLED_SOURCE = ""  # the `source` of the labelled chips (under `root`)
 
 
 class ChipsError(CorpusError):
     """A chips corpus or spec that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ChipSource:
+    """A folder of unlabelled chips (pretraining only); `bands` and `scale` default to the
+    spec's, for folders that store the four bands differently from the labelled chips."""
+
+    path: Path
+    bands: tuple[int | str, ...] | None = None
+    scale: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The source's name in the index (`source` column) and in its chips' sample ids."""
+        return self.path.name
+
+    def as_yaml(self) -> dict:
+        """The source as written in a chips spec."""
+        return {"path": str(self.path), "bands": list(self.bands) if self.bands else None,
+                "scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -58,9 +87,11 @@ class ChipsSpec:
     size: int | None = None  # side of the chips fed to the model; None: keep (all equal)
     resize: str = "bilinear"  # "bilinear" (resample) or "crop" (centre crop) to `size`
     labels_csv: Path | None = None  # CSV with `path,label`; None: one sub-folder per class
-    unlabelled: Path | None = None  # folder of unlabelled chips, used for pretraining only
+    unlabelled: tuple[ChipSource, ...] = ()  # folders of unlabelled chips, for pretraining only
     class_map: dict[str, str] = field(default_factory=dict)  # data class -> poster class
     nodata: float | None = None  # stored value marking missing pixels (else the file's tag)
+    normalisation: str = "pooled"  # "pooled": one mean/std for all; "per-source": one a folder
+    pretrain_on_labelled_images: bool = False  # pretraining also sees val/test images (no labels)
 
     def __post_init__(self) -> None:
         if len(self.bands) != len(layout.BANDS):
@@ -79,10 +110,26 @@ class ChipsSpec:
             raise ChipsError(f"size must be between 8 and 2048 px (or empty), got {self.size}")
         if self.resize not in RESIZE_METHODS:
             raise ChipsError(f"resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ChipsError(f"normalisation must be one of {NORMALISATIONS}, got "
+                             f"{self.normalisation!r}")
+        names = [source.name for source in self.unlabelled]
+        if len(set(names)) != len(names):
+            raise ChipsError(f"unlabelled folders need distinct names (the folder name names "
+                             f"the source), got {names}")
         unknown = sorted(set(self.class_map.values()) - set(labels.CLASSES))
         if unknown:
             raise ChipsError(f"class map targets {unknown} are not poster classes; use "
                              f"{', '.join(labels.CLASSES)}")
+
+    def source(self, name: str) -> ChipSource:
+        """The unlabelled source called `name`, or the labelled chips' for LABELLED_SOURCE."""
+        if name == LABELLED_SOURCE:
+            return ChipSource(self.root, self.bands, self.scale)
+        for source in self.unlabelled:
+            if source.name == name:
+                return source
+        raise ChipsError(f"no chips source {name!r} in the spec of {self.root}")
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as YAML (paths absolute), atomically; return the path."""
@@ -90,8 +137,10 @@ class ChipsSpec:
             "kind": KIND, "root": str(self.root), "bands": list(self.bands), "scale": self.scale,
             "size": self.size, "resize": self.resize,
             "labels_csv": str(self.labels_csv) if self.labels_csv else None,
-            "unlabelled": str(self.unlabelled) if self.unlabelled else None,
+            "unlabelled": [source.as_yaml() for source in self.unlabelled],
             "class_map": dict(self.class_map), "nodata": self.nodata,
+            "normalisation": self.normalisation,
+            "pretrain_on_labelled_images": self.pretrain_on_labelled_images,
         }
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(content, sort_keys=False))
@@ -135,10 +184,30 @@ def read_class_map(value: object, base: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _sources(value: object, base: Path, where: str) -> tuple[ChipSource, ...]:
+    """Unlabelled sources given as a folder, or a list of folders or {path, bands, scale}."""
+    if value in (None, "", []):
+        return ()
+    items = value if isinstance(value, list) else [value]
+    sources = []
+    for item in items:
+        entry = item if isinstance(item, dict) else {"path": item}
+        unknown = sorted(set(entry) - {"path", "bands", "scale"})
+        if unknown or not entry.get("path"):
+            raise ChipsError(f"{where}: each unlabelled source is a folder, or a mapping with "
+                             f"`path` and optional `bands` and `scale`; got {item!r}")
+        sources.append(ChipSource(
+            _path_or_none(entry["path"], base),
+            tuple(entry["bands"]) if entry.get("bands") else None,
+            float(entry["scale"]) if entry.get("scale") else None,
+        ))
+    return tuple(sources)
+
+
 def spec_from_values(values: dict, base: Path, source: str = "chips spec") -> ChipsSpec:
     """A spec from a mapping of its fields; relative paths are resolved from `base`."""
     known = {"kind", "root", "bands", "scale", "size", "resize", "labels_csv", "unlabelled",
-             "class_map", "nodata"}
+             "class_map", "nodata", "normalisation", "pretrain_on_labelled_images"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ChipsError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
@@ -153,9 +222,11 @@ def spec_from_values(values: dict, base: Path, source: str = "chips spec") -> Ch
         size=None if size in (None, "", 0) else int(size),
         resize=str(values.get("resize") or "bilinear"),
         labels_csv=_path_or_none(values.get("labels_csv"), base),
-        unlabelled=_path_or_none(values.get("unlabelled"), base),
+        unlabelled=_sources(values.get("unlabelled"), base, source),
         class_map=read_class_map(values.get("class_map"), base),
         nodata=None if values.get("nodata") in (None, "") else float(values["nodata"]),
+        normalisation=str(values.get("normalisation") or "pooled"),
+        pretrain_on_labelled_images=bool(values.get("pretrain_on_labelled_images") or False),
     )
 
 
@@ -193,7 +264,8 @@ def _chip_files(folder: Path) -> list[Path]:
 def _labelled_from_folders(spec: ChipsSpec) -> pd.DataFrame:
     folders = sorted(
         p for p in spec.root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.resolve() != spec.unlabelled
+        if p.is_dir() and not p.name.startswith(".")
+        and p.resolve() not in {source.path for source in spec.unlabelled}
     )
     if not folders:
         raise ChipsError(f"{spec.root} has no class folders: expected ROOT/<ClassName>/*.tif, "
@@ -262,17 +334,15 @@ def resolve_bands(src: rasterio.DatasetReader, bands: Sequence[int | str], path:
     return indexes
 
 
-def _check_header(path: Path, spec: ChipsSpec) -> tuple[int, int]:
-    """Open a chip's header, check its bands; return (height, width)."""
-    try:
-        with rasterio.open(path) as src:
-            resolve_bands(src, spec.bands, path)
-            return src.height, src.width
-    except RasterioError as error:
-        raise RasterReadError(
-            f"cannot read {path} as a raster ({error}); it is corrupt or not an image: replace "
-            "or remove it"
-        ) from error
+def _inspect_chip(path: Path, source: str, spec: ChipsSpec) -> tuple[int, int, bool]:
+    """Read a chip once, check its bands; return (height, width, has an image).
+
+    A chip whose four bands are all zero or all nodata has no image (an empty tile of a
+    scene's edge, a failed export): it is skipped, so pretraining never learns from it.
+    """
+    chip = read_chip(path, spec, source)
+    empty = bool(np.ma.getmaskarray(chip).all() or not np.any(chip.filled(0)))
+    return chip.shape[1], chip.shape[2], not empty
 
 
 def _check_sizes(table: pd.DataFrame, spec: ChipsSpec) -> None:
@@ -292,11 +362,11 @@ def _check_sizes(table: pd.DataFrame, spec: ChipsSpec) -> None:
             )
 
 
-def _sample_id(path: Path, spec: ChipsSpec) -> str:
-    for base, prefix in ((spec.root, ""), (spec.unlabelled, "unlabelled:")):
-        if base is not None and path.is_relative_to(base):
-            return prefix + path.relative_to(base).as_posix()
-    return path.as_posix()
+def _sample_id(path: Path, source: str, spec: ChipsSpec) -> str:
+    """The chip's path relative to the chips folder, else `<source name>:<path in source>`."""
+    if path.is_relative_to(spec.root):
+        return path.relative_to(spec.root).as_posix()
+    return f"{source}:{path.relative_to(spec.source(source).path).as_posix()}"
 
 
 def class_list(source_classes: Sequence[str], class_map: dict[str, str]) -> tuple[str, ...]:
@@ -311,31 +381,48 @@ def class_list(source_classes: Sequence[str], class_map: dict[str, str]) -> tupl
     return tuple(name for name in labels.CLASSES if name in used)
 
 
-def build_chips_index(spec: ChipsSpec, progress: bool = True
-                      ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
-    """(labelled chips, unlabelled chips, class names) of a chips corpus.
+@dataclass(frozen=True)
+class ChipsIndex:
+    """The chips of a corpus: labelled, unlabelled, the class names, and the skipped chips."""
 
-    Each row: sample_id (path relative to the chips folder), path, source_class (the data's
-    label), label (class index; -1 unlabelled), label_name, height, width. Every chip's
-    header is read once here, so a bad file stops the study now, not hours into training.
+    labelled: pd.DataFrame
+    unlabelled: pd.DataFrame
+    classes: tuple[str, ...]
+    skipped: pd.DataFrame  # path, source, reason: chips without an image (never trained on)
+
+
+def build_chips_index(spec: ChipsSpec, progress: bool = True) -> ChipsIndex:
+    """The labelled and unlabelled chips of a chips corpus, with its class names.
+
+    Each row: sample_id (path relative to the chips folder, or `<source>:<path>` for an
+    unlabelled folder elsewhere), path, source (LABELLED_SOURCE or the unlabelled folder's
+    name), source_class (the data's label), label (class index; -1 unlabelled), label_name,
+    height, width. Every chip is read once here, so a bad file stops the study now, not hours
+    into training; chips that are all zero or all nodata are skipped, logged and listed.
     """
     if not spec.root.is_dir():
         raise ChipsError(f"no chips folder at {spec.root}: fix `root` in the chips spec")
     labelled = _labelled_from_csv(spec) if spec.labels_csv else _labelled_from_folders(spec)
-    if spec.unlabelled is not None:
-        if not spec.unlabelled.is_dir():
-            raise ChipsError(f"no unlabelled chips folder at {spec.unlabelled}: fix "
-                             "`unlabelled` or leave it empty")
-        unlabelled = pd.DataFrame({"path": _chip_files(spec.unlabelled), "source_class": ""})
-    else:
-        unlabelled = pd.DataFrame({"path": [], "source_class": []})
-    table = pd.concat([labelled.assign(labelled=True), unlabelled.assign(labelled=False)],
-                      ignore_index=True)
+    parts = [labelled.assign(labelled=True, source=LABELLED_SOURCE)]
+    for source in spec.unlabelled:
+        if not source.path.is_dir():
+            raise ChipsError(f"no unlabelled chips folder at {source.path}: fix `unlabelled` "
+                             "or leave it empty")
+        parts.append(pd.DataFrame({"path": _chip_files(source.path), "source_class": "",
+                                   "labelled": False, "source": source.name}))
+    table = pd.concat(parts, ignore_index=True)
     if table.empty:
         raise ChipsError(f"no chips found under {spec.root}")
-    shapes = [_check_header(Path(p), spec) for p in tqdm(
-        table["path"], desc="checking chips", unit="chip", disable=not progress)]
-    table[["height", "width"]] = pd.DataFrame(shapes, index=table.index, dtype="int64")
+    inspected = [_inspect_chip(Path(path), name, spec) for path, name in tqdm(
+        zip(table["path"], table["source"], strict=True), total=len(table),
+        desc="checking chips", unit="chip", disable=not progress)]
+    table[["height", "width", "has_image"]] = pd.DataFrame(inspected, index=table.index)
+    skipped = table.loc[~table["has_image"], ["path", "source"]].assign(
+        reason="all pixels zero or nodata").astype({"path": str})
+    if len(skipped):
+        log.warning("skipped %d chip(s) that are all zero or nodata (never trained on), e.g. "
+                    "%s", len(skipped), ", ".join(skipped["path"].head(3)))
+    table = table[table["has_image"]].astype({"height": "int64", "width": "int64"})
     _check_sizes(table, spec)
     classes = class_list(labelled["source_class"].tolist(), spec.class_map)
     mapped = table["source_class"].map(spec.class_map) if spec.class_map else table[
@@ -343,28 +430,42 @@ def build_chips_index(spec: ChipsSpec, progress: bool = True
     table["label_name"] = mapped.where(table["labelled"], "")
     number = {name: k for k, name in enumerate(classes)}
     table["label"] = table["label_name"].map(number).fillna(UNLABELLED).astype("int64")
-    table["sample_id"] = [_sample_id(Path(p), spec) for p in table["path"]]
+    table["sample_id"] = [_sample_id(Path(path), name, spec)
+                          for path, name in zip(table["path"], table["source"], strict=True)]
     table["path"] = table["path"].astype(str)
-    columns = ["sample_id", "path", "source_class", "label", "label_name", "height", "width"]
-    return (table.loc[table["labelled"], columns].reset_index(drop=True),
-            table.loc[~table["labelled"], columns].reset_index(drop=True), classes)
+    columns = ["sample_id", "path", "source", "source_class", "label", "label_name", "height",
+               "width"]
+    return ChipsIndex(table.loc[table["labelled"], columns].reset_index(drop=True),
+                      table.loc[~table["labelled"], columns].reset_index(drop=True), classes,
+                      skipped.reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_chip(path: str | Path, spec: ChipsSpec) -> np.ma.MaskedArray:
-    """The four bands of a chip in stored units (reflectance x 10000), float32, masked nodata."""
+def read_chip(path: str | Path, spec: ChipsSpec, source: str = LABELLED_SOURCE
+              ) -> np.ma.MaskedArray:
+    """The four bands of a chip in stored units (reflectance x 10000), float32, masked nodata.
+
+    `source` names the unlabelled folder the chip comes from, for its own bands and scale.
+    """
     path = Path(path)
+    origin = spec.source(source)
+    bands, scale = origin.bands or spec.bands, origin.scale or spec.scale
     try:
-        with rasterio.open(path) as src:
-            data = src.read(resolve_bands(src, spec.bands, path), masked=True)
+        with warnings.catch_warnings():  # chips need no georeference (challenge sets have none)
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                data = src.read(resolve_bands(src, bands, path), masked=True)
     except RasterioError as error:
-        raise RasterReadError(f"cannot read {path} ({error}); replace or remove it") from error
+        raise RasterReadError(
+            f"cannot read {path} as a raster ({error}); it is corrupt or not an image: replace "
+            "or remove it"
+        ) from error
     mask = np.ma.getmaskarray(data)
     if spec.nodata is not None:
         mask = mask | (data.data == spec.nodata)
-    values = data.data.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE / spec.scale)
+    values = data.data.astype(np.float32) * np.float32(layout.REFLECTANCE_SCALE / scale)
     return np.ma.MaskedArray(values, mask=mask | np.isnan(values))
 
 
@@ -385,7 +486,8 @@ class ChipsDataset(Dataset):
     `date` ("", chips have none; every date sampling reads the one chip).
     `date_sampling="pair"` adds `image2`, the same chip again:
     with a single date, BYOL's two positives differ by augmentation only. Nodata pixels become
-    0 after normalisation (the band mean), before resizing.
+    0 after normalisation (the band mean), before resizing. Each chip is read and normalised as
+    its `source` says (an index without that column holds labelled chips only).
     """
 
     def __init__(self, spec: ChipsSpec, index: pd.DataFrame, band_stats: datasets.BandStats,
@@ -398,18 +500,24 @@ class ChipsDataset(Dataset):
         self.spec = spec
         self.paths = index["path"].tolist()
         self.sample_ids = index["sample_id"].tolist()
+        self.sources = (index["source"].tolist() if "source" in index
+                        else [LABELLED_SOURCE] * len(index))
         self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
         self.date_sampling = date_sampling
-        self.mean = torch.tensor(band_stats.mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(band_stats.std, dtype=torch.float32)[:, None, None]
+        self.normalisation = {
+            name: tuple(torch.tensor(v, dtype=torch.float32)[:, None, None]
+                        for v in band_stats.for_source(name))
+            for name in set(self.sources)
+        }
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load_chip(self, item: int) -> torch.Tensor:
         """One normalised (4, S, S) chip."""
-        chip = read_chip(self.paths[item], self.spec)
-        return to_size(datasets.normalise_chip(chip, self.mean, self.std), self.spec)
+        source = self.sources[item]
+        chip = read_chip(self.paths[item], self.spec, source)
+        return to_size(datasets.normalise_chip(chip, *self.normalisation[source]), self.spec)
 
     def __getitem__(self, item: int) -> dict:
         image = self.load_chip(item)
@@ -425,6 +533,10 @@ class ChipsDataset(Dataset):
         return item_dict
 
 
+def _sources_of(chips: pd.DataFrame) -> list[str]:
+    return chips["source"].tolist() if "source" in chips else [LABELLED_SOURCE] * len(chips)
+
+
 def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256, seed: int = 0,
                        progress: bool = False, split_fingerprint: str = "") -> datasets.BandStats:
     """Per-band mean/std (stored units) over valid pixels of a seeded sample of `chips`.
@@ -434,10 +546,12 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
     """
     rng = np.random.default_rng(seed)
     ordered = chips.sort_values("sample_id")
-    chosen = ordered["path"].to_numpy()[rng.permutation(len(ordered))[:n_chips]]
+    pick = rng.permutation(len(ordered))[:n_chips]
+    chosen = list(zip(ordered["path"].to_numpy()[pick], np.asarray(_sources_of(ordered))[pick],
+                      strict=True))
     total, total_sq, count = (np.zeros(len(layout.BANDS)) for _ in range(3))
-    for path in tqdm(chosen, desc="band statistics", unit="chip", disable=not progress):
-        values = read_chip(path, spec).astype(np.float64)
+    for path, source in tqdm(chosen, desc="band statistics", unit="chip", disable=not progress):
+        values = read_chip(path, spec, source).astype(np.float64)
         total += values.sum(axis=(1, 2)).filled(0)
         total_sq += (values**2).sum(axis=(1, 2)).filled(0)
         count += values.count(axis=(1, 2))
@@ -450,15 +564,40 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
                               int(count[0]), split_fingerprint)
 
 
+def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,
+                     unlabelled: pd.DataFrame, n_chips: int = 256, seed: int = 0
+                     ) -> datasets.BandStats:
+    """The normalisation of a chips study, as its spec's `normalisation` says.
+
+    "pooled": one mean/std over `n_chips` of the training and unlabelled chips together.
+    "per-source": the labelled chips' own from their training part, and each unlabelled
+    folder's from `n_chips` of its chips (`BandStats.per_source`). No validation or test
+    pixel enters either.
+    """
+    fingerprint = splits.fingerprint(labelled, split)
+    train = labelled[split == "train"]
+    if spec.normalisation == "pooled":
+        return compute_band_stats(spec, pd.concat([train, unlabelled], ignore_index=True),
+                                  n_chips, seed, split_fingerprint=fingerprint)
+    stats = compute_band_stats(spec, train, n_chips, seed, split_fingerprint=fingerprint)
+    per_source = {}
+    for name, chips in unlabelled.groupby("source"):
+        own = compute_band_stats(spec, chips, n_chips, seed)
+        per_source[name] = (own.mean, own.std)
+    return datasets.BandStats(stats.mean, stats.std, stats.n_sites, stats.n_pixels, fingerprint,
+                              per_source)
+
+
 def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
                        pixels_per_chip: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
     """Reflectance (0-1) of random valid pixels of a seeded sample of chips, per band."""
     rng = np.random.default_rng(seed)
     ordered = chips.sort_values("sample_id")
-    chosen = ordered["path"].to_numpy()[rng.permutation(len(ordered))[:n_chips]]
+    pick = rng.permutation(len(ordered))[:n_chips]
     values: dict[str, list[np.ndarray]] = {band: [] for band in layout.BANDS}
-    for path in chosen:
-        chip = read_chip(path, spec)
+    for path, source in zip(ordered["path"].to_numpy()[pick],
+                            np.asarray(_sources_of(ordered))[pick], strict=True):
+        chip = read_chip(path, spec, source)
         valid = np.flatnonzero(~np.ma.getmaskarray(chip).any(axis=0))
         pick = rng.choice(valid, min(pixels_per_chip, len(valid)), replace=False)
         for k, band in enumerate(layout.BANDS):
@@ -489,21 +628,23 @@ def load_study(corpus: str | Path, runs: str | Path, split_by: str = "site", see
     """`study.load_study` for a chips corpus: labelled chips split 75/10/15 by class.
 
     Unlabelled chips join no split; `Study.pretraining_sites()` adds them to the training
-    chips. Band statistics (`runs/band_stats.json`, computed when missing) come from
-    `stats_sites` training and unlabelled chips.
+    chips, and with `pretrain_on_labelled_images` the validation and test chips' images too
+    (without labels: a label-efficiency study pretrains on every image it has). Band
+    statistics (`runs/band_stats.json`, computed when missing) are `study_band_stats`.
     """
     if split_by != "site":
         raise ChipsError(f"a chips corpus is split by chip (split_by: site); chips have no "
                          f"tiles to split by {split_by!r}")
     spec = load_spec(corpus)
-    labelled, unlabelled, classes = build_chips_index(spec, progress=False)
+    found = build_chips_index(spec, progress=False)
+    labelled = found.labelled
     split = splits.assign_splits(labelled, by="site", seed=seed)
-
-    def compute(split_fingerprint: str) -> datasets.BandStats:
-        pool = pd.concat([labelled[split == "train"], unlabelled], ignore_index=True)
-        return compute_band_stats(spec, pool, n_chips=stats_sites, seed=seed,
-                                  split_fingerprint=split_fingerprint)
-
-    stats = study.stored_band_stats(runs, splits.fingerprint(labelled, split), compute)
+    stats = study.stored_band_stats(
+        runs, splits.fingerprint(labelled, split),
+        lambda _: study_band_stats(spec, labelled, split, found.unlabelled, stats_sites, seed))
+    unlabelled = found.unlabelled
+    if spec.pretrain_on_labelled_images:
+        images = labelled[split != "train"].assign(label=UNLABELLED, label_name="")
+        unlabelled = pd.concat([unlabelled, images], ignore_index=True)
     return study.Study(spec_path(corpus).resolve(), labelled, split, stats,
-                       class_names=classes, unlabelled=unlabelled)
+                       class_names=found.classes, unlabelled=unlabelled)
