@@ -1,5 +1,5 @@
-"""The `rapid-utils` command: generate the embedded corpus or example chips, pack a corpus,
-run the notebook batch, train, export pretrained weights.
+"""The `rapid-utils` command: generate the embedded corpus or example chips, download EuroSAT,
+pack a corpus, run the notebook batch, train, export pretrained weights.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from rapid_utils import batch, docs, models, paths, study, train
+from rapid_utils import batch, docs, download, models, paths, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -47,6 +47,15 @@ def _example_chips(args: argparse.Namespace) -> int:
                                   classes=args.classes)
     logging.info("example chips in %s (13 bands, EuroSAT order: Blue, Green, Red, NIR are "
                  "bands 2, 3, 4, 8; unlabelled chips in %s)", root, root / "unlabelled")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    try:
+        download.download_eurosat(args.out, url=args.url, md5=args.md5, sha256=args.sha256)
+    except download.DownloadError as error:
+        logging.error("error: %s", error)
+        return 2
     return 0
 
 
@@ -186,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--size", type=int, default=64, help="chip side in px")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_example_chips)
+
+    fetch = commands.add_parser(
+        "download", help="download EuroSAT-MS (27,000 labelled 13-band chips) as a chips folder",
+        description="Download EuroSAT-MS from its publisher into OUT/EuroSATallBands.zip "
+        "(an interrupted download resumes), verify its checksum and unpack it as "
+        "OUT/eurosat-ms/<ClassName>/*.tif. The verified archive is kept (2 GB; delete it once "
+        "unpacked if you like); a complete OUT/eurosat-ms is left as it is.")
+    fetch.add_argument("dataset", choices=("eurosat",), help="the labelled chips to download")
+    fetch.add_argument("--out", required=True, help="folder for the archive and eurosat-ms/")
+    fetch.add_argument("--url", default=download.EUROSAT_URL,
+                       help="the archive's address (a mirror); default: the publisher's")
+    checksum = fetch.add_mutually_exclusive_group()
+    checksum.add_argument("--md5", default=None,
+                          help="expected MD5 of the archive (default: the publisher's)")
+    checksum.add_argument("--sha256", default=None, help="expected SHA-256 instead of an MD5")
+    fetch.set_defaults(func=_download)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook batch of a profile")
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")
