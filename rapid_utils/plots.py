@@ -782,3 +782,61 @@ def plot_class_scores(summary: pd.DataFrame, skipped: Mapping[str, str] | None =
         title += "\nnot shown: " + "; ".join(reasons)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+# --------------------------------------------------------------------------- label efficiency
+
+def plot_label_efficiency(summary: pd.DataFrame, title: str = "") -> Figure:
+    """Accuracy against labels per class, one panel per evaluation, one line per encoder.
+
+    `summary` is `evaluation.summarise`'s table; the shaded band is its confidence interval
+    over repeats (absent where one repeat left it NaN). Panels, in the summary's order, share the
+    y axis and the categorical x positions (1, 5, 10, ..., "all"), so encoders compare within
+    an evaluation.
+    """
+    if summary.empty:
+        raise ValueError("the summary is empty: nothing to plot")
+    panels = list(dict.fromkeys(summary["evaluation"]))  # summarise's order
+    encoders = list(dict.fromkeys(summary["encoder"]))
+    # Okabe-Ito (colour-vision safe), most distinct first; markers add redundancy
+    palette = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#E69F00", "#56B4E9")
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(encoders)}
+    markers = {name: "os^DvPX"[i % 7] for i, name in enumerate(encoders)}
+    levels = sorted(set(summary["labels_per_class"]),
+                    key=lambda k: np.inf if k == "all" else float(k))
+    position = {k: i for i, k in enumerate(levels)}
+    names = {"knn": "kNN on frozen features", "linear-probe": "linear probe on frozen features",
+             "finetune": "fine-tuning"}
+    fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, evaluation in zip(axes, panels, strict=True):
+        rows = summary[summary["evaluation"] == evaluation]
+        for encoder in encoders:
+            line = rows[rows["encoder"] == encoder]
+            if line.empty:
+                continue
+            x = line["labels_per_class"].map(position).to_numpy()
+            order = np.argsort(x)
+            ax.fill_between(x[order], 100 * line["accuracy_ci_low"].to_numpy()[order],
+                            100 * line["accuracy_ci_high"].to_numpy()[order],
+                            color=colours[encoder], alpha=0.18, linewidth=0)
+            ax.plot(x[order], 100 * line["accuracy_mean"].to_numpy()[order],
+                    marker=markers[encoder], color=colours[encoder], linewidth=1.8)
+        repeats = sorted(set(rows["n_repeats"].astype(int)))
+        span = f"{repeats[0]}" if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+        noun = "repeat, no interval" if repeats == [1] else "repeats"
+        ax.set_title(f"{names.get(evaluation, evaluation)} (n = {span} {noun})", fontsize=10)
+        ax.set_xticks(range(len(levels)), [str(k) for k in levels])
+        ax.set_xlabel("labels per class")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    confidence = summary["confidence"].iloc[0] if "confidence" in summary else None
+    band = f"{100 * confidence:g} % CI over repeats" if confidence else "CI over repeats"
+    handles = [Line2D([], [], color=colours[n], marker=markers[n], label=n) for n in encoders]
+    handles.append(Patch(facecolor="0.5", alpha=0.3, label=band))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
+               fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig

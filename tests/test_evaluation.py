@@ -1,0 +1,214 @@
+"""Label-efficiency evaluation: subsets, kNN, linear probe, imagestats, summaries and the figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from rapid_utils import evaluation, plots
+from rapid_utils.evaluation import FewLabelSubset
+
+# Class sizes 30, 20, 12, 4, 2: half of each to test (15, 10, 6, 2, 1), the rest to train.
+SIZES = (30, 20, 12, 4, 2)
+LABELS = np.repeat(np.arange(len(SIZES)), SIZES)
+TRAIN_SIZES = (15, 10, 6, 2, 1)
+
+
+def _blobs(n_per_class: int, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian clusters, one per class, apart in every dimension.
+
+    (No pure-noise dimension: standardised on one item per class, it would weigh as much as
+    the signal.)
+    """
+    rng = np.random.default_rng(seed)
+    centres = 10.0 * np.eye(n_classes)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return centres[y] + rng.normal(scale=0.5, size=(len(y), n_classes)), y
+
+
+def test_knn_uses_cosine_neighbours_and_similarity_weights():
+    # Class 0 lies far away but in the query's direction, class 1 close by but at ~50 degrees.
+    train_x = np.array([[10.0, 1.0], [8.0, -1.0], [1.0, 1.2], [0.9, -1.1]])
+    train_y = np.array([0, 0, 1, 1])
+    query = np.array([[1.0, 0.0]])
+    euclidean = np.argsort(np.linalg.norm(train_x - query, axis=1))[:2]
+    assert set(train_y[euclidean]) == {1}  # the case tells the two metrics apart
+    assert evaluation.knn_predict(train_x, train_y, query, k=2).tolist() == [0]
+    # (0, 1), k = 2: cosine neighbours (1, 1.2) of class 1 (similarity 0.768) and (10, 1) of
+    # class 0 (0.0995); a uniform vote would tie, the weights exp(s / 0.07) give class 1
+    assert np.exp(0.768 / 0.07) > np.exp(0.0995 / 0.07)
+    assert evaluation.knn_predict(train_x, train_y, np.array([[0.0, 1.0]]), k=2).tolist() == [1]
+    # (0, 1), k = 3 adds (8, -1) of class 0 (-0.124): still class 1 by weight, 2 to 1 by count
+    assert evaluation.knn_predict(train_x, train_y, np.array([[0.0, 1.0]]), k=3).tolist() == [1]
+    # k beyond the training set is capped at 4: class 0 (0.995, 0.992) beats (0.640, 0.633)
+    assert evaluation.knn_predict(train_x, train_y, query, k=20).tolist() == [0]
+    # an exact tie in weight goes to the class that sorts first
+    tie = evaluation.knn_predict(np.array([[1.0, 1.0], [1.0, -1.0]]), np.array([5, 3]), query, k=2)
+    assert tie.tolist() == [3]
+
+
+def test_linear_probe_is_perfect_on_separable_data():
+    train_x, train_y = _blobs(10)
+    test_x, test_y = _blobs(20, seed=1)
+    assert (evaluation.linear_probe_predict(train_x, train_y, test_x) == test_y).all()
+
+
+def test_linear_probe_works_with_one_label_per_class():
+    train_x, train_y = _blobs(1)
+    test_x, test_y = _blobs(20, seed=1)
+    assert (evaluation.linear_probe_predict(train_x, train_y, test_x) == test_y).all()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        evaluation.linear_probe_predict(train_x[:1], train_y[:1], test_x)
+
+
+def _by_key(subsets: list[FewLabelSubset]) -> dict:
+    return {(s.repeat, s.labels_per_class): s for s in subsets}
+
+
+def test_few_label_subsets_are_stratified_nested_and_disjoint():
+    subsets = evaluation.few_label_subsets(LABELS, repeats=3)
+    assert len(subsets) == 3 * len(evaluation.LABELS_PER_CLASS)
+    by_key = _by_key(subsets)
+    for r in range(3):
+        test = by_key[r, 1].test
+        assert np.bincount(LABELS[test]).tolist() == [15, 10, 6, 2, 1]
+        previous: set[int] = set()
+        for k in evaluation.LABELS_PER_CLASS:
+            subset = by_key[r, k]
+            np.testing.assert_array_equal(subset.test, test)  # same test part for every k
+            train = set(subset.train.tolist())
+            assert not train & set(test.tolist())
+            assert previous <= train  # nested
+            previous = train
+            # k per class, or all a class has (classes of 2 and 1 training items at k = 5)
+            want = [n if k is None else min(k, n) for n in TRAIN_SIZES]
+            assert np.bincount(LABELS[subset.train], minlength=len(SIZES)).tolist() == want
+        assert len(previous) + len(test) == len(LABELS)  # "all": every item not in test
+    assert not np.array_equal(by_key[0, None].test, by_key[1, None].test)  # repeats differ
+
+
+def test_few_label_subsets_are_deterministic():
+    first = evaluation.few_label_subsets(LABELS, repeats=2, seed=4)
+    again = evaluation.few_label_subsets(LABELS, repeats=2, seed=4)
+    other = evaluation.few_label_subsets(LABELS, repeats=2, seed=5)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.train, b.train)
+        np.testing.assert_array_equal(a.test, b.test)
+    assert any(not np.array_equal(a.train, c.train) for a, c in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"labels_per_class": (0,)}, "labels_per_class"),
+    ({"repeats": 0}, "repeats"),
+    ({"test_share": 0.0}, "test_share"),
+    ({"test_share": 1.0}, "test_share"),
+])
+def test_few_label_subsets_reject_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.few_label_subsets(LABELS, **kwargs)
+
+
+def test_few_label_subsets_need_two_items_per_class():
+    with pytest.raises(ValueError, match=r"at least 2 items.*\[7\]"):
+        evaluation.few_label_subsets(np.array([0, 0, 7]))
+
+
+def test_evaluate_frozen_pairs_encoders_on_identical_subsets():
+    subsets = evaluation.few_label_subsets(LABELS, labels_per_class=(1, 5, None), repeats=2)
+    rng = np.random.default_rng(0)
+    features = {"a": rng.normal(size=(len(LABELS), 6)),
+                "b": np.eye(len(SIZES), 3)[LABELS] + rng.normal(scale=0.1, size=(len(LABELS), 3))}
+    records = evaluation.evaluate_frozen(features, LABELS, subsets)
+    assert list(records.columns) == list(evaluation.RECORD_COLUMNS)
+    assert len(records) == 2 * 2 * len(subsets)
+    assert set(records["labels_per_class"]) == {1, 5, "all"}
+    keys = ["evaluation", "labels_per_class", "repeat"]
+    a, b = (records[records["encoder"] == e].set_index(keys)[["n_train", "n_test"]]
+            for e in ("a", "b"))
+    pd.testing.assert_frame_equal(a, b)
+    assert records["accuracy"].between(0, 1).all() and records["macro_f1"].between(0, 1).all()
+    with pytest.raises(ValueError, match="'c'.*NaN"):
+        evaluation.evaluate_frozen({"c": np.full((len(LABELS), 2), np.nan)}, LABELS, subsets)
+
+
+def test_score_averages_f1_over_true_classes():
+    accuracy, macro_f1 = evaluation.score(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2]))
+    assert accuracy == 0.75
+    # class 0: F1 1; class 1: precision 1, recall 0.5, F1 2/3; predicted-only class 2 left out
+    assert macro_f1 == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_imagestats_ignores_nodata():
+    images = np.arange(2 * 2 * 2 * 3, dtype=np.float64).reshape(2, 2, 2, 3)
+    images[0, 0, 0, 1] = np.nan
+    images[1, 1] = np.nan  # a band with no valid pixel
+    features = evaluation.imagestats_features(images)
+    assert features.shape == (2, 2 * 7)
+    valid = np.array([0.0, 2, 3, 4, 5])  # item 0, band 0 without its NaN
+    assert features[0, 0] == pytest.approx(2.8)  # mean
+    assert features[0, 1] == pytest.approx(np.std(valid))
+    np.testing.assert_allclose(features[0, 2:7], np.percentile(valid, [5, 25, 50, 75, 95]))
+    assert features[0, 4] == 3.0  # median
+    assert np.isnan(features[1, 7:]).all() and np.isfinite(features[1, :7]).all()
+    # several dates: pooled with the pixels
+    dates = np.stack([images[:, :, :1], images[:, :, 1:]], axis=1)  # (N, T=2, C, 1, 3)
+    np.testing.assert_allclose(evaluation.imagestats_features(dates), features)
+
+
+def _records(values_by_k: dict, evaluation_name: str = "knn", encoder: str = "byol"
+             ) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"encoder": encoder, "evaluation": evaluation_name, "labels_per_class": k, "repeat": r,
+         "accuracy": v, "macro_f1": v / 2, "n_train": 7, "n_test": 100}
+        for k, values in values_by_k.items() for r, v in enumerate(values)
+    ])
+
+
+def test_summarise_interval_ordering_and_single_repeat():
+    records = pd.concat([
+        _records({"all": [0.9, 0.9], 10: [0.8], 1: [0.5, 0.6, 0.7, 0.8], 5: [0.7, 0.7]},
+                 "finetune"),
+        _records({1: [0.3]}, "knn"),
+        _records({1: [0.1]}, "knn", encoder="random"),
+    ])
+    summary = evaluation.summarise(records)
+    assert list(zip(summary["encoder"], summary["evaluation"], summary["labels_per_class"],
+                    strict=True)) == [
+        ("byol", "knn", 1), ("byol", "finetune", 1), ("byol", "finetune", 5),
+        ("byol", "finetune", 10), ("byol", "finetune", "all"), ("random", "knn", 1)]
+    row = summary.iloc[1]
+    # mean 0.65, s = sqrt(0.05 / 3), t_{0.975, 3} = 3.1824 (t tables): half width 0.2054
+    half = 3.1824 * np.sqrt(0.05 / 3) / np.sqrt(4)
+    assert row["n_repeats"] == 4 and row["accuracy_mean"] == pytest.approx(0.65)
+    assert row["accuracy_ci_low"] == pytest.approx(0.65 - half, abs=1e-4)
+    assert row["accuracy_ci_high"] == pytest.approx(0.65 + half, abs=1e-4)
+    assert row["macro_f1_ci_high"] == pytest.approx((0.65 + half) / 2, abs=1e-4)
+    single = summary.iloc[3]
+    assert single["accuracy_mean"] == pytest.approx(0.8)
+    assert np.isnan(single[["accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low"]]
+                    .astype(float)).all()
+    with pytest.raises(ValueError, match="more than once"):
+        evaluation.summarise(pd.concat([records, records]))
+
+
+def test_write_table_round_trips_and_summarise_reads_it(tmp_path):
+    records = _records({1: [0.5, 0.6], "all": [0.9, 0.8]})
+    path = evaluation.write_table(records, tmp_path / "records.csv")
+    read = pd.read_csv(path)  # labels_per_class comes back as the strings "1" and "all"
+    pd.testing.assert_frame_equal(evaluation.summarise(read), evaluation.summarise(records))
+
+
+def test_plot_label_efficiency_has_one_panel_per_evaluation():
+    records = pd.concat([
+        _records({1: [0.3, 0.4], 5: [0.5, 0.6], "all": [0.8, 0.9]}, name, encoder)
+        for name in ("knn", "finetune") for encoder in ("byol", "imagestats")
+    ])
+    fig = plots.plot_label_efficiency(evaluation.summarise(records), title="toy")
+    assert isinstance(fig, Figure)
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes] == ["kNN on frozen features",
+                                                                    "fine-tuning"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "5", "all"]
+    assert len(fig.axes[0].lines) == 2
+    fig.clear()
