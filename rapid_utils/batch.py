@@ -177,10 +177,12 @@ def _for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
-    """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05.
+    """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05,
+    then 06 (the label-efficiency study).
 
     A chips corpus starts with 01_chips_overview in place of 01 and 02 (which describe the
-    RapidAI4EO corpus).
+    RapidAI4EO corpus). `scenarios: []` runs no poster scenario (and so no 05); without the
+    key, all of them run.
     """
     runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
     split_seed = int(values["seed"])
@@ -197,7 +199,7 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
              else ("01_data_exploration", "02_label_mapping"))
     jobs = [Job(name, notebooks_out / f"{name}.ipynb", _for_notebook(name, common))
             for name in (*first, "03_byol_pretraining")]
-    scenarios = values.get("scenarios") or [s.key for s in results.SCENARIOS]
+    scenarios = values.get("scenarios", [s.key for s in results.SCENARIOS]) or []
     unknown = [key for key in scenarios if key not in results.SCENARIO_BY_KEY]
     if unknown:
         raise ProfileError(
@@ -219,7 +221,9 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
             safe_key = key.replace("%", "pct")
             jobs.append(Job("04_finetuning", notebooks_out / f"04_finetuning_{safe_key}_seed{seed}"
                             ".ipynb", parameters, key, paths.results_dir(runs) / name))
-    jobs.append(Job("05_figures", notebooks_out / "05_figures.ipynb", common))
+    if scenarios:
+        jobs.append(Job("05_figures", notebooks_out / "05_figures.ipynb", common))
+    jobs.append(Job("06_label_efficiency", notebooks_out / "06_label_efficiency.ipynb", common))
     return jobs
 
 

@@ -97,3 +97,8 @@ def byol_run_dir(runs: Path, positives: str, seed: int) -> Path:
 def results_dir(runs: Path) -> Path:
     """Fine-tuning results files (one JSON per run) inside a runs folder."""
     return Path(runs) / "results"
+
+
+def label_efficiency_dir(runs: Path) -> Path:
+    """The label-efficiency study's records, subsets and fine-tuning results in a runs folder."""
+    return Path(runs) / "label_efficiency"

@@ -693,8 +693,9 @@ def stale_reasons(results: dict, config: FinetuneConfig, provenance: dict) -> li
     return list(dict.fromkeys(reasons))
 
 
-def check_checkpoint_provenance(path: Path, provenance: dict) -> None:
-    """Refuse a BYOL checkpoint pretrained on another split or with other band statistics.
+def check_checkpoint_provenance(path: Path, provenance: dict, check_split: bool = True) -> None:
+    """Refuse a BYOL checkpoint pretrained on another split (unless not `check_split`) or
+    with other band statistics.
 
     Its encoder would have seen this split's validation or test sites, or expect another
     normalisation. A checkpoint older than provenance records is used with a warning.
@@ -707,8 +708,8 @@ def check_checkpoint_provenance(path: Path, provenance: dict) -> None:
         log.warning("%s records no split or band statistics fingerprint: cannot check that it "
                     "was pretrained on this split", path)
         return
-    for key, what in (("split_fingerprint", "split"), ("band_stats_fingerprint",
-                                                       "band statistics")):
+    checked = (("split_fingerprint", "split"),) if check_split else ()
+    for key, what in (*checked, ("band_stats_fingerprint", "band statistics")):
         if recorded.get(key) and recorded[key] != provenance[key]:
             raise ValueError(
                 f"{path} was pretrained with another {what} ({key} {recorded[key]}, this run "
@@ -774,6 +775,8 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     class_names: Sequence[str] = labels.CLASSES,
+    replace_stale: bool = False,
+    check_pretraining_split: bool = True,
 ) -> dict:
     """Fine-tune a classifier of `class_names` and write its results file; return the results.
 
@@ -784,8 +787,11 @@ def finetune(
     per site and epoch; evaluates val and test at `config.eval_dates` after every epoch.
     The results file records the split's and the band statistics' fingerprints and the BYOL
     checkpoint's content hash (`provenance`); a BYOL checkpoint pretrained on another split or
-    normalisation is refused. An existing complete results file with the same parameters and
-    provenance is returned as it is unless `force`; one with others is refused.
+    normalisation is refused, unless `check_pretraining_split` is False (a study that
+    pretrains on every image by design, `label_efficiency`; band statistics are checked
+    still). An existing complete results file with the same parameters and provenance is
+    returned as it is unless `force`; one with others is refused, or replaced when
+    `replace_stale`.
     """
     results_path = Path(results_path)
     provenance = finetune_provenance(config, train_index, val_index, test_index, band_stats)
@@ -793,12 +799,15 @@ def finetune(
         existing = json.loads(results_path.read_text())
         if existing.get("complete"):
             stale = stale_reasons(existing, config, provenance)
-            if stale:
+            if stale and replace_stale:
+                log.info("replacing %s: %s", results_path, "; ".join(stale))
+            elif stale:
                 raise ValueError(
                     f"{results_path} holds a run that differs ({'; '.join(stale)}); "
                     "pass force=True to replace it or choose another results path"
                 )
-            return existing
+            else:
+                return existing
 
     if (train_index["label"] < 0).any():
         raise ValueError("fine-tuning needs labelled training sites, and train_index holds "
@@ -813,7 +822,8 @@ def finetune(
             "processes"
         )
     if config.init.startswith("byol:"):
-        check_checkpoint_provenance(Path(config.init.removeprefix("byol:")), provenance)
+        check_checkpoint_provenance(Path(config.init.removeprefix("byol:")), provenance,
+                                    check_split=check_pretraining_split)
     # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
     model = models.build_model(config.arch, 4, len(class_names), config.init,
                                config.imagenet_weights_path)

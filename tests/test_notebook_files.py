@@ -14,7 +14,7 @@ NOTEBOOKS = sorted(paths.notebooks_dir().glob("*.ipynb"))
 
 
 def test_every_numbered_notebook_is_here() -> None:
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

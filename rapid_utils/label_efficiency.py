@@ -1,0 +1,164 @@
+"""The label-efficiency study: encoders x evaluations x labels per class, on any corpus kind.
+
+How self-supervised Earth-observation work is judged (SSL4EO-S12, GEO-Bench): each encoder (a
+BYOL checkpoint, the same network untrained, ImageNet weights when a file is given) is read
+against two baselines, image statistics and random-init features, by a kNN and a linear probe
+on frozen features and by fine-tuning, with 1, 5, 10 and all labels per class drawn from R
+repeated stratified splits. Every encoder sees the same label subsets (a paired comparison),
+and the table gives each mean with a 95 % interval. The numeric part (subsets, kNN, probe,
+summary) lives in `evaluation`; this module turns a study's images into features and runs
+the fine-tuning repeats through `train.finetune`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from rapid_utils import distributed, evaluation, models, paths, study, train
+from rapid_utils.datasets import open_dataset
+from rapid_utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGESTATS = "imagestats"  # the image-statistics baseline: per-band statistics, no network
+RANDOM_INIT = "random-init"  # the network untrained (seeded); fine-tuned, it is "scratch"
+ENCODERS = ("byol", RANDOM_INIT, "imagenet")
+MIN_FROZEN_REPEATS = 10  # repeats the field reports for frozen evaluations at <= 5 labels
+MIN_FINETUNE_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What the label-efficiency study evaluates and how often."""
+
+    encoders: tuple[str, ...] = ("byol", RANDOM_INIT)  # networks; imagestats is always added
+    labels_per_class: tuple[int | None, ...] = evaluation.LABELS_PER_CLASS  # None: all
+    repeats: int = MIN_FROZEN_REPEATS  # repeated stratified splits for kNN and linear probe
+    finetune_repeats: int = MIN_FINETUNE_REPEATS  # the first repeats fine-tuned; 0: none
+    finetune_encoders: tuple[str, ...] = ("byol", RANDOM_INIT)
+    test_share: float = 0.5  # share of each class held out for testing in every repeat
+    knn_k: int = 20
+    seed: int = 0  # seeds the splits, the subsets and the random-init network
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.encoders + self.finetune_encoders) - set(ENCODERS))
+        if unknown:
+            raise ValueError(f"unknown encoders {unknown}; choose from {ENCODERS}")
+        if not 0 <= self.finetune_repeats <= self.repeats:
+            raise ValueError(f"finetune_repeats must be between 0 and repeats ({self.repeats}), "
+                             f"got {self.finetune_repeats}")
+        if self.repeats < MIN_FROZEN_REPEATS or 0 < self.finetune_repeats < MIN_FINETUNE_REPEATS:
+            log.warning("%d frozen and %d fine-tuning repeats: fewer than the %d and %d that "
+                        "give intervals worth reading (fine for a test run)", self.repeats,
+                        self.finetune_repeats, MIN_FROZEN_REPEATS, MIN_FINETUNE_REPEATS)
+
+
+def model_inputs(data: study.Study, index: pd.DataFrame, batch_size: int = 64,
+                 progress: bool = True) -> torch.Tensor:
+    """The normalised images (N, 4, S, S) the encoders see: one date per site, spread over the
+    year (chips have one), as in `train.encoder_features`."""
+    dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return torch.cat([batch["image"] for batch in tqdm(
+        loader, desc="reading images", unit="batch", disable=not progress)])
+
+
+def encoder_features(init: str, arch: str, images: torch.Tensor, seed: int = 0,
+                     imagenet_weights_path: str | None = None, batch_size: int = 64
+                     ) -> np.ndarray:
+    """Frozen features (N, D) of an encoder (`models.build_model`'s `init`) on `images`.
+
+    A "random" init is seeded, so random-init features are the same network in every run.
+    """
+    torch.manual_seed(seed)
+    device = distributed.device(distributed.Context())
+    encoder = models.build_model(arch, 4, 0, init, imagenet_weights_path).to(device).eval()
+    with torch.no_grad():
+        return torch.cat([encoder(chunk.to(device)).float().cpu()
+                          for chunk in images.split(batch_size)]).numpy()
+
+
+def encoder_inits(encoders: Sequence[str], runs: str | Path, positives: str = "augment",
+                  byol_seed: int = 0, byol_checkpoint: str = "") -> dict[str, str]:
+    """`models.build_model` init of each encoder name (the study's BYOL checkpoint for byol)."""
+    named = {"byol": "byol", RANDOM_INIT: "random", "imagenet": "imagenet"}
+    return {name: study.resolve_init(named[name], runs, positives, byol_seed, byol_checkpoint)
+            for name in encoders}
+
+
+def finetune_records(
+    data: study.Study, inits: Mapping[str, str], subsets: Sequence[evaluation.FewLabelSubset],
+    base: train.FinetuneConfig, results_dir: str | Path, repeats: int, progress: bool = True,
+) -> pd.DataFrame:
+    """Fine-tune each encoder on each subset of the first `repeats` repeats (the poster's
+    protocol, `train.finetune`) and score it on that repeat's test part.
+
+    One results file per run under `results_dir`, so an interrupted study resumes; a file of
+    another configuration is replaced. The last epoch's model is scored (no model selection),
+    so the test part also stands in as the validation set `train.finetune` reports. The BYOL
+    checkpoint may have seen the test images, without labels: that is the protocol (the
+    study pretrains on every image it has), so its split is not checked against these.
+    """
+    labelled = data.index.reset_index(drop=True)
+    chosen = [s for s in subsets if s.repeat < repeats]
+    rows = []
+    for name, init in inits.items():
+        for subset in tqdm(chosen, desc=f"fine-tuning {name}", unit="run",
+                           disable=not progress):
+            k = "all" if subset.labels_per_class is None else subset.labels_per_class
+            config = replace(base, init=init, label_fraction=1.0, seed=subset.repeat)
+            test = labelled.iloc[subset.test]
+            result = train.finetune(
+                config, data.corpus, labelled.iloc[subset.train], test, test, data.band_stats,
+                Path(results_dir) / f"{name}_k{k}_repeat{subset.repeat}.json",
+                progress=False, class_names=data.class_names, replace_stale=True,
+                check_pretraining_split=False,
+            )
+            final = result["final"]["test"]
+            rows.append({"encoder": name, "evaluation": "finetune", "labels_per_class": k,
+                         "repeat": subset.repeat, "accuracy": final["accuracy"],
+                         "macro_f1": final["macro_f1"], "n_train": len(subset.train),
+                         "n_test": len(subset.test)})
+    return pd.DataFrame(rows, columns=list(evaluation.RECORD_COLUMNS))
+
+
+def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Path,
+              finetune_base: train.FinetuneConfig, inits: Mapping[str, str],
+              imagenet_weights_path: str | None = None, progress: bool = True
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records, summary) of the whole study on the study's labelled sites or chips.
+
+    Records (one row per encoder, evaluation, labels per class and repeat) are also written to
+    `runs/label_efficiency/records.csv`, the summary is `evaluation.summarise`'s table.
+    """
+    labelled = data.index.reset_index(drop=True)
+    labels = labelled["label"].to_numpy()
+    subsets = evaluation.few_label_subsets(labels, config.labels_per_class, config.repeats,
+                                           config.test_share, config.seed)
+    images = model_inputs(data, labelled, progress=progress)
+    features = {IMAGESTATS: evaluation.imagestats_features(images.numpy())}
+    for name in config.encoders:
+        features[name] = encoder_features(inits[name], arch, images, config.seed,
+                                          imagenet_weights_path)
+    parts = [evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
+                                        seed=config.seed, progress=progress)]
+    if config.finetune_repeats:
+        parts.append(finetune_records(
+            data, {name: inits[name] for name in config.finetune_encoders}, subsets,
+            finetune_base, paths.label_efficiency_dir(runs), config.finetune_repeats, progress))
+    records = pd.concat(parts, ignore_index=True)
+    folder = paths.label_efficiency_dir(runs)
+    evaluation.write_table(records, folder / "records.csv")
+    write_json_atomic(folder / "subsets.json", [  # the paired subsets, by sample id
+        {"repeat": s.repeat, "labels_per_class": s.labels_per_class,
+         "train": labelled["sample_id"].iloc[s.train].tolist(),
+         "test": labelled["sample_id"].iloc[s.test].tolist()} for s in subsets])
+    return records, evaluation.summarise(records)
