@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rapid_utils import distributed, evaluation, models, paths, study, train
+from rapid_utils import distributed, evaluation, models, paths, splits, study, train
 from rapid_utils.datasets import open_dataset
 from rapid_utils.io import write_json_atomic
 
@@ -47,6 +47,7 @@ class SuiteConfig:
     test_share: float = 0.5  # share of each class held out for testing in every repeat
     knn_k: int = 20
     seed: int = 0  # seeds the splits, the subsets and the random-init network
+    max_items: int | None = 20_000  # labelled items evaluated (a stable per-class draw)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders + self.finetune_encoders) - set(ENCODERS))
@@ -61,29 +62,49 @@ class SuiteConfig:
                         self.finetune_repeats, MIN_FROZEN_REPEATS, MIN_FINETUNE_REPEATS)
 
 
-def model_inputs(data: study.Study, index: pd.DataFrame, batch_size: int = 64,
-                 progress: bool = True) -> torch.Tensor:
-    """The normalised images (N, 4, S, S) the encoders see: one date per site, spread over the
-    year (chips have one), as in `train.encoder_features`."""
+def suite_items(labelled: pd.DataFrame, max_items: int | None, seed: int = 0
+                ) -> pd.DataFrame:
+    """The labelled sites or chips the study evaluates on: all of them, or at most `max_items`
+    drawn per class in proportion (by `splits.unit_hash` rank, so the draw is stable), less
+    classes with fewer than 2 items (one must train and one test), which are logged."""
+    counts = labelled["label"].value_counts()
+    rare = counts[counts < 2]
+    if len(rare):
+        log.warning("left out of the label-efficiency study: %d class(es) with fewer than 2 "
+                    "labelled items (%s)", len(rare), ", ".join(map(str, rare.index)))
+    kept = labelled[~labelled["label"].isin(rare.index)]
+    if max_items is not None and len(kept) > max_items:
+        rank = pd.Series(splits.unit_hash(kept["sample_id"], seed, "label-efficiency"),
+                         index=kept.index).groupby(kept["label"]).rank(pct=True)
+        kept = kept[rank <= max_items / len(kept)]
+    return kept.reset_index(drop=True)
+
+
+def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, str],
+                    arch: str, seed: int = 0, imagenet_weights_path: str | None = None,
+                    batch_size: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
+    """Features (N, D) of each encoder and the imagestats baseline on `index`'s images.
+
+    The images are those the encoders see (normalised, one date per site spread over the
+    year; chips have one), read once in batches, so memory holds features, not images. A
+    "random" init is seeded, so random-init features are the same network in every run.
+    """
+    device = distributed.device(distributed.Context())
+    encoders = {}
+    for name, init in inits.items():
+        torch.manual_seed(seed)
+        encoders[name] = models.build_model(arch, 4, 0, init, imagenet_weights_path).to(
+            device).eval()
     dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return torch.cat([batch["image"] for batch in tqdm(
-        loader, desc="reading images", unit="batch", disable=not progress)])
-
-
-def encoder_features(init: str, arch: str, images: torch.Tensor, seed: int = 0,
-                     imagenet_weights_path: str | None = None, batch_size: int = 64
-                     ) -> np.ndarray:
-    """Frozen features (N, D) of an encoder (`models.build_model`'s `init`) on `images`.
-
-    A "random" init is seeded, so random-init features are the same network in every run.
-    """
-    torch.manual_seed(seed)
-    device = distributed.device(distributed.Context())
-    encoder = models.build_model(arch, 4, 0, init, imagenet_weights_path).to(device).eval()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (IMAGESTATS, *encoders)}
     with torch.no_grad():
-        return torch.cat([encoder(chunk.to(device)).float().cpu()
-                          for chunk in images.split(batch_size)]).numpy()
+        for batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):
+            parts[IMAGESTATS].append(evaluation.imagestats_features(batch["image"].numpy()))
+            image = batch["image"].to(device)
+            for name, encoder in encoders.items():
+                parts[name].append(encoder(image).float().cpu().numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def encoder_inits(encoders: Sequence[str], runs: str | Path, positives: str = "augment",
@@ -95,11 +116,13 @@ def encoder_inits(encoders: Sequence[str], runs: str | Path, positives: str = "a
 
 
 def finetune_records(
-    data: study.Study, inits: Mapping[str, str], subsets: Sequence[evaluation.FewLabelSubset],
+    data: study.Study, labelled: pd.DataFrame, inits: Mapping[str, str],
+    subsets: Sequence[evaluation.FewLabelSubset],
     base: train.FinetuneConfig, results_dir: str | Path, repeats: int, progress: bool = True,
 ) -> pd.DataFrame:
     """Fine-tune each encoder on each subset of the first `repeats` repeats (the poster's
-    protocol, `train.finetune`) and score it on that repeat's test part.
+    protocol, `train.finetune`) and score it on that repeat's test part; `subsets` index
+    `labelled` (`suite_items`).
 
     One results file per run under `results_dir`, so an interrupted study resumes; a file of
     another configuration is replaced. The last epoch's model is scored (no model selection),
@@ -107,7 +130,6 @@ def finetune_records(
     checkpoint may have seen the test images, without labels: that is the protocol (the
     study pretrains on every image it has), so its split is not checked against these.
     """
-    labelled = data.index.reset_index(drop=True)
     chosen = [s for s in subsets if s.repeat < repeats]
     rows = []
     for name, init in inits.items():
@@ -136,26 +158,24 @@ def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Pat
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(records, summary) of the whole study on the study's labelled sites or chips.
 
-    Records (one row per encoder, evaluation, labels per class and repeat) are also written to
-    `runs/label_efficiency/records.csv`, the summary is `evaluation.summarise`'s table.
+    Records (one row per encoder, evaluation, labels per class and repeat) and the subsets
+    (by sample id) are also written to `paths.label_efficiency_dir(runs)`; the summary is
+    `evaluation.summarise`'s table.
     """
-    labelled = data.index.reset_index(drop=True)
+    labelled = suite_items(data.index, config.max_items, config.seed)
     labels = labelled["label"].to_numpy()
     subsets = evaluation.few_label_subsets(labels, config.labels_per_class, config.repeats,
                                            config.test_share, config.seed)
-    images = model_inputs(data, labelled, progress=progress)
-    features = {IMAGESTATS: evaluation.imagestats_features(images.numpy())}
-    for name in config.encoders:
-        features[name] = encoder_features(inits[name], arch, images, config.seed,
-                                          imagenet_weights_path)
+    features = frozen_features(data, labelled, {name: inits[name] for name in config.encoders},
+                               arch, config.seed, imagenet_weights_path, progress=progress)
     parts = [evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
                                         seed=config.seed, progress=progress)]
+    folder = paths.label_efficiency_dir(runs)
     if config.finetune_repeats:
         parts.append(finetune_records(
-            data, {name: inits[name] for name in config.finetune_encoders}, subsets,
-            finetune_base, paths.label_efficiency_dir(runs), config.finetune_repeats, progress))
+            data, labelled, {name: inits[name] for name in config.finetune_encoders}, subsets,
+            finetune_base, folder, config.finetune_repeats, progress))
     records = pd.concat(parts, ignore_index=True)
-    folder = paths.label_efficiency_dir(runs)
     evaluation.write_table(records, folder / "records.csv")
     write_json_atomic(folder / "subsets.json", [  # the paired subsets, by sample id
         {"repeat": s.repeat, "labels_per_class": s.labels_per_class,

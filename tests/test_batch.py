@@ -50,7 +50,7 @@ def test_load_profile_errors_name_the_file(tmp_path):
 def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path, caplog):
     outcomes = batch.reproduce("ci")
     by_name = {run.name: run for run in outcomes}
-    assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 1  # 01-03, 04 per scenario, 05
+    assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 2  # 01-03, 04 per scenario, 05, 06
     assert [run.status for run in outcomes if run.status == "failed"] == []
     imagenet = by_name["04_finetuning [imagenet-100%, seed 0]"]
     assert imagenet.status == "skipped" and "imagenet_weights_path" in imagenet.error
@@ -70,6 +70,9 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     assert np.isfinite(table["test_accuracy_mean"]).all()
     skipped = results.skipped_scenarios(paths.results_dir(paths.runs_dir("ci")))
     assert list(skipped) == ["imagenet-100%"]
+    efficiency = pd.read_csv(figures / "label_efficiency.csv")
+    assert set(efficiency["evaluation"]) == {"knn", "linear-probe", "finetune"}
+    assert set(efficiency["encoder"]) == {"byol", "random-init", "imagestats"}
 
     index = docs.build_docs("ci")
     page = index.read_text()

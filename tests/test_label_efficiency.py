@@ -1,0 +1,110 @@
+"""The label-efficiency study: items, frozen features, fine-tuning repeats, the real-s2 profile."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rapid_utils import batch, label_efficiency, paths, train
+from rapid_utils.corpus import chips
+from rapid_utils.corpus.synthetic_chips import generate_example_chips
+
+REAL_S2 = paths.notebooks_dir().parent.parent / "shared" / "real-s2"
+
+
+@pytest.fixture(scope="module")
+def chips_study(tmp_path_factory: pytest.TempPathFactory):
+    """3 classes x 8 labelled 32 px chips as a chips study."""
+    root = tmp_path_factory.mktemp("suite")
+    folder = generate_example_chips(root / "chips", per_class=8, n_unlabelled=0, classes=3,
+                                    size=32, seed=2, progress=False)
+    spec = chips.ChipsSpec(root=folder, bands=(2, 3, 4, 8)).save(root / "chips.yaml")
+    return chips.load_study(spec, root / "runs", stats_sites=24)
+
+
+def test_suite_items_leave_out_rare_classes_and_cap_stably() -> None:
+    labelled = pd.DataFrame({"sample_id": [f"s{k}" for k in range(41)],
+                             "label": [0] * 20 + [1] * 20 + [2]})
+    kept = label_efficiency.suite_items(labelled, None)
+    assert len(kept) == 40 and 2 not in set(kept["label"])  # one item cannot train and test
+    capped = label_efficiency.suite_items(labelled, 10)
+    assert capped.groupby("label").size().to_dict() == {0: 5, 1: 5}  # per class, in proportion
+    fewer = label_efficiency.suite_items(labelled.drop(index=[0, 1]), 10)
+    assert len(set(fewer["sample_id"]) ^ set(capped["sample_id"])) <= 4  # a stable draw
+
+
+def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: Path) -> None:
+    config = label_efficiency.SuiteConfig(
+        encoders=("random-init",), labels_per_class=(1, None), repeats=3, finetune_repeats=1,
+        finetune_encoders=("random-init",), seed=0)
+    base = train.FinetuneConfig(arch="resnet18", epochs=1, batch_size=8, eval_dates="first")
+    inits = label_efficiency.encoder_inits(["random-init"], tmp_path)
+    records, summary = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path,
+                                                  base, inits, progress=False)
+    frozen = summary[summary["evaluation"] != "finetune"]
+    assert len(frozen) == 2 * 2 * 2  # (imagestats, random-init) x (knn, probe) x (1, all)
+    assert np.isfinite(frozen[["accuracy_ci_low", "accuracy_ci_high"]]).all().all()
+    assert (frozen["accuracy_ci_low"] <= frozen["accuracy_mean"]).all()
+    tuned = summary[summary["evaluation"] == "finetune"]
+    assert tuned["labels_per_class"].tolist() == [1, "all"] and (tuned["n_repeats"] == 1).all()
+    # paired: every encoder and evaluation saw the same subset sizes in each repeat
+    sizes = records.groupby(["labels_per_class", "repeat"])[["n_train", "n_test"]].nunique()
+    assert (sizes == 1).all().all()
+    assert set(records.loc[records["labels_per_class"] == 1, "n_train"]) == {3}
+
+    folder = paths.label_efficiency_dir(tmp_path)
+    subsets = json.loads((folder / "subsets.json").read_text())
+    assert all(not set(s["train"]) & set(s["test"]) for s in subsets)
+    one = next(s for s in subsets if s["repeat"] == 0 and s["labels_per_class"] == 1)
+    assert set(one["train"]) <= set(next(s for s in subsets if s["repeat"] == 0
+                                         and s["labels_per_class"] is None)["train"])
+
+    result = folder / "random-init_k1_repeat0.json"
+    written = result.stat().st_mtime_ns
+    again, _ = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base,
+                                          inits, progress=False)
+    assert result.stat().st_mtime_ns == written  # a complete run is reused
+    pd.testing.assert_frame_equal(again, records)  # and random-init features are seeded
+    label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path,
+                               dataclasses.replace(base, lr=5e-4), inits, progress=False)
+    assert json.loads(result.read_text())["parameters"]["lr"] == 5e-4  # a stale one is rerun
+
+
+def test_suite_config_refuses_unknown_encoders() -> None:
+    with pytest.raises(ValueError, match="unknown encoders"):
+        label_efficiency.SuiteConfig(encoders=("moco",))
+    with pytest.raises(ValueError, match="finetune_repeats"):
+        label_efficiency.SuiteConfig(repeats=2, finetune_repeats=3)
+
+
+@pytest.mark.skipif(not REAL_S2.is_dir(), reason=f"no real Sentinel-2 chips at {REAL_S2} "
+                    "(the shared folder beside the project)")
+def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch) -> None:
+    """The real-s2 profile end to end on real chips, cut to seconds: one unlabelled folder, one
+    BYOL epoch of 16 px views, two repeats, one fine-tuned."""
+    monkeypatch.setenv("RAPID_HOME", str(tmp_path))
+    override = tmp_path / "tiny.yaml"
+    override.write_text(
+        f"corpus: {REAL_S2 / 'eurosat-ms-labelled'}\n"
+        "chips_unlabelled: [{path: ../unlabelled-l1c-scene, bands: [B02, B03, B04, B08]}]\n"
+        "chips_size: 32\nimage_size: 16\npretrain_epochs: 1\nhidden_dim: 64\n"
+        "projection_dim: 32\nstats_sites: 32\nhist_sites: 4\nsuite_repeats: 2\n"
+        "suite_finetune_repeats: 1\nsuite_labels_per_class: [1, all]\nfinetune_epochs: 1\n"
+        "min_samples_per_epoch: 0\n")
+    outcomes = batch.reproduce("real-s2", (override,))
+    assert [(run.name, run.status) for run in outcomes] == [
+        ("01_chips_overview", "done"), ("03_byol_pretraining", "done"),
+        ("06_label_efficiency", "done")]
+    stats = json.loads((paths.runs_dir("real-s2") / paths.BAND_STATS_FILE).read_text())
+    assert set(stats["per_source"]) == {"unlabelled-l1c-scene"}  # normalised per folder
+    table = pd.read_csv(paths.figures_dir("real-s2") / "label_efficiency.csv")
+    assert set(table["encoder"]) == {"byol", "random-init", "imagestats"}
+    assert set(table["evaluation"]) == {"knn", "linear-probe", "finetune"}
+    frozen = table[table["evaluation"] != "finetune"]
+    assert np.isfinite(frozen["accuracy_ci_low"]).all() and (frozen["accuracy_mean"] > 0).all()
+    assert (paths.figures_dir("real-s2") / "label_efficiency.png").stat().st_size > 5_000
