@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import papermill
 import yaml
+from jupyter_client import KernelManager
 
 from rapid_utils import models, paths, results, study, train
 from rapid_utils.corpus import chips
@@ -138,14 +140,20 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Noteboo
     chosen = {key: value for key, value in parameters.items() if key in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(source), str(output), parameters=chosen, kernel_name="python3",
-            cwd=str(paths.notebooks_dir()), progress_bar=False,
-        )
-    except papermill.PapermillExecutionError as error:
-        return NotebookRun(name, output, time.perf_counter() - start,
-                           f"{error.ename}: {error.evalue}", "failed")
+    # The kernel is reached over Unix sockets, not loopback TCP: kernel and batch share one
+    # machine, and ipykernel warns on every start that TCP is unencrypted. The socket path is
+    # absolute because the kernel runs in notebooks/, not in our working directory.
+    with tempfile.TemporaryDirectory(prefix="rapid-kernel-") as sockets:
+        kernel = KernelManager(kernel_name="python3", transport="ipc",
+                               ip=str(Path(sockets) / "kernel"))
+        try:
+            papermill.execute_notebook(
+                str(source), str(output), parameters=chosen, kernel_name="python3", km=kernel,
+                cwd=str(paths.notebooks_dir()), progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as error:
+            return NotebookRun(name, output, time.perf_counter() - start,
+                               f"{error.ename}: {error.evalue}", "failed")
     return NotebookRun(name, output, time.perf_counter() - start)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import nbformat
 import numpy as np
 import pandas as pd
 import papermill
@@ -221,7 +222,7 @@ BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "workers", "
               "finetune_batch_size", *batch.CHIPS_KEYS, *batch.EXAMPLE_CHIPS_KEYS}
 
 
-@pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example"])
+@pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example", "real-s2"])
 def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
     values = batch.load_profile(profile)
     declared = set()
@@ -229,10 +230,25 @@ def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
         declared |= set(papermill.inspect_notebook(str(notebook)))
     assert set(values) - declared - BATCH_KEYS == set()  # no typo is silently ignored
     jobs = batch.plan_jobs(profile, values, tmp_path)
-    assert [job.notebook for job in jobs[-2:]] == ["05_figures", "06_label_efficiency"]
+    figures = ["05_figures"] if values["scenarios"] else []  # real-s2 runs no poster scenario
+    assert [job.notebook for job in jobs[-1 - len(figures):]] == [*figures, "06_label_efficiency"]
     n_seeds = len(values.get("seeds") or [values["seed"]])
     assert sum(job.scenario is not None for job in jobs) == len(values["scenarios"]) * n_seeds
 
+
+
+def test_notebook_kernels_run_on_unix_sockets_without_the_tcp_warning(
+        tmp_path, monkeypatch, capfd) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import json, os\nprint(json.dumps(sorted(os.listdir('.'))))")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, tmp_path / "tiny.ipynb")
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: tmp_path)
+    outcome = batch.run_notebook("tiny", tmp_path / "out" / "tiny.ipynb", {})
+    assert outcome.error is None
+    executed = nbformat.read(outcome.output, as_version=4)
+    assert "tiny.ipynb" in executed.cells[0].outputs[0]["text"]  # ran in the notebooks folder
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_progress_line_gist_is_the_first_whole_sentence() -> None:
