@@ -261,6 +261,41 @@ def _labels_per_class_value(value) -> int | str:
     return int(k)
 
 
+def _mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
+    """(mean, std, low, high): the Student-t interval of the mean; NaN spread for one value."""
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, np.nan, np.nan, np.nan
+    std = float(np.std(values, ddof=1))
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def paired_differences(records: pd.DataFrame, encoder: str, baseline: str,
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """`encoder`'s accuracy minus `baseline`'s on the same subsets, per evaluation and labels
+    per class: the mean difference over repeats, its Student-t interval and how many repeats
+    `encoder` won.
+
+    The paired reading of the study: both saw the same labels and test items in each repeat,
+    so the spread that subsets cause cancels, and an interval that excludes 0 is a difference.
+    """
+    keys = ["evaluation", "labels_per_class", "repeat"]
+    records = records.assign(
+        labels_per_class=records["labels_per_class"].map(_labels_per_class_value))
+    pairs = records[records["encoder"] == encoder].merge(
+        records[records["encoder"] == baseline], on=keys, suffixes=("", "_baseline"))
+    rows = []
+    for (evaluation, k), group in pairs.groupby(["evaluation", "labels_per_class"], sort=False):
+        difference = (group["accuracy"] - group["accuracy_baseline"]).to_numpy(np.float64)
+        mean, _, low, high = _mean_interval(difference, confidence)
+        rows.append({"encoder": encoder, "baseline": baseline, "evaluation": evaluation,
+                     "labels_per_class": k, "n_repeats": len(group),
+                     "difference_mean": mean, "difference_ci_low": low,
+                     "difference_ci_high": high, "wins": int((difference > 0).sum())})
+    return pd.DataFrame(rows)
+
+
 def summarise(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Mean over repeats and its Student-t interval, per (encoder, evaluation, labels_per_class).
 
@@ -287,13 +322,9 @@ def summarise(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         row = {"encoder": encoder, "evaluation": evaluation, "labels_per_class": k,
                "n_repeats": n}
         for metric in ("accuracy", "macro_f1"):
-            values = group[metric].to_numpy(dtype=np.float64)
-            mean = values.mean()
-            std = values.std(ddof=1) if n > 1 else np.nan
-            half = (stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n) if n > 1
-                    else np.nan)
+            mean, std, low, high = _mean_interval(group[metric].to_numpy(np.float64), confidence)
             row |= {f"{metric}_mean": mean, f"{metric}_std": std,
-                    f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half}
+                    f"{metric}_ci_low": low, f"{metric}_ci_high": high}
         row |= {"n_train_mean": group["n_train"].mean(), "n_test_mean": group["n_test"].mean(),
                 "confidence": confidence}
         rows.append(row)

@@ -212,3 +212,18 @@ def test_plot_label_efficiency_has_one_panel_per_evaluation():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "5", "all"]
     assert len(fig.axes[0].lines) == 2
     fig.clear()
+
+
+def test_paired_differences_cancel_what_the_subsets_share() -> None:
+    # the subsets move both encoders by the same amount; only the +0.02 is the encoders' own
+    shared = np.array([0.40, 0.60, 0.50, 0.70])
+    rows = [{"encoder": name, "evaluation": "knn", "labels_per_class": 5, "repeat": r,
+             "accuracy": shared[r] + bonus, "macro_f1": 0.0, "n_train": 50, "n_test": 80}
+            for name, bonus in (("byol", 0.02), ("random-init", 0.0)) for r in range(4)]
+    records = pd.DataFrame(rows)
+    paired = evaluation.paired_differences(records, "byol", "random-init")
+    assert paired[["n_repeats", "wins"]].iloc[0].tolist() == [4, 4]
+    assert paired["difference_mean"].iloc[0] == pytest.approx(0.02)
+    assert paired["difference_ci_low"].iloc[0] == pytest.approx(0.02)  # no spread left
+    unpaired = evaluation.summarise(records)
+    assert (unpaired["accuracy_ci_low"] < unpaired["accuracy_mean"] - 0.1).all()  # wide apart
