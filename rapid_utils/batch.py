@@ -154,6 +154,9 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Noteboo
         except papermill.PapermillExecutionError as error:
             return NotebookRun(name, output, time.perf_counter() - start,
                                f"{error.ename}: {error.evalue}", "failed")
+        finally:  # a kernel we started is ours to stop: it holds the notebook's memory
+            if kernel.has_kernel:
+                kernel.shutdown_kernel()
     return NotebookRun(name, output, time.perf_counter() - start)
 
 
