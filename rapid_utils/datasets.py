@@ -37,6 +37,7 @@ over the year (`spread`, a hash of the sample id: no RNG drawn), one per season 
 every date (`all`), or two different dates (`pair`, temporal positives)."""
 MAX_REPLACEMENTS = 10  # replacements tried for an unreadable sample before giving up
 MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
+STATS_DATES_PER_SITE = 4  # dates drawn per site for band statistics
 SEASON_MONTHS = (1, 4, 7, 10)
 
 
@@ -55,6 +56,9 @@ class BandStats:
     split_fingerprint: str = ""  # `splits.fingerprint` of the split whose training sites gave it
     per_source: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
         default_factory=dict)
+    # how they were drawn (`band_stats_recipe`, `chips.band_stats_recipe`): the same split
+    # with another sample size, seed, pool or normalisation gives other statistics
+    recipe: str = ""
 
     def for_source(self, source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) of one source's chips: its own when normalised per source, else ours."""
@@ -80,14 +84,19 @@ class BandStats:
                       for name, (mean, std) in content.get("per_source", {}).items()}
         return cls(tuple(content["mean"]), tuple(content["std"]),
                    content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""),
-                   per_source)
+                   per_source, content.get("recipe", ""))
+
+
+def band_stats_recipe(n_sites: int, dates_per_site: int, dates: DateSelection, seed: int) -> str:
+    """How `compute_band_stats` draws its sample, recorded with the statistics."""
+    return f"sites n_sites={n_sites} dates_per_site={dates_per_site} dates={dates} seed={seed}"
 
 
 def compute_band_stats(
     root: str | Path,
     sites: pd.DataFrame,
     n_sites: int = 256,
-    dates_per_site: int = 4,
+    dates_per_site: int = STATS_DATES_PER_SITE,
     dates: DateSelection = "monthly",
     seed: int = 0,
     progress: bool = True,
@@ -123,7 +132,8 @@ def compute_band_stats(
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]),
-                     split_fingerprint)
+                     split_fingerprint, recipe=band_stats_recipe(n_sites, dates_per_site, dates,
+                                                                 seed))
 
 
 def normalise_chip(chip: np.ma.MaskedArray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,12 @@ from rapid_utils import labels, paths, splits
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore, is_store
-from rapid_utils.datasets import BandStats, compute_band_stats
+from rapid_utils.datasets import (
+    STATS_DATES_PER_SITE,
+    BandStats,
+    band_stats_recipe,
+    compute_band_stats,
+)
 from rapid_utils.train import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -91,7 +96,8 @@ def load_study(
         return compute_band_stats(corpus, index[split == "train"], n_sites=stats_sites, seed=seed,
                                   progress=False, split_fingerprint=split_fingerprint)
 
-    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute)
+    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute,
+                              band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, "monthly", seed))
     return Study(corpus, index, split, stats)
 
 
@@ -112,22 +118,27 @@ def check_corpus(corpus: str | Path) -> int:
 
 
 def stored_band_stats(
-    runs: str | Path, split_fingerprint: str, compute: Callable[[str], BandStats]
+    runs: str | Path, split_fingerprint: str, compute: Callable[[str], BandStats],
+    recipe: str = "",
 ) -> BandStats:
-    """The band statistics in `runs/band_stats.json` when they come from this split, else
-    `compute(split_fingerprint)`, stored there.
+    """The band statistics in `runs/band_stats.json` when they come from this split and were
+    drawn by this `recipe`, else `compute(split_fingerprint)`, stored there.
 
     Statistics of another split (another seed, sites added or removed, or a file older than
-    split fingerprints) would normalise with validation or test pixels, so they are replaced.
+    split fingerprints) would normalise with validation or test pixels, and those of another
+    recipe (sample size, seed, pool, per-source or pooled) are not the ones asked for: both
+    are replaced, with a warning that says why.
     """
     stats_path = Path(runs) / paths.BAND_STATS_FILE
     if stats_path.is_file():
         stats = BandStats.load(stats_path)
-        if stats.split_fingerprint == split_fingerprint:
+        if stats.split_fingerprint == split_fingerprint and stats.recipe == recipe:
             log.info("band statistics from %s", stats_path)
             return stats
-        log.warning("%s was computed on another split (fingerprint %r, this split %r); "
-                    "recomputing it", stats_path, stats.split_fingerprint, split_fingerprint)
+        why = (f"another split (fingerprint {stats.split_fingerprint!r}, this split "
+               f"{split_fingerprint!r})" if stats.split_fingerprint != split_fingerprint
+               else f"another recipe ({stats.recipe!r}, now {recipe!r})")
+        log.warning("%s was computed on %s; recomputing it", stats_path, why)
     stats = compute(split_fingerprint)
     stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
     log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)

@@ -216,6 +216,13 @@ def test_unlabelled_sources_with_own_bands_per_source_statistics_and_empty_chips
     pretraining_only = data.pretraining_sites().iloc[len(data.sites("train")):]
     assert (pretraining_only["label"] == chips.UNLABELLED).all()
     assert datasets.BandStats.load(tmp_path / "runs" / paths.BAND_STATS_FILE) == data.band_stats
+    # the same split normalised another way is not read from the stored file
+    dataclasses.replace(spec, normalisation="pooled").save(tmp_path / "chips.yaml")
+    pooled_study = chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
+    assert pooled_study.band_stats.per_source == {}
+    assert "pooled" in pooled_study.band_stats.recipe
+    assert chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs",
+                            stats_sites=50).band_stats.recipe.endswith("n_chips=50 seed=0")
 
 
 def test_study_and_dataset_on_a_chips_spec(chips_root: Path, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ then each variant in its own home (one at a time: two trainings on two cores slo
         --extra experiments/real_s2/l1c-only.yaml
     RAPID_HOME=/tmp/real-s2-nojitter rapid-utils reproduce --profile real-s2 \
         --extra experiments/real_s2/no-jitter.yaml
+    RAPID_HOME=/tmp/real-s2-pooled rapid-utils reproduce --profile real-s2 \
+        --extra experiments/real_s2/pooled-normalisation.yaml
     python experiments/real_s2/factors.py view-size --size 32 --out /tmp/real-s2-32px
     python experiments/real_s2/factors.py compare \
         /tmp/real-s2-l1c/runs/real-s2/label_efficiency/records.csv

@@ -564,6 +564,13 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
                               int(count[0]), split_fingerprint)
 
 
+def band_stats_recipe(spec: ChipsSpec, n_chips: int, seed: int) -> str:
+    """How `study_band_stats` draws its sample: normalisation, unlabelled sources, size, seed."""
+    sources = ",".join(sorted(source.name for source in spec.unlabelled)) or "none"
+    return (f"chips {spec.normalisation} unlabelled={sources} "
+            f"labelled_images={spec.pretrain_on_labelled_images} n_chips={n_chips} seed={seed}")
+
+
 def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,
                      unlabelled: pd.DataFrame, n_chips: int = 256, seed: int = 0
                      ) -> datasets.BandStats:
@@ -576,16 +583,17 @@ def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,
     """
     fingerprint = splits.fingerprint(labelled, split)
     train = labelled[split == "train"]
-    if spec.normalisation == "pooled":
-        return compute_band_stats(spec, pd.concat([train, unlabelled], ignore_index=True),
-                                  n_chips, seed, split_fingerprint=fingerprint)
-    stats = compute_band_stats(spec, train, n_chips, seed, split_fingerprint=fingerprint)
     per_source = {}
-    for name, chips in unlabelled.groupby("source"):
-        own = compute_band_stats(spec, chips, n_chips, seed)
-        per_source[name] = (own.mean, own.std)
+    if spec.normalisation == "pooled":
+        stats = compute_band_stats(spec, pd.concat([train, unlabelled], ignore_index=True),
+                                   n_chips, seed)
+    else:
+        stats = compute_band_stats(spec, train, n_chips, seed)
+        for name, chips in unlabelled.groupby("source"):
+            own = compute_band_stats(spec, chips, n_chips, seed)
+            per_source[name] = (own.mean, own.std)
     return datasets.BandStats(stats.mean, stats.std, stats.n_sites, stats.n_pixels, fingerprint,
-                              per_source)
+                              per_source, band_stats_recipe(spec, n_chips, seed))
 
 
 def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
@@ -641,7 +649,8 @@ def load_study(corpus: str | Path, runs: str | Path, split_by: str = "site", see
     split = splits.assign_splits(labelled, by="site", seed=seed)
     stats = study.stored_band_stats(
         runs, splits.fingerprint(labelled, split),
-        lambda _: study_band_stats(spec, labelled, split, found.unlabelled, stats_sites, seed))
+        lambda _: study_band_stats(spec, labelled, split, found.unlabelled, stats_sites, seed),
+        band_stats_recipe(spec, stats_sites, seed))
     unlabelled = found.unlabelled
     if spec.pretrain_on_labelled_images:
         images = labelled[split != "train"].assign(label=UNLABELLED, label_name="")
