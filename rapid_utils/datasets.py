@@ -38,6 +38,7 @@ every date (`all`), or two different dates (`pair`, temporal positives)."""
 MAX_REPLACEMENTS = 10  # replacements tried for an unreadable sample before giving up
 MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
 STATS_DATES_PER_SITE = 4  # dates drawn per site for band statistics
+STATS_DATES: DateSelection = "monthly"  # the dates band statistics are drawn from
 SEASON_MONTHS = (1, 4, 7, 10)
 
 
@@ -97,7 +98,7 @@ def compute_band_stats(
     sites: pd.DataFrame,
     n_sites: int = 256,
     dates_per_site: int = STATS_DATES_PER_SITE,
-    dates: DateSelection = "monthly",
+    dates: DateSelection = STATS_DATES,
     seed: int = 0,
     progress: bool = True,
     split_fingerprint: str = "",

@@ -20,6 +20,7 @@ from rapid_utils.corpus import chips
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore, is_store
 from rapid_utils.datasets import (
+    STATS_DATES,
     STATS_DATES_PER_SITE,
     BandStats,
     band_stats_recipe,
@@ -96,8 +97,8 @@ def load_study(
         return compute_band_stats(corpus, index[split == "train"], n_sites=stats_sites, seed=seed,
                                   progress=False, split_fingerprint=split_fingerprint)
 
-    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute,
-                              band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, "monthly", seed))
+    recipe = band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, STATS_DATES, seed)
+    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute, recipe)
     return Study(corpus, index, split, stats)
 
 

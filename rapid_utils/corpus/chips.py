@@ -443,6 +443,11 @@ def build_chips_index(spec: ChipsSpec, progress: bool = True) -> ChipsIndex:
 # --------------------------------------------------------------------------- reading
 
 
+def _sources_of(chips: pd.DataFrame) -> list[str]:
+    """Each chip's source; an index without that column holds labelled chips only."""
+    return chips["source"].tolist() if "source" in chips else [LABELLED_SOURCE] * len(chips)
+
+
 def read_chip(path: str | Path, spec: ChipsSpec, source: str = LABELLED_SOURCE
               ) -> np.ma.MaskedArray:
     """The four bands of a chip in stored units (reflectance x 10000), float32, masked nodata.
@@ -500,8 +505,7 @@ class ChipsDataset(Dataset):
         self.spec = spec
         self.paths = index["path"].tolist()
         self.sample_ids = index["sample_id"].tolist()
-        self.sources = (index["source"].tolist() if "source" in index
-                        else [LABELLED_SOURCE] * len(index))
+        self.sources = _sources_of(index)
         self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
         self.date_sampling = date_sampling
         self.normalisation = {
@@ -531,10 +535,6 @@ class ChipsDataset(Dataset):
         if self.date_sampling == "pair":
             item_dict |= {"image2": image.clone(), "date2": ""}
         return item_dict
-
-
-def _sources_of(chips: pd.DataFrame) -> list[str]:
-    return chips["source"].tolist() if "source" in chips else [LABELLED_SOURCE] * len(chips)
 
 
 def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256, seed: int = 0,
