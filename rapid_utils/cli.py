@@ -130,7 +130,8 @@ def _finetune(args: argparse.Namespace) -> int:
     results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
     results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
                              data.sites("test"), data.band_stats, results_path, force=args.force,
-                             class_names=data.class_names)
+                             class_names=data.class_names,
+                             model_dir=paths.model_dir(Path(args.runs), results_path))
     logging.info("test accuracy %.3f -> %s", results["final"]["test"]["accuracy"], results_path)
     return 0
 

@@ -151,6 +151,8 @@ class _ChipDataset(Dataset):
     (`read_chip`, raw values with a nodata mask), so both give the same items.
     """
 
+    gsd_m: float | None = layout.PIXEL_SIZE_M  # ground sampling distance of the images, m
+
     def __init__(
         self,
         index: pd.DataFrame,

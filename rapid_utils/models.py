@@ -202,8 +202,11 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
 EXPORT_WEIGHTS = "encoder.safetensors"
 EXPORT_DESCRIPTION = "encoder.json"
 EXPORT_CARD = "MODEL_CARD.md"
+CLASSIFIER_WEIGHTS = "model.safetensors"
+CLASSIFIER_DESCRIPTION = "model.json"
 EXPORT_FORMAT = "rapid_utils.encoder/1"
-"""Value of encoder.json's `format` (and the key of its copy in the safetensors header)."""
+"""Value of encoder.json's (and model.json's) `format`, and the key of its copy in the
+safetensors header."""
 
 # What an export describes and a checkpoint must therefore record (older ones lack `provenance`).
 _REQUIRED_PROVENANCE = ("bands", "scale", "mean", "std", "split_fingerprint",
@@ -222,7 +225,7 @@ class Normalisation:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_size: int
-    gsd_m: float
+    gsd_m: float | None  # None: the imagery did not say (chips without a georeference)
 
     @classmethod
     def from_description(cls, description: dict) -> Normalisation:
@@ -230,6 +233,11 @@ class Normalisation:
         return cls(tuple(description["bands"]), description["scale"],
                    tuple(description["mean"]), tuple(description["std"]),
                    description["input_size"], description["gsd_m"])
+
+    def describe(self) -> dict:
+        """As recorded in an encoder.json, model.json and fine-tuning results file."""
+        return {"bands": list(self.bands), "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std), "input_size": self.input_size, "gsd_m": self.gsd_m}
 
     def check(self, bands: Sequence[str], scale: float) -> None:
         """Raise ValueError, naming both, when data of `bands` (names, in order) and `scale`
@@ -285,10 +293,8 @@ def _describe(path: Path, checkpoint: dict) -> dict:
     history = checkpoint.get("history") or []
     return {
         "format": EXPORT_FORMAT,
-        "weights": EXPORT_WEIGHTS,
         "arch": config["arch"],
         "in_channels": len(bands),
-        "feature_dim": None,  # set from the built encoder
         "class_names": None,  # an encoder has no classifier head
         "bands": bands,
         "scale": provenance["scale"],
@@ -310,6 +316,22 @@ def _describe(path: Path, checkpoint: dict) -> dict:
     }
 
 
+def _write_described(model: nn.Module, description: dict, out: Path, weights_name: str,
+                     description_name: str) -> Path:
+    """Write `model`'s weights as `out/weights_name` (safetensors, with a copy of the description
+    in its header, for a weights file that travels alone) and the description, completed with
+    the weights' name, feature width and sha256, as `out/description_name`; return its path."""
+    description = description | {"weights": weights_name, "feature_dim": feature_dim(model)}
+    tensors = {name: value.detach().cpu().contiguous() for name, value in
+               model.state_dict().items()}
+    with atomic_path(out / weights_name) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={
+            "format": "pt", EXPORT_FORMAT: json.dumps(description)})
+    description["weights_sha256"] = file_sha256(out / weights_name)
+    write_json_atomic(out / description_name, description)
+    return out / description_name
+
+
 def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write a BYOL checkpoint's encoder to `out_dir` as encoder.safetensors, encoder.json (its
     normalisation, input, provenance) and MODEL_CARD.md; return encoder.json's path.
@@ -323,37 +345,60 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
     description = _describe(path, content)
     model = build_model(description["arch"], description["in_channels"], 0)
     _load(model, state, f"BYOL checkpoint {path}")
-    description["feature_dim"] = feature_dim(model)
-    tensors = {name: value.detach().contiguous() for name, value in model.state_dict().items()}
-    with atomic_path(out / EXPORT_WEIGHTS) as tmp:
-        # a copy of the description in the header, for a weights file that travels alone
-        safetensors.torch.save_file(tensors, str(tmp), metadata={
-            "format": "pt", EXPORT_FORMAT: json.dumps(description)})
-    description["weights_sha256"] = file_sha256(out / EXPORT_WEIGHTS)
-    write_json_atomic(out / EXPORT_DESCRIPTION, description)
+    json_path = _write_described(model, description, out, EXPORT_WEIGHTS, EXPORT_DESCRIPTION)
     with atomic_path(out / EXPORT_CARD) as tmp:
-        tmp.write_text(_model_card(description))
-    return out / EXPORT_DESCRIPTION
+        tmp.write_text(_model_card(json.loads(json_path.read_text())))
+    return json_path
+
+
+def save_classifier(model: nn.Module, out_dir: str | Path, arch: str,
+                    class_names: Sequence[str], normalisation: Normalisation,
+                    provenance: dict) -> Path:
+    """Write a fine-tuned classifier to `out_dir` as model.safetensors and model.json (arch,
+    class names, its input's `Normalisation`, `provenance`: split and statistics fingerprints,
+    init checkpoint, results file, versions); return model.json's path.
+
+    `load_pretrained(out_dir)` reads it back, head included.
+    """
+    description = {
+        "format": EXPORT_FORMAT,
+        "arch": arch,
+        "in_channels": len(normalisation.bands),
+        "class_names": list(class_names),
+        **normalisation.describe(),
+        **provenance,
+        "versions": _versions(),
+    }
+    return _write_described(model, description, Path(out_dir), CLASSIFIER_WEIGHTS,
+                            CLASSIFIER_DESCRIPTION)
 
 
 def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
-    """The encoder of an export folder (or its encoder.json), in eval mode, and its normalisation.
+    """The model of an export folder (or its JSON), in eval mode, and its normalisation.
 
-    The model is ``build_model(arch, in_channels, 0)`` (4-band conv1, `fc` = Identity) with the
-    exported weights; check your data with ``normalisation.check(bands, scale)`` and feed it
+    An encoder export (`export_encoder`: encoder.json) gives ``build_model(arch, in_channels,
+    0)`` (4-band conv1, `fc` = Identity); a fine-tuned classifier (`save_classifier`:
+    model.json) gives the network with its head, one output per entry of its `class_names`.
+    Check your data with ``normalisation.check(bands, scale)`` and feed it
     ``normalisation.normalise(values)``.
     """
     path = Path(path)
-    json_path = path / EXPORT_DESCRIPTION if path.is_dir() else path
-    hint = "Export a BYOL checkpoint with `rapid-utils export --checkpoint PATH --out DIR`."
+    hint = ("Export a BYOL checkpoint with `rapid-utils export --checkpoint PATH --out DIR`, or "
+            "point to a fine-tuned model's folder (runs/<profile>/models/<run>).")
+    json_path = path
+    if path.is_dir():
+        found = [path / name for name in (EXPORT_DESCRIPTION, CLASSIFIER_DESCRIPTION)
+                 if (path / name).is_file()]
+        json_path = found[0] if found else path / EXPORT_DESCRIPTION
     if not json_path.is_file():
-        raise WeightsUnavailableError(f"no {EXPORT_DESCRIPTION} at {json_path}. {hint}")
+        raise WeightsUnavailableError(f"no {EXPORT_DESCRIPTION} or {CLASSIFIER_DESCRIPTION} at "
+                                      f"{json_path}. {hint}")
     try:
         description = json.loads(json_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise WeightsUnavailableError(f"cannot read {json_path} ({err}). {hint}") from err
     if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
-        raise WeightsUnavailableError(f"{json_path} is not an encoder export (format "
+        raise WeightsUnavailableError(f"{json_path} is not an encoder or model export (format "
                                       f"{EXPORT_FORMAT!r}). {hint}")
     weights = json_path.parent / description["weights"]
     if not weights.is_file():
@@ -362,8 +407,9 @@ def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
     if file_sha256(weights) != description["weights_sha256"]:
         raise WeightsUnavailableError(f"{weights} is not the file {json_path} describes (sha256 "
                                       f"differs): export again into one folder. {hint}")
-    model = build_model(description["arch"], description["in_channels"], 0)
-    _load(model, safetensors.torch.load_file(weights), f"encoder weights {weights}")
+    model = build_model(description["arch"], description["in_channels"],
+                        len(description.get("class_names") or ()))
+    _load(model, safetensors.torch.load_file(weights), f"model weights {weights}")
     return model.eval(), Normalisation.from_description(description)
 
 

@@ -99,6 +99,11 @@ def results_dir(runs: Path) -> Path:
     return Path(runs) / "results"
 
 
+def model_dir(runs: Path, results_file: str | Path) -> Path:
+    """Where the fine-tuned model of one results file is saved (weights and model.json)."""
+    return Path(runs) / "models" / Path(results_file).stem
+
+
 def label_efficiency_dir(runs: Path) -> Path:
     """The label-efficiency study's records, subsets and fine-tuning results in a runs folder."""
     return Path(runs) / "label_efficiency"

@@ -777,6 +777,7 @@ def finetune(
     class_names: Sequence[str] = labels.CLASSES,
     replace_stale: bool = False,
     check_pretraining_split: bool = True,
+    model_dir: str | Path | None = None,
 ) -> dict:
     """Fine-tune a classifier of `class_names` and write its results file; return the results.
 
@@ -792,6 +793,11 @@ def finetune(
     still). An existing complete results file with the same parameters and provenance is
     returned as it is unless `force`; one with others is refused, or replaced when
     `replace_stale`.
+
+    With `model_dir`, the trained classifier is written there too (`models.save_classifier`:
+    weights plus its normalisation, classes and provenance; `models.load_pretrained` reads
+    it), and the results file names it. Every results file records the input's
+    `normalisation` (bands, scale, per-band mean and std, input size, pixel size).
     """
     results_path = Path(results_path)
     provenance = finetune_provenance(config, train_index, val_index, test_index, band_stats)
@@ -807,6 +813,9 @@ def finetune(
                     "pass force=True to replace it or choose another results path"
                 )
             else:
+                if model_dir is not None and not existing.get("model"):
+                    log.warning("%s was written without its model's weights; pass force=True to "
+                                "train again and save them to %s", results_path, model_dir)
                 return existing
 
     if (train_index["label"] < 0).any():
@@ -900,6 +909,17 @@ def finetune(
 
     unreadable.check()  # the last epoch's evaluation reads too
     if context.is_main:
+        normalisation = models.Normalisation(
+            tuple(layout.BANDS), layout.REFLECTANCE_SCALE, band_stats.mean, band_stats.std,
+            int(train_set[0]["image"].shape[-1]), train_set.gsd_m)
+        saved = None
+        if model_dir is not None:
+            description = models.save_classifier(
+                model, model_dir, config.arch, class_names, normalisation,
+                provenance | {"results_file": results_path.name, "parameters": asdict(config),
+                              "git_commit": _git_commit()})
+            saved = {"path": str(Path(model_dir).resolve()),
+                     "weights_sha256": json.loads(description.read_text())["weights_sha256"]}
         write_json_atomic(results_path, {
             "parameters": asdict(config) | {
                 "n_train": len(train_index),
@@ -920,6 +940,8 @@ def finetune(
             # accuracy of the last epoch's single-date predictions, at each evaluation date
             "per_date_accuracy": {name: evaluations[name]["per_date"] for name in ("test", "val")},
             "provenance": provenance,
+            "normalisation": normalisation.describe(),
+            "model": saved,  # the fine-tuned weights' folder, when saved
             "unreadable_samples": unreadable.reasons,  # replaced by other samples, with why
             "classes": list(class_names),
             "versions": _versions(),

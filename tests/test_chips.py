@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from rapid_utils import batch, cli, datasets, paths, results, study, train
+from rapid_utils import batch, cli, datasets, models, paths, results, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import BandCountError, RasterReadError
 from rapid_utils.corpus.synthetic_chips import S2_BANDS, generate_example_chips
@@ -268,8 +268,13 @@ def test_one_epoch_byol_and_fine_tune_on_chips(chips_root: Path, tmp_path: Path)
                                   init=f"byol:{byol_dir / train.CHECKPOINT_FILE}")
     run = train.finetune(config, spec_file, data.sites("train"), data.sites("val"),
                          data.sites("test"), data.band_stats, results_path, progress=False,
-                         class_names=data.class_names)
+                         class_names=data.class_names, model_dir=tmp_path / "model")
     assert run["classes"] == ["agricultural", "forest", "shrub"]
+    # 64 px chips at 10 m resampled to 16 px: the model sees 40 m pixels
+    assert run["normalisation"]["gsd_m"] == pytest.approx(40.0)
+    assert run["normalisation"]["input_size"] == 16
+    model, normalisation = models.load_pretrained(run["model"]["path"])
+    assert model.fc.out_features == 3 and normalisation.gsd_m == pytest.approx(40.0)
     final = run["final"]["test"]
     assert list(final["precision"]) == run["classes"] and final["n"] == 3
     assert np.asarray(final["confusion_matrix"]).shape == (3, 3)

@@ -212,6 +212,36 @@ def test_finetune_results_file(data: dict, tmp_path: Path) -> None:
     assert again["per_epoch"] == results["per_epoch"] and again["final"] == results["final"]
 
 
+def test_fine_tuned_model_is_saved_with_its_normalisation_and_reloads(
+    data: dict, tmp_path: Path
+) -> None:
+    results = run_finetune(data, tiny_finetune(epochs=1), tmp_path / "r.json",
+                           model_dir=tmp_path / "model")
+    stats = data["band_stats"]
+    expected = {"bands": list(layout.BANDS), "scale": layout.REFLECTANCE_SCALE,
+                "mean": list(stats.mean), "std": list(stats.std), "input_size": 16,
+                "gsd_m": layout.PIXEL_SIZE_M}
+    assert results["normalisation"] == expected
+    description = json.loads((tmp_path / "model" / models.CLASSIFIER_DESCRIPTION).read_text())
+    assert {k: description[k] for k in expected} == expected
+    assert description["class_names"] == list(CLASSES) and description["arch"] == "resnet18"
+    assert description["split_fingerprint"] == results["provenance"]["split_fingerprint"]
+    assert description["results_file"] == "r.json"
+    assert results["model"]["weights_sha256"] == description["weights_sha256"]
+
+    model, normalisation = models.load_pretrained(results["model"]["path"])
+    assert normalisation.mean == stats.mean and normalisation.input_size == 16
+    # the saved weights are the final ones: they repeat the results file's test predictions
+    dataset = datasets.open_dataset(data["corpus_root"], data["val_index"], stats, "seasons")
+    again = train._evaluate(model, train._loader(dataset, 8, 0, shuffle=False),
+                            torch.device("cpu"))
+    confusion = metrics.classification_metrics(again["y_true"], again["y_pred"])
+    assert confusion["confusion_matrix"] == results["final"]["test"]["confusion_matrix"]
+
+    without = run_finetune(data, tiny_finetune(epochs=1), tmp_path / "plain.json")
+    assert without["model"] is None and "normalisation" in without
+
+
 def test_finetune_reuses_complete_result_unless_forced(
     data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -483,6 +483,20 @@ def to_size(image: torch.Tensor, spec: ChipsSpec) -> torch.Tensor:
     return TF.resize(image, [spec.size, spec.size], antialias=True)
 
 
+def chip_gsd_m(path: str | Path, spec: ChipsSpec) -> float | None:
+    """Ground sampling distance (m) of a chip as the model sees it: its pixel size, times the
+    resampling to `spec.size`; None when the chip has no projected georeference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            if src.crs is None or not src.crs.is_projected:
+                return None
+            pixel, width = abs(src.res[0]) * src.crs.linear_units_factor[1], src.width
+    if spec.size is not None and spec.resize == "bilinear":
+        pixel *= width / spec.size
+    return float(pixel)
+
+
 class ChipsDataset(Dataset):
     """Chips of a chips corpus with their class: the chips counterpart of PlanetFusionDataset.
 
@@ -504,6 +518,7 @@ class ChipsDataset(Dataset):
             raise ValueError("the dataset's index has no chips")
         self.spec = spec
         self.paths = index["path"].tolist()
+        self.gsd_m = chip_gsd_m(self.paths[0], spec)  # of the images (chips in one folder)
         self.sample_ids = index["sample_id"].tolist()
         self.sources = _sources_of(index)
         self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
