@@ -6,8 +6,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,7 @@ DATE_SAMPLING = ("random", "first", "spread", "seasons", "all", "pair")
 """How an item picks its dates: one at random (training), the first, one fixed per site spread
 over the year (`spread`, a hash of the sample id: no RNG drawn), one per season (`seasons`),
 every date (`all`), or two different dates (`pair`, temporal positives)."""
+T = TypeVar("T")
 MAX_REPLACEMENTS = 10  # replacements tried for an unreadable sample before giving up
 MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
 STATS_DATES_PER_SITE = 4  # dates drawn per site for band statistics
@@ -237,35 +240,46 @@ class _ChipDataset(Dataset):
         return item_dict
 
     def _readable_item(self, item: int) -> tuple[int, list[dt.date], list[torch.Tensor], str]:
-        """The item's dates and images, or a replacement's when its rasters cannot be read.
+        """The item's dates and images, or a replacement's (`read_or_replace`)."""
+        def read(position: int) -> tuple[list[dt.date], list[torch.Tensor]]:
+            sample_id = self.sample_ids[position]
+            chosen = self.choose_dates(sample_id)
+            return chosen, self.load_images(sample_id, chosen)
 
-        A truncated, missing or wrong-size raster of one site must not end a run of hours:
-        the site is replaced by another, drawn deterministically from the site and the
-        attempt, and named with the reason in the returned text: one "sample_id: reason" line
-        per failed read, "" when none failed (the training loops count these and stop past
-        `train.UNREADABLE_SHARE` of all reads).
-        """
-        problems = []
-        for attempt in range(MAX_REPLACEMENTS + 1):
-            sample_id = self.sample_ids[item]
-            try:
-                chosen = self.choose_dates(sample_id)
-                return item, chosen, self.load_images(sample_id, chosen), "\n".join(problems)
-            except CorpusError as error:
-                # one line per failed read: the loops split the text on newlines
-                problems.append(f"{sample_id}: {' '.join(str(error).split())}")
-                if sample_id not in self.unreadable:
-                    self.unreadable.add(sample_id)
-                    log.warning("unreadable sample %s, replaced by another: %s", sample_id,
-                                error)
-                step = splits.unit_hash([f"{sample_id}#{attempt}"], 0, "replacement")[0]
-                item = (item + 1 + int(step * (len(self) - 1))) % len(self)
-        raise CorpusError(f"{MAX_REPLACEMENTS + 1} samples in a row could not be read: "
-                          + "; ".join(problems))
+        item, (chosen, images), unreadable = read_or_replace(item, read, self.sample_ids,
+                                                             self.unreadable)
+        return item, chosen, images, unreadable
 
     def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
         """The item's images, one per date."""
         return [self.load_chip(sample_id, date) for date in dates]
+
+
+def read_or_replace(item: int, read: Callable[[int], T], sample_ids: Sequence[str],
+                    warned: set[str]) -> tuple[int, T, str]:
+    """`read(item)`, or, when that raises a `CorpusError`, `read` of a replacement item.
+
+    A truncated, missing or wrong-size raster of one sample must not end a run of hours: the
+    sample is replaced by another, drawn deterministically from the sample and the attempt.
+    Returns the item read, what `read` gave, and one "sample_id: reason" line per failed read
+    ("" when none failed; the training loops count these and stop past
+    `train.UNREADABLE_SHARE` of all reads). Each sample is warned about once (`warned`).
+    """
+    problems = []
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        sample_id = sample_ids[item]
+        try:
+            return item, read(item), "\n".join(problems)
+        except CorpusError as error:
+            # one line per failed read: the loops split the text on newlines
+            problems.append(f"{sample_id}: {' '.join(str(error).split())}")
+            if sample_id not in warned:
+                warned.add(sample_id)
+                log.warning("unreadable sample %s, replaced by another: %s", sample_id, error)
+            step = splits.unit_hash([f"{sample_id}#{attempt}"], 0, "replacement")[0]
+            item = (item + 1 + int(step * (len(sample_ids) - 1))) % len(sample_ids)
+    raise CorpusError(f"{MAX_REPLACEMENTS + 1} samples in a row could not be read: "
+                      + "; ".join(problems))
 
 
 def seasonal_dates(dates: list[dt.date]) -> list[dt.date]:
@@ -378,6 +392,8 @@ class PackedStoreDataset(_ChipDataset):
         """A batch, collated as `keep_batch(items)` would, from one read of all its chunks.
 
         The same random dates (drawn item by item, in order) and values as `self[i]` per item.
+        When a chunk of the batch cannot be read (missing, torn), the batch is read again item
+        by item, so only the damaged samples are replaced (and recorded), as with `self[i]`.
         """
         if self.date_sampling in MULTI_DATE:  # series: items, collated by the loader
             return [self[item] for item in items]
@@ -386,7 +402,12 @@ class PackedStoreDataset(_ChipDataset):
         times = [[self.store.date_position(date) for date in dates] for dates in chosen]
         # Date-major memory, so `image` and `image2` are each one contiguous block.
         by_date = np.empty((len(times[0]), len(items), *self.store.shape[2:]), dtype=np.uint16)
-        self.store.read_batch(sample_ids, times, out=by_date.transpose(1, 0, 2, 3, 4))
+        try:
+            self.store.read_batch(sample_ids, times, out=by_date.transpose(1, 0, 2, 3, 4))
+        except CorpusError as error:
+            log.warning("a batched read of %s failed (%s); reading its %d samples one by one",
+                        self.store.url, " ".join(str(error).split()), len(items))
+            return [self[item] for item in items]  # collated by the loader (`keep_batch`)
         chips = torch.from_numpy(by_date)
         images = chips if self.raw else self.normalise_batch(chips)
         batch = {
@@ -394,7 +415,6 @@ class PackedStoreDataset(_ChipDataset):
             "label": self.targets[items],
             "sample_id": sample_ids,
             "date": [dates[0].isoformat() for dates in chosen],
-            # a batched read has no per-sample replacement: a torn chunk stops it, named
             "unreadable": [""] * len(items),
         }
         if self.date_sampling == "pair":

@@ -193,7 +193,7 @@ hours, but a broken corpus must not train quietly on what is left."""
 
 
 class UnreadableLog:
-    """The unreadable samples a run's Datasets replaced (`Dataset._readable_item`), counted."""
+    """The unreadable samples a run's Datasets replaced (`datasets.read_or_replace`), counted."""
 
     def __init__(self, recorded: dict[str, str] | None = None) -> None:
         self.reasons: dict[str, str] = dict(recorded or {})  # sample id -> first reason

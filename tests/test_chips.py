@@ -146,6 +146,21 @@ def test_clear_errors_for_bad_chips(chips_copy: Path) -> None:
         chips.build_chips_index(spec, progress=False)
 
 
+def test_a_chip_unreadable_after_indexing_is_replaced_and_named(chips_copy: Path) -> None:
+    spec = make_spec(chips_copy)
+    found = chips.build_chips_index(spec, progress=False)
+    stats = chips.compute_band_stats(spec, found.labelled)
+    dataset = chips.ChipsDataset(spec, found.labelled, stats)
+    clean = dataset[1]
+    assert clean["unreadable"] == ""
+    Path(found.labelled["path"].iloc[1]).write_text("truncated")  # damaged after indexing
+    replaced = dataset[1]
+    bad = found.labelled["sample_id"].iloc[1]
+    assert replaced["unreadable"].startswith(f"{bad}: cannot read")
+    assert replaced["sample_id"] != bad and replaced["image"].shape == clean["image"].shape
+    assert replaced["sample_id"] == dataset[1]["sample_id"]  # the same replacement each time
+
+
 def test_spec_file_round_trip_and_bad_values(chips_root: Path, tmp_path: Path) -> None:
     spec = make_spec(chips_root, size=32, class_map={c: "forest" for c in CLASSES})
     folder = tmp_path / "corpus"

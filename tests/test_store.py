@@ -334,6 +334,29 @@ def test_missing_or_torn_chunk_names_the_file_and_the_fix(packed: Path, tmp_path
         opened.read(opened.sample_ids[1], [3])
 
 
+def test_a_damaged_chunk_in_a_batched_read_replaces_only_its_sample(
+    packed: Path, tiny_corpus: Path, stats, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(packed, damaged)
+    index = build_index(tiny_corpus, progress=False)
+    opened = store.PackedStore(damaged)
+    bad = index["sample_id"].iloc[2]
+    (damaged / "reflectance" / "c" / str(opened.row(bad)) / "0" / "0" / "0" / "0").unlink()
+    clean = datasets.open_dataset(packed, index, stats, date_sampling="first")
+    dataset = datasets.open_dataset(damaged, index, stats, date_sampling="first")
+    items = [0, 2, 5]
+    batch = datasets.keep_batch(dataset.__getitems__(items))
+    expected = datasets.keep_batch(clean.__getitems__(items))
+    assert batch["image"].shape == expected["image"].shape
+    assert batch["unreadable"][0] == batch["unreadable"][2] == ""
+    assert batch["unreadable"][1].startswith(f"{bad}: ") and "is missing" in batch[
+        "unreadable"][1]
+    assert batch["sample_id"][1] != bad  # a replacement, drawn deterministically
+    for position in (0, 2):  # the readable samples are what a clean store gives
+        assert torch.equal(batch["image"][position], expected["image"][position])
+
+
 def test_missing_store_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(store.StoreError, match="rapid-utils pack"):
         store.PackedStore(tmp_path / "none.zarr")

@@ -523,6 +523,7 @@ class ChipsDataset(Dataset):
         self.sources = _sources_of(index)
         self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
         self.date_sampling = date_sampling
+        self.unreadable: set[str] = set()  # chips already warned about (this process)
         self.normalisation = {
             name: tuple(torch.tensor(v, dtype=torch.float32)[:, None, None]
                         for v in band_stats.for_source(name))
@@ -539,13 +540,16 @@ class ChipsDataset(Dataset):
         return to_size(datasets.normalise_chip(chip, *self.normalisation[source]), self.spec)
 
     def __getitem__(self, item: int) -> dict:
-        image = self.load_chip(item)
+        # an unreadable chip is replaced by another, as in the GeoTIFF Datasets
+        item, image, unreadable = datasets.read_or_replace(item, self.load_chip,
+                                                           self.sample_ids, self.unreadable)
         series = self.date_sampling in datasets.MULTI_DATE  # a chip's one "date"
         item_dict = {
             "image": image[None] if series else image,
             "label": self.targets[item],
             "sample_id": self.sample_ids[item],
             "date": [""] if series else "",
+            "unreadable": unreadable,
         }
         if self.date_sampling == "pair":
             item_dict |= {"image2": image.clone(), "date2": ""}
