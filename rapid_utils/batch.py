@@ -25,6 +25,7 @@ from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
+from rapid_utils.messages import gist
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,15 @@ def notebook_values(notebook: str, parameters: dict[str, Any]) -> dict[str, Any]
     return defaults | {key: value for key, value in parameters.items() if key in declared}
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """Why a fine-tuning job runs (again) instead of reusing its results file."""
+
+    reason: str
+    replace: bool = False  # the file holds another run: the notebook must overwrite it
+    announce: bool = False  # worth a progress line: a complete file was there
+
+
 class _ReuseCheck:
     """Whether a fine-tuning job's results file holds the very run the job would make.
 
@@ -257,14 +267,14 @@ class _ReuseCheck:
     def __init__(self) -> None:
         self._studies: dict[tuple, study.Study] = {}
 
-    def why_rerun(self, job: Job) -> str | None:
+    def why_rerun(self, job: Job) -> Rerun | None:
         """None when the job's result can be reused, else why it must run (again)."""
         try:
             existing = json.loads(job.results_file.read_text())
         except (OSError, ValueError):
-            return "no results file"
+            return Rerun("no results file")
         if not existing.get("complete"):
-            return "results file incomplete"
+            return Rerun("results file incomplete")
         values = notebook_values(job.notebook, job.parameters)
         runs = Path(values["runs_dir"])
         try:
@@ -278,9 +288,12 @@ class _ReuseCheck:
                                                    data.sites("val"), data.sites("test"),
                                                    data.band_stats)
         except Exception as error:  # noqa: BLE001  the notebook will report it in full
-            return f"cannot check the result ({type(error).__name__}: {error})"
+            return Rerun(f"cannot check the result ({type(error).__name__}: {error})",
+                         announce=True)
         stale = train.stale_reasons(existing, config, provenance)
-        return f"stale result: {'; '.join(stale)}" if stale else None
+        if not stale:
+            return None
+        return Rerun(f"stale result: {'; '.join(stale)}", replace=True, announce=True)
 
 
 def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
@@ -328,17 +341,17 @@ def reproduce(
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
                                 if job.scenario else "")
-        rerun_reason = (reuse.why_rerun(job) if job.results_file and not force
-                        and job.scenario not in skipped else None)
+        rerun = (reuse.why_rerun(job) if job.results_file and not force
+                 and job.scenario not in skipped else None)
         if job.scenario in skipped:
             outcome = NotebookRun(label, job.output, 0.0, skipped[job.scenario], "skipped")
-        elif job.results_file and not force and rerun_reason is None:
+        elif job.results_file and not force and rerun is None:
             outcome = NotebookRun(label, job.output, 0.0, None, "reused")
         else:
-            if rerun_reason and rerun_reason.startswith(("stale", "cannot check")):
-                log.info("[%d/%d] %s: rerunning, %s", number, len(jobs), label, rerun_reason)
+            if rerun and rerun.announce:
+                log.info("[%d/%d] %s: rerunning, %s", number, len(jobs), label, rerun.reason)
             # a stale result is replaced (the notebook refuses to overwrite it otherwise)
-            replace = force or bool(rerun_reason and rerun_reason.startswith("stale"))
+            replace = force or bool(rerun and rerun.replace)
             parameters = job.parameters | ({"force": True} if replace and job.scenario else {})
             outcome = run_notebook(job.notebook, job.output, parameters)
             outcome.name = label
@@ -352,12 +365,3 @@ def reproduce(
                  outcome.status, f" ({gist(outcome.error)})" if outcome.error else "",
                  outcome.seconds, time.perf_counter() - start)
     return outcomes
-
-
-def gist(reason: str) -> str:
-    """The first sentence of a skip reason or error, for one-line progress logs.
-
-    Whole sentences, not a fixed number of characters: a cut mid-sentence reads as a wrong
-    instruction. The full text stays in skipped.json or the failed notebook.
-    """
-    return reason.strip().splitlines()[0].split(". ")[0] if reason.strip() else "no reason given"

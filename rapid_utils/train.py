@@ -41,6 +41,7 @@ from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.datasets import BandStats, keep_batch, open_dataset
 from rapid_utils.io import atomic_path, file_sha256, replace_keeping_previous, write_json_atomic
+from rapid_utils.messages import gist
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +377,10 @@ def _resume_checkpoint(path: Path, config: PretrainConfig, provenance: dict) -> 
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
                 pickle.UnpicklingError) as error:
             # torch's own messages run to paragraphs (and suggest unsafe loading): the gist
-            gist = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
-            problems.append(f"{candidate} (truncated or corrupt: {type(error).__name__}: {gist})")
+            short = gist(str(error), empty="")
+            problems.append(f"{candidate} (truncated or corrupt: {type(error).__name__}: {short})")
             log.warning("checkpoint %s is unreadable (%s: %s); trying the previous epoch's",
-                        candidate, type(error).__name__, gist)
+                        candidate, type(error).__name__, short)
             continue
         changed = _changed_fields(config, checkpoint.get("config"))
         recorded = checkpoint.get("provenance") or {}

@@ -15,6 +15,7 @@ from jupyter_client import KernelManager
 
 from rapid_utils import batch, cli, docs, paths, results, study
 from rapid_utils.corpus.index import build_index
+from rapid_utils.messages import gist
 
 
 @pytest.fixture
@@ -96,8 +97,9 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     check = batch._ReuseCheck()
 
     def reasons(jobs: list[batch.Job]) -> dict[str, str | None]:
-        return {job.scenario: check.why_rerun(job) for job in jobs
-                if job.scenario and job.scenario != "imagenet-100%"}
+        verdicts = {job.scenario: check.why_rerun(job) for job in jobs
+                    if job.scenario and job.scenario != "imagenet-100%"}
+        return {key: rerun and rerun.reason for key, rerun in verdicts.items()}
 
     assert set(reasons(batch.plan_jobs("ci", values, corpus)).values()) == {None}
     changed = reasons(batch.plan_jobs("ci", values | {"lr": 0.002}, corpus))
@@ -259,8 +261,8 @@ def test_notebook_kernels_run_on_unix_sockets_without_the_tcp_warning(
 def test_progress_line_gist_is_the_first_whole_sentence() -> None:
     reason = ("Could not get ResNet18_Weights.IMAGENET1K_V1 (<urlopen error offline>). To supply "
               "them, on a machine with internet run once `...`.\nsecond line")
-    assert batch.gist(reason) == (
+    assert gist(reason) == (
         "Could not get ResNet18_Weights.IMAGENET1K_V1 (<urlopen error offline>)")
-    assert batch.gist("Traceback (most recent call last):\n  File ...") == (
+    assert gist("Traceback (most recent call last):\n  File ...") == (
         "Traceback (most recent call last):")
-    assert batch.gist("  ") == "no reason given"
+    assert gist("  ") == "no reason given"
