@@ -61,3 +61,23 @@ def barrier(context: Context) -> None:
     """Wait for every process (a no-op in a single process)."""
     if context.active:
         dist.barrier()
+
+
+def sum_over_processes(values: list[float], context: Context) -> list[float]:
+    """Each of `values` summed over all processes (the values themselves in one process)."""
+    if not context.active:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def gather_objects(value: object, context: Context) -> list[object]:
+    """Every process's `value` (picklable), in rank order; [value] in one process."""
+    if not context.active:
+        return [value]
+    gathered: list[object] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

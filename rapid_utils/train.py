@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 from torch import nn
@@ -178,13 +177,7 @@ def _wrap(model: nn.Module, device: torch.device, context: distributed.Context) 
 
 
 def _mean_over_processes(value: float, context: distributed.Context) -> float:
-    if not context.active:
-        return value
-    total = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        total = total.cuda()
-    dist.all_reduce(total)
-    return float(total.item()) / context.world_size
+    return distributed.sum_over_processes([value], context)[0] / context.world_size
 
 
 UNREADABLE_SHARE = 0.01
@@ -194,12 +187,19 @@ hours, but a broken corpus must not train quietly on what is left."""
 
 
 class UnreadableLog:
-    """The unreadable samples a run's Datasets replaced (`datasets.read_or_replace`), counted."""
+    """The unreadable samples a run's Datasets replaced (`datasets.read_or_replace`), counted.
 
-    def __init__(self, recorded: dict[str, str] | None = None) -> None:
+    Under torchrun each process counts its own reads; `check` decides on the sums over all
+    processes, so every process stops together (one stopping alone would leave the others
+    waiting at the next collective step).
+    """
+
+    def __init__(self, recorded: dict[str, str] | None = None,
+                 context: distributed.Context | None = None) -> None:
         self.reasons: dict[str, str] = dict(recorded or {})  # sample id -> first reason
         self.failed = 0
         self.read = 0
+        self.context = context or distributed.Context()
 
     def note(self, batch: dict) -> None:
         """Count a batch's reads and the failed ones its items report."""
@@ -211,12 +211,21 @@ class UnreadableLog:
                 self.failed += 1
 
     def check(self) -> None:
-        """Stop, listing the samples, when more than `UNREADABLE_SHARE` of the reads failed."""
-        if self.failed <= UNREADABLE_SHARE * self.read:
+        """Stop, listing the samples, when more than `UNREADABLE_SHARE` of the reads failed.
+
+        Every process must call it at the same point; each then also holds all processes'
+        reasons (what rank 0 records).
+        """
+        failed, read = distributed.sum_over_processes([self.failed, self.read], self.context)
+        if failed:
+            for reasons in distributed.gather_objects(self.reasons, self.context):
+                for sample_id, reason in reasons.items():
+                    self.reasons.setdefault(sample_id, reason)
+        if failed <= UNREADABLE_SHARE * read:
             return
         listed = "; ".join(f"{sid}: {why}" for sid, why in list(self.reasons.items())[:20])
         raise CorpusError(
-            f"{self.failed} of {self.read} sample reads failed, more than "
+            f"{failed:.0f} of {read:.0f} sample reads failed, more than "
             f"{UNREADABLE_SHARE:.0%}: {listed}. Repair or remove these sites (check the whole "
             "corpus with rapid_utils.corpus.reader.verify_sites), then rerun"
         )
@@ -479,7 +488,8 @@ def pretrain(
     start_epoch, step = 0, 0
     provenance = pretrain_provenance(train_index, band_stats, split_fingerprint)
     checkpoint = _resume_checkpoint(path, config, provenance)
-    unreadable = UnreadableLog(checkpoint.get("unreadable_samples") if checkpoint else None)
+    unreadable = UnreadableLog(checkpoint.get("unreadable_samples") if checkpoint else None,
+                               context)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["byol"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -879,7 +889,7 @@ def finetune(
         "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
     }
     evaluations: dict[str, dict] = {}
-    unreadable = UnreadableLog()
+    unreadable = UnreadableLog(context=context)
     for epoch in range(config.epochs):
         flips = _augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.

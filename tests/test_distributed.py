@@ -101,6 +101,34 @@ def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
         assert torch.equal(tensor, checkpoint[models.BYOL_ENCODER_KEY][name])
 
 
+def _unreadable_worker(rank: int, port: int, out: str) -> None:
+    """Rank 1 alone meets bad samples: 3 of its 100 reads fail, none of rank 0's 100."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    log = train.UnreadableLog(context=distributed.setup())
+    failures = [f"site_{k}: truncated" for k in range(3)] if rank == 1 else []
+    log.note({"label": [0] * 100, "unreadable": failures + [""] * (100 - len(failures))})
+    try:
+        log.check()
+        outcome = "went on"
+    except Exception as error:  # noqa: BLE001  the test reads what each rank raised
+        outcome = str(error)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(
+        {"outcome": outcome, "reasons": log.reasons}))
+    dist.destroy_process_group()
+
+
+def test_every_rank_stops_together_on_unreadable_samples(tmp_path: Path) -> None:
+    """3 of 200 reads (1.5 %) failed: every process stops, not rank 1 alone (its 3 %), which
+    would leave rank 0 waiting at the next collective step."""
+    mp.spawn(_unreadable_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE,
+             join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    for rank in ranks:
+        assert rank["outcome"].startswith("3 of 200 sample reads failed"), rank["outcome"]
+        assert set(rank["reasons"]) == {"site_0", "site_1", "site_2"}  # rank 0 records them
+
+
 def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
