@@ -1,7 +1,7 @@
 """Data exploration: the non-plotting half of notebooks 01 and 02.
 
 Picks example sites, samples reflectance values, and summarises class time profiles
-(mean spectra and NDVI per date) and label composition. Figures live in `plots.py`.
+(mean spectra and NDVI per date) and label composition. Figures live in `plots/`.
 """
 
 from __future__ import annotations

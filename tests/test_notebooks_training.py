@@ -1,4 +1,4 @@
-"""Training figures (plots.py) on hand-made results, and notebooks 03-04 end to end."""
+"""Training figures (plots/training.py) on hand-made results, and notebooks 03-04 end to end."""
 
 from __future__ import annotations
 

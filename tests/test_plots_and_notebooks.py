@@ -1,4 +1,4 @@
-"""Figures (plots.py), exploration helpers, split size tables, and notebooks 01-02 end to end."""
+"""Figures (plots/), exploration helpers, split size tables, and notebooks 01-02 end to end."""
 
 from __future__ import annotations
 
