@@ -1,0 +1,505 @@
+"""Realism: the embedded synthetic corpus measured against real Sentinel-2 chips at 10 m.
+
+Both sides are brought to one scale before anything is compared. Embedded sites (3 m) are
+resampled to 10 m by area averaging (torch's `area` interpolation, an adaptive average pool):
+a 200 px site becomes 60 px (600 m); the small sites of the ci and quick profiles become
+only 10 px (32 px at 3 m) or 19 px (64 px), so their spatial statistics rest on few pixels and
+few frequencies. Real chips (64 px at 10 m) are centre-cropped to the same side, so both
+cover the same ground. One seeded date per site is used (chips are single-date), as stored:
+no cloud masking, on either side.
+
+The real chips (`../shared/real-s2`, read in place through `corpus.chips`):
+- `unlabelled-l2a`: L2A surface reflectance, no labels; a seeded sample is the reference of
+  the unconditional statistics (band quantiles, spatial statistics).
+- `eurosat-ms-labelled`: EuroSAT-MS, mapped to the poster classes it has (agricultural,
+  forest, shrub, artificial, water); the reference of the per-class NDVI and of the
+  classifiers. These chips are L1C, top of atmosphere: path radiance lifts blue and red
+  (and lowers NDVI) against surface reflectance. It is the labelled imagery we have.
+
+Statistics (reflectance 0-1 throughout; per band unless said otherwise):
+- `reflectance_qNN`: the NN % quantile of pixel reflectance, pixels pooled over chips.
+- `ndvi_qNN` (per class): the NN % quantile of per-pixel NDVI, (NIR - red) / (NIR + red).
+- `spectral_slope`: the median over chips of the log-log slope of the radially averaged
+  power spectrum (Hann-windowed, mean removed, numpy FFT; power against cycles per pixel).
+- `gradient_qNN`: quantiles of the gradient magnitude (central differences), reflectance
+  per 10 m, pixels pooled over chips.
+- `heterogeneity`: the median over chips of the within-chip std / mean.
+- `imagestats_accuracy`, `cnn_accuracy`: out-of-fold accuracy (stratified CV) of a logistic
+  regression on per-band image statistics and of a tiny CNN, on chips of the same classes
+  and the same count per class on both sides; `spatial_signal` is their difference (CNN
+  minus imagestats): the part of the class signal held in spatial structure.
+
+Distance: |embedded - real| in the statistic's unit. Tolerance: set from the real chips
+alone, before any comparison: the 95 % quantile of |statistic of n real chips drawn with
+replacement - statistic of all real chips|, with n the embedded chip count (of the class, for
+per-class rows): how far a sample of the embedded corpus's size falls from the real value by
+chance alone. For the accuracies, the per-chip out-of-fold correctness is resampled (the
+models are not retrained). `within`: distance <= tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from rapid_utils import evaluation, labels, paths
+from rapid_utils.corpus import chips, layout
+from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.reader import CorpusError, corpus_size, sample_chips
+from rapid_utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+REAL_S2_DEFAULT = "../shared/real-s2"  # relative to the project root
+LABELLED_FOLDER = "eurosat-ms-labelled"  # <Class>/*.tif, 13 bands, L1C
+L2A_FOLDER = "unlabelled-l2a"  # *.tif, 4 bands B02 B03 B04 B08, L2A
+LABELLED_BANDS = (2, 3, 4, 8)  # Blue, Green, Red, NIR in EuroSAT's 13-band order
+L2A_BANDS = ("B02", "B03", "B04", "B08")
+CLASS_MAP_FILE = "eurosat-to-poster.yaml"
+REAL_GSD_M = 10.0
+QUANTILES = (5, 25, 50, 75, 95)
+PIXELS_PER_CHIP = 256  # pixels drawn per chip for pooled quantiles (all of a smaller chip)
+TOLERANCE_LEVEL = 0.95
+CSV_NAME = "realism.csv"
+COLUMNS = ("statistic", "band", "class", "embedded", "real", "distance", "tolerance", "within",
+           "unit", "reference", "n_embedded", "n_real")
+ALL = "all"  # the `class` of unconditional rows and the `band` of rows over all bands
+
+
+class RealChipsNotFoundError(CorpusError):
+    """The real Sentinel-2 chips folder is missing or lacks its sub-folders."""
+
+
+@dataclass(frozen=True)
+class ChipSet:
+    """Single-date chips at 10 m: reflectance (N, 4, S, S) in Blue, Green, Red, NIR order,
+    NaN for nodata, and each chip's poster class ("" where it has none)."""
+
+    name: str
+    images: np.ndarray
+    classes: np.ndarray
+    source_gsd_m: float  # pixel size before resampling to 10 m
+    source_side: int  # side in px before resampling and cropping
+
+    @property
+    def side(self) -> int:
+        """Side of the chips in 10 m pixels."""
+        return int(self.images.shape[-1])
+
+    def describe(self) -> str:
+        """One line: how many chips, their size at 10 m, and where they come from."""
+        return (f"{self.name}: {len(self.images)} chips of {self.side} x {self.side} px at "
+                f"{REAL_GSD_M:g} m ({self.side * REAL_GSD_M:g} m), from {self.source_side} px "
+                f"at {self.source_gsd_m:g} m")
+
+    def subset(self, keep: np.ndarray) -> ChipSet:
+        """The chips at positions (or mask) `keep`."""
+        return dataclasses.replace(self, images=self.images[keep], classes=self.classes[keep])
+
+
+# --------------------------------------------------------------------------- chips
+
+
+def resample_to_gsd(images: np.ndarray, gsd_m: float, target_gsd_m: float = REAL_GSD_M
+                    ) -> np.ndarray:
+    """(N, C, S, S) images at `gsd_m` resampled to `target_gsd_m` by area averaging."""
+    side = max(1, round(images.shape[-1] * gsd_m / target_gsd_m))
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    return F.interpolate(tensor, size=(side, side), mode="area").numpy()
+
+
+def centre_crop(images: np.ndarray, side: int) -> np.ndarray:
+    """The central `side` x `side` px of (..., S, S) images (unchanged when not larger)."""
+    top = max(0, (images.shape[-2] - side) // 2)
+    left = max(0, (images.shape[-1] - side) // 2)
+    return images[..., top:top + side, left:left + side]
+
+
+def embedded_chips(root: str | Path, index: pd.DataFrame | None = None, n_sites: int = 200,
+                   seed: int = 0) -> ChipSet:
+    """One seeded monthly date of `n_sites` seeded sites of an embedded corpus, at 10 m.
+
+    A site's class is its dominant poster class (the index's `label_name`).
+    """
+    root = Path(root)
+    index = build_index(root, progress=False) if index is None else index
+    drawn = list(sample_chips(root, index["sample_id"].tolist(), n_sites, 1, "monthly", seed))
+    stored = np.stack([chip.astype(np.float32).filled(np.nan) for _, chip in drawn])
+    names = index.set_index("sample_id")["label_name"]
+    classes = np.array([names[sample_id] for sample_id, _ in drawn], dtype=object)
+    images = resample_to_gsd(stored / layout.REFLECTANCE_SCALE, layout.PIXEL_SIZE_M)
+    return ChipSet("embedded", images, classes, layout.PIXEL_SIZE_M, corpus_size(root))
+
+
+def real_s2_dir(location: str | Path = REAL_S2_DEFAULT) -> Path:
+    """The real chips folder: an absolute path, or one relative to the project root."""
+    return (paths.project_root() / Path(location).expanduser()).resolve()
+
+
+def _check_real_dir(folder: Path) -> None:
+    for needed in (folder, folder / LABELLED_FOLDER, folder / L2A_FOLDER):
+        if not needed.is_dir():
+            raise RealChipsNotFoundError(
+                f"no real Sentinel-2 chips folder at {needed}: the realism measurement needs "
+                f"{folder}/{LABELLED_FOLDER}/<Class>/*.tif and {folder}/{L2A_FOLDER}/*.tif "
+                "(see the folder's README.md); point `real_s2_dir` to where they are, or skip "
+                "the realism measurement"
+            )
+
+
+def real_chips_spec(folder: Path) -> chips.ChipsSpec:
+    """How the real chips are read: EuroSAT's labelled chips and the L2A folder as a source."""
+    return chips.ChipsSpec(
+        root=folder / LABELLED_FOLDER, bands=LABELLED_BANDS,
+        unlabelled=(chips.ChipSource(folder / L2A_FOLDER, bands=L2A_BANDS),),
+        class_map=chips.read_class_map(str(paths.classmaps_dir() / CLASS_MAP_FILE), folder),
+    )
+
+
+def _read_chips(files: Sequence[str | Path], spec: chips.ChipsSpec, source: str
+                ) -> np.ndarray:
+    """Chips as reflectance (N, 4, S, S), NaN for nodata."""
+    return np.stack([chips.read_chip(path, spec, source).filled(np.nan)
+                     / layout.REFLECTANCE_SCALE for path in files]).astype(np.float32)
+
+
+def real_chips(folder: str | Path, side: int | None = None, n_l2a: int = 500, seed: int = 0
+               ) -> tuple[ChipSet, ChipSet]:
+    """(labelled EuroSAT chips with poster classes, a seeded sample of `n_l2a` L2A chips),
+    centre-cropped to `side` px (the embedded chips' side at 10 m; None keeps 64)."""
+    folder = Path(folder)
+    _check_real_dir(folder)
+    spec = real_chips_spec(folder)
+    found = chips.build_chips_index(dataclasses.replace(spec, unlabelled=()), progress=False)
+    labelled = _read_chips(found.labelled["path"], spec, chips.LABELLED_SOURCE)
+    pool = sorted(p for p in (folder / L2A_FOLDER).iterdir()
+                  if p.suffix.lower() in chips.CHIP_SUFFIXES)
+    if not pool:
+        raise RealChipsNotFoundError(f"no .tif chips in {folder / L2A_FOLDER}")
+    picked = np.random.default_rng(seed).permutation(len(pool))[:n_l2a]
+    l2a = _read_chips([pool[k] for k in sorted(picked)], spec, spec.unlabelled[0].name)
+    with np.errstate(invalid="ignore"):
+        has_image = np.any(np.nan_to_num(l2a) > 0, axis=(1, 2, 3))  # as the chips index skips
+    sets = (ChipSet("EuroSAT-MS (L1C, labelled)", labelled,
+                    found.labelled["label_name"].to_numpy(dtype=object), REAL_GSD_M,
+                    labelled.shape[-1]),
+            ChipSet("unlabelled L2A", l2a[has_image], np.full(int(has_image.sum()), "",
+                                                              dtype=object),
+                    REAL_GSD_M, l2a.shape[-1]))
+    side = side or labelled.shape[-1]
+    return tuple(dataclasses.replace(s, images=centre_crop(s.images, side)) for s in sets)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def ndvi(images: np.ndarray) -> np.ndarray:
+    """Per-pixel NDVI (N, S, S) of (N, 4, S, S) reflectance; NaN where NIR + red is 0."""
+    red, nir = images[:, layout.BANDS.index("red")], images[:, layout.BANDS.index("nir")]
+    total = nir + red
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total != 0, (nir - red) / total, np.nan)
+
+
+def pixel_sample(values: np.ndarray, per_chip: int = PIXELS_PER_CHIP, seed: int = 0
+                 ) -> np.ndarray:
+    """(N, ..., P) seeded random pixels of each chip of (N, ..., S, S) values (the same
+    positions in every band of a chip), so that every chip weighs the same in pooled quantiles."""
+    flat = values.reshape(*values.shape[:-2], -1)
+    n_pixels = flat.shape[-1]
+    keys = np.random.default_rng(seed).random((values.shape[0], n_pixels))
+    chosen = np.argsort(keys, axis=1)[:, :min(per_chip, n_pixels)]
+    chosen = chosen.reshape(chosen.shape[0], *([1] * (flat.ndim - 2)), chosen.shape[1])
+    return np.take_along_axis(flat, chosen, axis=-1)
+
+
+def pooled_quantiles(values: np.ndarray, quantiles: Sequence[float] = QUANTILES) -> np.ndarray:
+    """Quantiles (%) of (N, C, P) or (N, P) values, pooled over chips and pixels: (Q, C) or (Q,)."""
+    if values.ndim == 2:
+        return np.nanpercentile(values, quantiles)
+    pooled = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+    return np.nanpercentile(pooled, quantiles, axis=1)
+
+
+def spectral_slopes(images: np.ndarray) -> np.ndarray:
+    """Log-log slope of each image's radially averaged power spectrum, (..., S, S) -> (...).
+
+    Mean removed (NaN pixels set to it) and a Hann window applied against edge leakage;
+    power is averaged in rings of integer radius 1 ... S/2 (frequency in cycles per pixel)
+    and a line is fitted to log10 power against log10 frequency. White noise gives about 0;
+    natural images about -2 to -3.
+    """
+    side = images.shape[-1]
+    centred = images - np.nanmean(images, axis=(-2, -1), keepdims=True)
+    centred = np.nan_to_num(centred) * np.outer(np.hanning(side), np.hanning(side))
+    power = np.abs(np.fft.fft2(centred)) ** 2
+    frequency = np.fft.fftfreq(side)
+    ring = np.rint(np.hypot(*np.meshgrid(frequency, frequency)) * side).astype(int).ravel()
+    rings = np.arange(1, side // 2 + 1)
+    members = (ring[:, None] == rings[None]).astype(float)  # (S*S, K)
+    radial = power.reshape(*power.shape[:-2], -1) @ members / members.sum(axis=0)
+    x = np.log10(rings / side)
+    y = np.log10(np.maximum(radial, np.finfo(float).tiny))
+    x_centred = x - x.mean()
+    return ((y - y.mean(axis=-1, keepdims=True)) @ x_centred) / (x_centred @ x_centred)
+
+
+def gradient_magnitude(images: np.ndarray) -> np.ndarray:
+    """Per-pixel gradient magnitude of (..., S, S) images, in their units per pixel."""
+    d_y, d_x = np.gradient(images, axis=(-2, -1))
+    return np.hypot(d_y, d_x)
+
+
+def heterogeneity(images: np.ndarray) -> np.ndarray:
+    """Within-image std / mean of (..., S, S) images (NaN-aware; NaN where the mean is 0)."""
+    mean = np.nanmean(images, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean != 0, np.nanstd(images, axis=(-2, -1)) / mean, np.nan)
+
+
+def bootstrap_tolerance(real: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
+                        n_chips: int, n_draws: int = 200, seed: int = 0,
+                        level: float = TOLERANCE_LEVEL) -> np.ndarray:
+    """The `level` quantile of |statistic(n_chips real chips drawn with replacement) -
+    statistic(all real chips)|: the distance a real sample of that size reaches by chance.
+
+    `real` holds one entry per chip along its first axis; `statistic` maps such an array to
+    an array of statistics, and the tolerance has its shape.
+    """
+    rng = np.random.default_rng(seed)
+    full = statistic(real)
+    draws = np.stack([statistic(real[rng.integers(0, len(real), n_chips)])
+                      for _ in range(n_draws)])
+    return np.quantile(np.abs(draws - full), level, axis=0)
+
+
+def compare(statistic: str, embedded: np.ndarray, real: np.ndarray, tolerance: np.ndarray,
+            bands: Sequence[str], class_name: str = ALL, unit: str = "", reference: str = "",
+            n_embedded: int = 0, n_real: int = 0) -> pd.DataFrame:
+    """Rows of the realism table: one per band, distance |embedded - real| against tolerance."""
+    embedded, real = np.atleast_1d(embedded), np.atleast_1d(real)
+    distance = np.abs(embedded - real)
+    tolerance = np.broadcast_to(tolerance, distance.shape)
+    return pd.DataFrame({
+        "statistic": statistic, "band": list(bands), "class": class_name, "embedded": embedded,
+        "real": real, "distance": distance, "tolerance": tolerance,
+        "within": distance <= tolerance, "unit": unit, "reference": reference,
+        "n_embedded": n_embedded, "n_real": n_real,
+    })
+
+
+def _quantile_rows(name: str, embedded: np.ndarray, real: np.ndarray, bands: Sequence[str],
+                   unit: str, reference: str, class_name: str = ALL, seed: int = 0
+                   ) -> list[pd.DataFrame]:
+    """Pooled-quantile rows; tolerances first, from the real chips alone."""
+    tolerance = bootstrap_tolerance(real, pooled_quantiles, len(embedded), seed=seed)
+    real_value, embedded_value = pooled_quantiles(real), pooled_quantiles(embedded)
+    return [compare(f"{name}_q{q:02d}", embedded_value[k], real_value[k], tolerance[k], bands,
+                    class_name, unit, reference, len(embedded), len(real))
+            for k, q in enumerate(QUANTILES)]
+
+
+def _median_rows(name: str, embedded: np.ndarray, real: np.ndarray, unit: str, reference: str,
+                 seed: int = 0) -> pd.DataFrame:
+    """Rows of a per-chip, per-band statistic (N, C) compared by its median over chips."""
+    def median(values: np.ndarray) -> np.ndarray:
+        return np.nanmedian(values, axis=0)
+
+    tolerance = bootstrap_tolerance(real, median, len(embedded), seed=seed)
+    return compare(name, median(embedded), median(real), tolerance, layout.BANDS, ALL, unit,
+                   reference, len(embedded), len(real))
+
+
+def spectral_rows(embedded: ChipSet, pool: ChipSet, labelled: ChipSet, seed: int = 0
+                  ) -> pd.DataFrame:
+    """Band quantiles against the L2A pool; per-class NDVI quantiles against labelled chips."""
+    rows = _quantile_rows("reflectance", pixel_sample(embedded.images, seed=seed),
+                          pixel_sample(pool.images, seed=seed), layout.BANDS, "reflectance",
+                          pool.name, seed=seed)
+    embedded_ndvi = pixel_sample(ndvi(embedded.images), seed=seed)
+    real_ndvi = pixel_sample(ndvi(labelled.images), seed=seed)
+    for name in shared_classes(embedded, labelled):
+        rows += _quantile_rows("ndvi", embedded_ndvi[embedded.classes == name],
+                               real_ndvi[labelled.classes == name], ["ndvi"], "NDVI",
+                               labelled.name, name, seed)
+    return pd.concat(rows, ignore_index=True)
+
+
+def spatial_rows(embedded: ChipSet, pool: ChipSet, seed: int = 0) -> pd.DataFrame:
+    """Spectral slope, gradient magnitude quantiles and heterogeneity against the L2A pool."""
+    rows = [_median_rows("spectral_slope", spectral_slopes(embedded.images),
+                         spectral_slopes(pool.images), "log10 power / log10 frequency",
+                         pool.name, seed)]
+    rows += _quantile_rows("gradient", pixel_sample(gradient_magnitude(embedded.images), seed=seed),
+                           pixel_sample(gradient_magnitude(pool.images), seed=seed), layout.BANDS,
+                           "reflectance per 10 m", pool.name, seed=seed)
+    rows.append(_median_rows("heterogeneity", heterogeneity(embedded.images),
+                             heterogeneity(pool.images), "std / mean", pool.name, seed))
+    return pd.concat(rows, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- class signal
+
+
+def shared_classes(embedded: ChipSet, real: ChipSet) -> list[str]:
+    """Poster classes present on both sides, in the poster's order."""
+    present = set(embedded.classes) & set(real.classes)
+    return [name for name in labels.CLASSES if name in present]
+
+
+def matched_samples(embedded: ChipSet, real: ChipSet, seed: int = 0
+                    ) -> tuple[ChipSet, ChipSet]:
+    """Both sets cut to their shared classes with the same chip count per class (the smaller
+    side's, seeded draws), so accuracies compare at equal chance level and sample size.
+    Classes with fewer than 2 chips on either side are left out (no stratified CV)."""
+    rng = np.random.default_rng(seed)
+    keep_embedded, keep_real = [], []
+    for name in shared_classes(embedded, real):
+        members_e = np.flatnonzero(embedded.classes == name)
+        members_r = np.flatnonzero(real.classes == name)
+        count = min(len(members_e), len(members_r))
+        if count < 2:
+            continue
+        keep_embedded += sorted(rng.choice(members_e, count, replace=False))
+        keep_real += sorted(rng.choice(members_r, count, replace=False))
+    return embedded.subset(np.array(keep_embedded, dtype=int)), real.subset(
+        np.array(keep_real, dtype=int))
+
+
+class TinyCNN(nn.Module):
+    """Three 3 x 3 convolutions (two with stride 2), global average pooling, a linear head."""
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * width, n_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def train_cnn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                      epochs: int = 20, seed: int = 0) -> np.ndarray:
+    """Labels of `test_x` from a TinyCNN trained on (train_x, train_y), seeded, on the CPU.
+
+    Bands are standardised with the training images' statistics (NaN then 0); training
+    uses Adam, batches of 32 and random flips and quarter turns.
+    """
+    mean = np.nanmean(train_x, axis=(0, 2, 3), keepdims=True)
+    std = np.nanstd(train_x, axis=(0, 2, 3), keepdims=True) + 1e-6
+
+    def prepared(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.nan_to_num((images - mean) / std).astype(np.float32))
+
+    inputs, targets = prepared(train_x), torch.from_numpy(train_y.astype(np.int64))
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = TinyCNN(train_x.shape[1], int(train_y.max()) + 1)
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        model.train()
+        for _ in range(epochs):
+            for batch in torch.randperm(len(inputs)).split(32):
+                views = inputs[batch]
+                if torch.rand(()) < 0.5:
+                    views = views.flip(-1)
+                views = torch.rot90(views, int(torch.randint(4, ())), dims=(-2, -1))
+                loss = F.cross_entropy(model(views), targets[batch])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            return model(prepared(test_x)).argmax(dim=1).numpy()
+
+
+def out_of_fold_correct(chipset: ChipSet, seed: int = 0, cnn_epochs: int = 20
+                        ) -> dict[str, np.ndarray]:
+    """Per chip, whether its out-of-fold prediction is right: "imagestats" (logistic
+    regression on `evaluation.imagestats_features`) and "cnn" (TinyCNN), same stratified folds
+    (5, or the smallest class count)."""
+    names, y = np.unique(chipset.classes.astype(str), return_inverse=True)
+    folds = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
+    features = evaluation.imagestats_features(chipset.images)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    stats_pred = cross_val_predict(probe, features, y, cv=folds)
+    cnn_pred = np.empty_like(y)
+    for fold, (train, test) in enumerate(folds.split(features, y)):
+        cnn_pred[test] = train_cnn_predict(chipset.images[train], y[train],
+                                           chipset.images[test], cnn_epochs, seed + fold)
+    return {"imagestats": stats_pred == y, "cnn": cnn_pred == y}
+
+
+def class_signal_rows(embedded: ChipSet, labelled: ChipSet, seed: int = 0, cnn_epochs: int = 20
+                      ) -> pd.DataFrame:
+    """Imagestats and CNN accuracy and their difference, embedded against labelled chips."""
+    embedded, labelled = matched_samples(embedded, labelled, seed)
+    if len(set(labelled.classes)) < 2:
+        log.warning("fewer than 2 shared classes with 2 chips each: no class-signal rows")
+        return pd.DataFrame(columns=list(COLUMNS))
+    real = out_of_fold_correct(labelled, seed, cnn_epochs)
+    emb = out_of_fold_correct(embedded, seed, cnn_epochs)
+    real_gap = real["cnn"].astype(float) - real["imagestats"]
+    emb_gap = emb["cnn"].astype(float) - emb["imagestats"]
+    rows = []
+    for name, real_values, emb_values in (("imagestats_accuracy", real["imagestats"],
+                                           emb["imagestats"]),
+                                          ("cnn_accuracy", real["cnn"], emb["cnn"]),
+                                          ("spatial_signal", real_gap, emb_gap)):
+        real_values = np.asarray(real_values, dtype=float)
+        tolerance = bootstrap_tolerance(real_values, np.mean, len(emb_values), seed=seed)
+        rows.append(compare(name, np.mean(emb_values), np.mean(real_values), tolerance, [ALL],
+                            ALL, "accuracy (0-1)", labelled.name, len(emb_values),
+                            len(real_values)))
+    return pd.concat(rows, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def measure_realism(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, seed: int = 0,
+                    cnn_epochs: int = 20) -> pd.DataFrame:
+    """The realism table (COLUMNS): spectral, spatial and class-signal statistics.
+
+    Chips must share one side at 10 m (see `real_chips`); every tolerance is set from the
+    real chips and the embedded chip count before the embedded value is looked at.
+    """
+    sides = {embedded.side, labelled.side, pool.side}
+    if len(sides) != 1:
+        raise ValueError(f"chips of different sides {sorted(sides)} px: crop the real chips to "
+                         "the embedded side (real_chips(..., side=embedded.side))")
+    table = pd.concat([spectral_rows(embedded, pool, labelled, seed),
+                       spatial_rows(embedded, pool, seed),
+                       class_signal_rows(embedded, labelled, seed, cnn_epochs)],
+                      ignore_index=True)
+    return table[list(COLUMNS)].astype({"within": bool})
+
+
+def write_realism_csv(table: pd.DataFrame, directory: str | Path) -> Path:
+    """Write the realism table as `directory/realism.csv`, atomically; return its path."""
+    missing = sorted(set(COLUMNS) - set(table.columns))
+    if missing:
+        raise ValueError(f"the realism table lacks the column(s) {missing}")
+    path = Path(directory) / CSV_NAME
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return path

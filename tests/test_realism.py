@@ -1,0 +1,191 @@
+"""Realism statistics on hand-made cases, tolerances, the CSV, and the measurement end to end."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+
+from rapid_utils import labels, realism
+from rapid_utils.corpus.synthetic_chips import generate_example_chips
+
+REAL_S2 = realism.real_s2_dir()
+
+
+def power_law_image(side: int, slope: float, seed: int) -> np.ndarray:
+    """Gaussian noise whose power spectrum falls as frequency ** slope (random phases)."""
+    rng = np.random.default_rng(seed)
+    frequency = np.fft.fftfreq(side)
+    radius = np.hypot(*np.meshgrid(frequency, frequency))
+    radius[0, 0] = 1.0
+    amplitude = radius ** (slope / 2)
+    amplitude[0, 0] = 0.0
+    spectrum = amplitude * np.exp(2j * np.pi * rng.random((side, side)))
+    return np.real(np.fft.ifft2(spectrum))
+
+
+@pytest.mark.parametrize("slope", [0.0, -2.0, -3.0])
+def test_spectral_slope_of_power_law_images_is_recovered(slope: float) -> None:
+    images = np.stack([power_law_image(64, slope, seed) for seed in range(8)])
+    assert np.median(realism.spectral_slopes(images)) == pytest.approx(slope, abs=0.15)
+    # an offset and a gain change nothing: the mean is removed and the slope is log-log
+    assert realism.spectral_slopes(0.3 + 5 * images) == pytest.approx(
+        realism.spectral_slopes(images), abs=1e-9)
+
+
+def test_constant_image_has_zero_gradient_and_zero_heterogeneity() -> None:
+    constant = np.full((2, 4, 16, 16), 0.2)
+    assert np.all(realism.gradient_magnitude(constant) == 0)
+    assert realism.heterogeneity(constant) == pytest.approx(np.zeros((2, 4)), abs=1e-12)
+    ramp = np.tile(np.arange(16.0) * 0.01, (16, 1))  # 0.01 per pixel along x
+    assert realism.gradient_magnitude(ramp) == pytest.approx(np.full((16, 16), 0.01))
+    assert np.isnan(realism.heterogeneity(np.zeros((8, 8))))  # no mean to divide by
+
+
+def test_pooled_quantiles_of_a_known_array() -> None:
+    band = np.random.default_rng(0).permutation(np.arange(101.0)).reshape(1, 101)  # one chip
+    chips = np.stack([band, 10 * band], axis=1)  # (1, 2, 101): two bands
+    assert realism.pooled_quantiles(chips) == pytest.approx(
+        np.array([[5, 50], [25, 250], [50, 500], [75, 750], [95, 950]]))
+    split = band.reshape(1, 101)[:, :100].reshape(4, 25)  # pooled over 4 chips of 25 px
+    assert realism.pooled_quantiles(split) == pytest.approx(
+        np.percentile(band[0, :100], realism.QUANTILES))
+
+
+def test_pixel_sample_takes_the_same_pixels_in_every_band() -> None:
+    images = np.arange(2 * 4 * 8 * 8, dtype=float).reshape(2, 4, 8, 8)
+    sample = realism.pixel_sample(images, per_chip=10, seed=1)
+    assert sample.shape == (2, 4, 10)
+    assert np.all(np.diff(sample, axis=1) == 64)  # band k + 1 is band k + 64: same positions
+    assert realism.pixel_sample(images, per_chip=1000).shape == (2, 4, 64)  # all, no more
+
+
+def test_ndvi_of_known_pixels() -> None:
+    image = np.zeros((1, 4, 1, 3))
+    image[0, 2] = [0.1, 0.2, 0.0]  # red
+    image[0, 3] = [0.5, 0.2, 0.0]  # nir
+    ndvi = realism.ndvi(image)[0, 0]
+    assert ndvi[:2] == pytest.approx([0.4 / 0.6, 0.0]) and np.isnan(ndvi[2])
+
+
+def test_resampling_to_10_m_averages_areas() -> None:
+    image = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
+    coarse = realism.resample_to_gsd(image, gsd_m=5.0)
+    assert coarse[0, 0] == pytest.approx(image[0, 0].reshape(3, 2, 3, 2).mean(axis=(1, 3)))
+    assert realism.resample_to_gsd(np.ones((1, 4, 200, 200)), 3.0).shape == (1, 4, 60, 60)
+    assert realism.resample_to_gsd(np.ones((1, 4, 64, 64)), 3.0).shape[-1] == 19
+    assert realism.centre_crop(np.ones((2, 4, 64, 64)), 19).shape == (2, 4, 19, 19)
+
+
+def test_tolerance_comes_from_the_real_spread_and_decides_within() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.normal(1.0, 0.1, (400, 1))
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return values.mean(axis=0)
+
+    few, many = (realism.bootstrap_tolerance(real, mean, n, seed=1) for n in (10, 400))
+    assert few[0] == pytest.approx(1.96 * 0.1 / np.sqrt(10), rel=0.25)  # the sampling spread
+    assert many[0] < few[0]  # a larger embedded sample must come closer
+    assert realism.bootstrap_tolerance(np.ones((5, 2)), mean, 3)[0] == 0  # no spread, no slack
+    rows = realism.compare("x", np.array([1.02, 1.2]), mean(real).repeat(2), few, ["a", "b"])
+    assert rows["within"].tolist() == [True, False]
+    assert rows["distance"].to_numpy() == pytest.approx(np.abs([1.02, 1.2] - mean(real)))
+
+
+def test_matched_samples_have_the_same_classes_and_counts() -> None:
+    def chipset(classes: list[str]) -> realism.ChipSet:
+        return realism.ChipSet("x", np.zeros((len(classes), 4, 4, 4)), np.array(classes, object),
+                               10.0, 4)
+
+    embedded = chipset(["forest"] * 5 + ["water"] * 3 + ["bare"] * 4 + ["shrub"])
+    real = chipset(["forest"] * 2 + ["water"] * 6 + ["shrub"] * 4)
+    a, b = realism.matched_samples(embedded, real)
+    assert sorted(a.classes) == sorted(b.classes) == ["forest"] * 2 + ["water"] * 3
+
+
+def test_realism_csv_has_the_columns_and_is_written_atomically(tmp_path: Path) -> None:
+    table = realism.compare("reflectance_q50", np.array([0.1]), np.array([0.12]),
+                            np.array([0.01]), ["blue"], unit="reflectance")
+    path = realism.write_realism_csv(table, tmp_path / "figures")
+    assert path == tmp_path / "figures" / realism.CSV_NAME
+    written = pd.read_csv(path)
+    assert list(written.columns) == list(realism.COLUMNS)
+    assert written.loc[0, "class"] == "all" and not written.loc[0, "within"]
+    assert [p.name for p in path.parent.iterdir()] == [realism.CSV_NAME]  # no temp file left
+    with pytest.raises(ValueError, match="tolerance"):
+        realism.write_realism_csv(table.drop(columns="tolerance"), tmp_path)
+
+
+def test_a_missing_real_folder_is_named_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(realism.RealChipsNotFoundError, match=str(tmp_path / "nowhere")):
+        realism.real_chips(tmp_path / "nowhere")
+    (tmp_path / "half" / realism.LABELLED_FOLDER).mkdir(parents=True)
+    with pytest.raises(realism.RealChipsNotFoundError, match=realism.L2A_FOLDER):
+        realism.real_chips(tmp_path / "half")
+
+
+@pytest.fixture(scope="module")
+def fake_real_s2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real-s2 layout with generated chips: 10 EuroSAT classes x 4 (13 bands) and an
+    L2A folder of 4-band chips described B02 ... B08, one of them empty."""
+    root = tmp_path_factory.mktemp("real-s2")
+    labelled = generate_example_chips(root / realism.LABELLED_FOLDER, per_class=4,
+                                      n_unlabelled=0, seed=2, progress=False)
+    (labelled / ".example-chips.json").unlink()  # the real folder holds chips only
+    pool = root / realism.L2A_FOLDER
+    pool.mkdir()
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 4, "dtype": "uint16"}
+    for k, path in enumerate(sorted(labelled.rglob("*.tif"))[:12]):
+        with rasterio.open(path) as src:
+            values = src.read([2, 3, 4, 8]) * (k > 0)  # the first one empty
+        with warnings.catch_warnings():  # like the real L2A chips, they have no georeference
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(pool / f"test_{k}.tif", "w", **profile) as dst:
+                dst.write(values)
+                dst.descriptions = realism.L2A_BANDS
+    return root
+
+
+def check_table(table: pd.DataFrame) -> None:
+    assert list(table.columns) == list(realism.COLUMNS)
+    assert table["within"].dtype == bool
+    assert (table["tolerance"] >= 0).all() and table[["embedded", "real"]].notna().all().all()
+    assert table["distance"].to_numpy() == pytest.approx(
+        (table["embedded"] - table["real"]).abs().to_numpy())
+    statistics = set(table["statistic"])
+    assert {"reflectance_q50", "spectral_slope", "gradient_q95", "heterogeneity",
+            "imagestats_accuracy", "cnn_accuracy", "spatial_signal"} <= statistics
+    assert set(table["class"]) - {realism.ALL} <= set(labels.CLASSES)
+
+
+def test_measurement_end_to_end_on_a_tiny_corpus(tiny_corpus: Path, fake_real_s2: Path,
+                                                 tmp_path: Path) -> None:
+    embedded = realism.embedded_chips(tiny_corpus, n_sites=24, seed=0)
+    assert embedded.side == 10 and embedded.source_side == 32  # 32 px at 3 m -> 10 px at 10 m
+    labelled, pool = realism.real_chips(fake_real_s2, side=embedded.side, seed=0)
+    assert len(labelled.images) == 40 and len(pool.images) == 11  # the empty chip is skipped
+    assert set(labelled.classes) == {"agricultural", "forest", "shrub", "artificial", "water"}
+    table = realism.measure_realism(embedded, labelled, pool, seed=0, cnn_epochs=2)
+    check_table(table)
+    assert table.equals(realism.measure_realism(embedded, labelled, pool, seed=0,
+                                                cnn_epochs=2))  # seeded
+    assert pd.read_csv(realism.write_realism_csv(table, tmp_path)).shape == table.shape
+    with pytest.raises(ValueError, match="sides"):
+        realism.measure_realism(embedded, *realism.real_chips(fake_real_s2, side=12))
+
+
+@pytest.mark.skipif(not REAL_S2.is_dir(), reason=f"no real Sentinel-2 chips at {REAL_S2}")
+def test_measurement_on_the_real_chips(tiny_corpus: Path) -> None:
+    embedded = realism.embedded_chips(tiny_corpus, n_sites=24, seed=0)
+    labelled, pool = realism.real_chips(REAL_S2, side=embedded.side, n_l2a=100, seed=0)
+    assert len(labelled.images) == 199 and len(pool.images) <= 100
+    table = realism.measure_realism(embedded, labelled, pool, seed=0, cnn_epochs=2)
+    check_table(table)
+    median = table[table["statistic"] == "reflectance_q50"].set_index("band")["real"]
+    assert 0.005 < median["blue"] < median["nir"] < 0.6  # surface reflectance, vegetated
