@@ -58,11 +58,16 @@ def pick_sites_by_class(
 
 
 def read_monthly_series(
-    root: str | Path, sample_ids: Sequence[str], qa_mask: bool = False
+    root: str | Path, sample_ids: Sequence[str], qa_mask: bool = False,
+    qa_band: int | str | None = None,
 ) -> dict[str, xr.DataArray]:
-    """Monthly reflectance series (time, band, y, x) of a few sites, keyed by sample_id."""
+    """Monthly reflectance series (time, band, y, x) of a few sites, keyed by sample_id.
+
+    `qa_band` picks PF-QA's cloud-mask band when `qa_mask` is set (see `read_site`).
+    """
     return {
-        sid: read_site(Path(root), sid, dates="monthly", qa_mask=qa_mask) for sid in sample_ids
+        sid: read_site(Path(root), sid, dates="monthly", qa_mask=qa_mask, qa_band=qa_band)
+        for sid in sample_ids
     }
 
 
@@ -116,6 +121,7 @@ def class_time_profiles(
     min_share: float = 0.6,
     dates: DateSelection = "monthly",
     qa_mask: bool = True,
+    qa_band: int | str | None = None,
 ) -> pd.DataFrame:
     """Tidy time profiles of up to `n_per_class` seeded sites per poster class.
 
@@ -123,7 +129,9 @@ def class_time_profiles(
     describes its class rather than a mixture; classes without such sites are absent.
     One row per site and date: sample_id, class, time, month, blue, green, red, nir
     (mean reflectance, 0-1) and ndvi (mean of per-pixel NDVI). Cloudy pixels flagged in
-    PF-QA are left out when `qa_mask` is set.
+    PF-QA are left out when `qa_mask` is set; `qa_band` picks PF-QA's cloud-mask band (a
+    1-based number or description, see `read_site`), needed when the raster's band
+    descriptions do not tell it apart.
     """
     rng = np.random.default_rng(seed)
     share = dominant_share(index)
@@ -132,7 +140,8 @@ def class_time_profiles(
     for label, members in candidates.groupby("label", sort=True):
         ids = members["sample_id"].to_numpy()[rng.permutation(len(members))[:n_per_class]]
         for sample_id in sorted(ids):
-            series = read_site(Path(root), sample_id, dates=dates, qa_mask=qa_mask)
+            series = read_site(Path(root), sample_id, dates=dates, qa_mask=qa_mask,
+                               qa_band=qa_band)
             profile = site_time_profile(series)
             profile.insert(0, "class", labels.CLASSES[int(label)])
             profile.insert(0, "sample_id", sample_id)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import rasterio
 
+from rapid_utils import exploration
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import (
     BandCountError,
@@ -242,6 +243,19 @@ def test_ambiguous_qa_raster_is_refused(cloudy_site, descriptions, found):
     if descriptions[1] is not None:
         named = read_site(root, site, dates=[JULY], qa_band="Cloud_Probability").values[0]
         np.testing.assert_array_equal(named, chosen)
+
+
+def test_exploration_passes_qa_band_through(cloudy_site):
+    root, site, cloud = cloudy_site
+    for date in MONTHLY:  # nine undescribed QA bands at every date: ambiguous unless told
+        path = layout.raster_path(root, site, date, layout.PF_QA)
+        clouds = cloud if date == JULY else np.zeros_like(cloud)
+        rewrite(path, nine_band_qa(clouds, 2), descriptions=(None,) * 9)
+    with pytest.raises(QABandError):
+        exploration.read_monthly_series(root, [site], qa_mask=True)
+    series = exploration.read_monthly_series(root, [site], qa_mask=True, qa_band=2)[site]
+    july = series.sel(time=np.datetime64(JULY)).values
+    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)
 
 
 def test_qa_band_by_unknown_description(cloudy_site):
