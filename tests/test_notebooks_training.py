@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 
-from rapid_utils import labels, paths, plots, train
+from rapid_utils import byol, labels, paths, plots, train
 from rapid_utils.corpus.synthetic import generate_corpus
 
 DATES = ["2018-01-03", "2018-04-03", "2018-07-02", "2018-10-05"]
@@ -64,6 +65,18 @@ def test_pretraining_history_has_loss_std_with_reference_and_knn() -> None:
     reference = [line.get_ydata()[0] for line in std_ax.lines[1:]]
     assert reference[0] == pytest.approx(1 / 8) and reference[1] == 0
     assert list(knn_ax.lines[0].get_ydata()) == pytest.approx([20, 40, 60])
+
+
+def test_pretraining_history_loss_axis_spans_both_view_orders() -> None:
+    """The loss is summed over both view orders (BYOL.forward), so it lies in [0, 8], not [0, 4]."""
+    p = torch.ones(2, 4)
+    worst = float(byol.byol_loss(p, -p) + byol.byol_loss(-p, p))  # opposite projections
+    history = [{"epoch": e, "loss": 6.0 / e, "projection_std": 0.02, "knn_accuracy": 0.5,
+                "encoder_change": 0.1} for e in (1, 2, 3)]
+    loss_ax = plots.plot_pretraining_history(history).axes[0]
+    assert worst == pytest.approx(8.0)
+    assert loss_ax.get_ylim() == pytest.approx((0.0, worst))
+    assert "0 to 8" in loss_ax.get_ylabel()
 
 
 def test_embedding_is_two_dimensional_and_coloured_by_class() -> None:

@@ -31,7 +31,8 @@ def plot_pretraining_history(
     epochs = table["epoch"].to_numpy()
     loss_ax.plot(epochs, table["loss"], marker="o", color="0.2")
     loss_ax.set_title("BYOL loss")
-    loss_ax.set_ylabel("loss (0 to 4)")
+    loss_ax.set_ylim(0, 8)  # summed over both view orders (BYOL.forward), each 2 - 2 cos in [0, 4]
+    loss_ax.set_ylabel("loss, both view orders (0 to 8)")
     std_ax.plot(epochs, table["projection_std"], marker="o", color="#1f5fbf", label="measured")
     std_ax.axhline(1 / np.sqrt(dim), color="#1b6e2d", linestyle="--",
                    label=f"1/√{dim}: well spread")
