@@ -11,6 +11,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+import rasterio
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from rapid_utils import cli, datasets, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.index import build_index
-from rapid_utils.corpus.reader import read_raster
+from rapid_utils.corpus.reader import CorpusError, read_raster
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +356,18 @@ def test_a_damaged_chunk_in_a_batched_read_replaces_only_its_sample(
     assert batch["sample_id"][1] != bad  # a replacement, drawn deterministically
     for position in (0, 2):  # the readable samples are what a clean store gives
         assert torch.equal(batch["image"][position], expected["image"][position])
+
+
+def test_float_rasters_with_a_nan_nodata_tag_are_refused_up_front(corpus_copy: Path,
+                                                                  tmp_path: Path) -> None:
+    rasters = sorted(corpus_copy.glob(f"**/{layout.PF_SR}/*.tif"))
+    for path in rasters:  # reflectance as float32 with NaN nodata, as some exports write it
+        with rasterio.open(path) as src:
+            profile, data = src.profile, src.read().astype("float32") / 10000
+        with rasterio.open(path, "w", **(profile | {"dtype": "float32", "nodata": np.nan})) as dst:
+            dst.write(data)
+    with pytest.raises(CorpusError, match=r"holds float32 values; a packed store holds integer"):
+        store.pack(corpus_copy, tmp_path / "float.zarr", scheduler="synchronous", progress=False)
 
 
 def test_missing_store_names_the_fix(tmp_path: Path) -> None:

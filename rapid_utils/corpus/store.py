@@ -444,9 +444,15 @@ def _reference_grid(
         raise CorpusError(f"none of the first {probe} sites of {corpus} has readable dates")
     try:
         with rasterio.open(first_raster) as src:
-            side, nodata = min(src.height, src.width), src.nodata
+            side, nodata, dtype = min(src.height, src.width), src.nodata, src.dtypes[0]
     except rasterio.errors.RasterioError as error:
         raise CorpusError(f"cannot read {first_raster}: {error}") from error
+    if not np.issubdtype(np.dtype(dtype), np.integer):  # e.g. float32 with a NaN nodata tag
+        raise CorpusError(
+            f"{first_raster} holds {dtype} values; a packed store holds integer reflectance x "
+            f"{layout.REFLECTANCE_SCALE:g} (uint16). Train from the GeoTIFFs directly (the reader "
+            "handles float rasters), or convert them to uint16 reflectance x 10000 first"
+        )
     return _Grid(tuple(sorted(chosen)), size or side, None if nodata is None else int(nodata))
 
 
