@@ -1,7 +1,8 @@
-"""Atomic writes: durable (fsynced file and folder), readable by others, never half-written."""
+"""Atomic writes (durable, readable by others, never half-written) and remembered file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -53,3 +54,18 @@ def test_replace_keeping_previous(tmp_path: Path) -> None:
         new.write_text(version)
         io.replace_keeping_previous(new, target, previous)
     assert target.read_text() == "2" and previous.read_text() == "1"
+
+
+def test_file_sha256_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"first")
+    first = io.file_sha256(path)
+    assert first == hashlib.sha256(b"first").hexdigest()
+    hits = io._sha256_of.cache_info().hits
+    assert io.file_sha256(path) == first
+    assert io._sha256_of.cache_info().hits == hits + 1  # not read again
+    path.write_bytes(b"other")  # same inode and size, new content and modification time
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert io.file_sha256(path) == hashlib.sha256(b"other").hexdigest()
+    io.write_json_atomic(path, {"retrained": True})  # a new inode
+    assert io.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
