@@ -203,6 +203,23 @@ def real_chips(folder: str | Path, side: int | None = None, n_l2a: int = 500, se
     return tuple(dataclasses.replace(s, images=centre_crop(s.images, side)) for s in sets)
 
 
+def example_pairs(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, per_row: int = 4,
+                  seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row caption -> (embedded chips, real chips), up to `per_row` seeded chips each: first
+    any chips against the L2A pool, then each shared class against its labelled chips."""
+    rng = np.random.default_rng(seed)
+
+    def drawn(chipset: ChipSet, name: str | None = None) -> np.ndarray:
+        members = np.flatnonzero(chipset.classes == name) if name else np.arange(
+            len(chipset.images))
+        return chipset.images[np.sort(rng.permutation(members)[:per_row])]
+
+    pairs = {f"all · {pool.name}": (drawn(embedded), drawn(pool))}
+    for name in shared_classes(embedded, labelled):
+        pairs[f"{name} · {labelled.name}"] = (drawn(embedded, name), drawn(labelled, name))
+    return pairs
+
+
 # --------------------------------------------------------------------------- statistics
 
 

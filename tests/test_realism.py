@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from rapid_utils import labels, realism
+from rapid_utils import labels, plots, realism
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
 REAL_S2 = realism.real_s2_dir()
@@ -175,7 +175,13 @@ def test_measurement_end_to_end_on_a_tiny_corpus(tiny_corpus: Path, fake_real_s2
     check_table(table)
     assert table.equals(realism.measure_realism(embedded, labelled, pool, seed=0,
                                                 cnn_epochs=2))  # seeded
-    assert pd.read_csv(realism.write_realism_csv(table, tmp_path)).shape == table.shape
+    written = pd.read_csv(realism.write_realism_csv(table, tmp_path))
+    assert written.shape == table.shape
+    pairs = realism.example_pairs(embedded, labelled, pool, per_row=2)
+    assert list(pairs)[0].startswith("all") and all(len(e) <= 2 for e, _ in pairs.values())
+    for name, fig in (("chips", plots.plot_realism_chips(pairs)),
+                      ("statistics", plots.plot_realism_statistics(written))):
+        assert plots.save_figure(fig, tmp_path, f"realism_{name}").stat().st_size > 5_000
     with pytest.raises(ValueError, match="sides"):
         realism.measure_realism(embedded, *realism.real_chips(fake_real_s2, side=12))
 
