@@ -8,6 +8,7 @@ order, each receiving the profile values it declares in its `parameters` cell.
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import json
 import logging
 import tempfile
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import papermill
 import yaml
 from jupyter_client import KernelManager
@@ -25,6 +27,7 @@ from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
+from rapid_utils.io import atomic_path
 from rapid_utils.messages import gist
 
 log = logging.getLogger(__name__)
@@ -296,6 +299,20 @@ class _ReuseCheck:
         return Rerun(f"stale result: {'; '.join(stale)}", replace=True, announce=True)
 
 
+JOB_TIMES_FILE = "job_times.csv"
+"""Per-job wall times of a profile's last batch, in its runs folder (`make bench` prints them)."""
+
+
+def write_job_times(outcomes: list[NotebookRun], path: Path) -> None:
+    """The batch's jobs so far as CSV: job, status, seconds, and when this file was written."""
+    table = pd.DataFrame({"job": [o.name for o in outcomes],
+                          "status": [o.status for o in outcomes],
+                          "seconds": [round(o.seconds, 1) for o in outcomes]})
+    table["written"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
     """Why ImageNet weights cannot be had for the profile's arch, or None when they can."""
     weights = values.get("imagenet_weights_path") or None
@@ -336,6 +353,7 @@ def reproduce(
     results.write_skipped(results_dir, skipped)
 
     outcomes: list[NotebookRun] = []
+    times_file = paths.runs_dir(profile) / JOB_TIMES_FILE
     reuse = _ReuseCheck()
     start = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
@@ -361,6 +379,7 @@ def reproduce(
                             if j.scenario and results.SCENARIO_BY_KEY[j.scenario].init == "byol"}
                 results.write_skipped(results_dir, skipped)
         outcomes.append(outcome)
+        write_job_times(outcomes, times_file)  # after each job: an interrupted batch keeps it
         log.info("[%d/%d] %s: %s%s in %.0f s (total %.0f s)", number, len(jobs), label,
                  outcome.status, f" ({gist(outcome.error)})" if outcome.error else "",
                  outcome.seconds, time.perf_counter() - start)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from rapid_utils import batch, docs, download, models, paths, study, train
+from rapid_utils import batch, distributed, docs, download, models, paths, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -108,9 +108,12 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
                         help="seed of the train/val/test split; keep it fixed across runs")
     parser.add_argument("--stats-sites", type=int, default=256,
                         help="training sites for band statistics when band_stats.json is missing")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per process; 0: the cores no other process is busy on")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    distributed.set_threads(args.threads)
     config = _config(args, train.PretrainConfig)
     data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
                             args.stats_sites)
@@ -122,6 +125,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    distributed.set_threads(args.threads)
     args.init = study.resolve_init(args.init, args.runs, args.positives, args.byol_seed,
                                    args.byol_checkpoint)
     config = _config(args, train.FinetuneConfig)

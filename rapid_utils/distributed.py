@@ -7,11 +7,16 @@ and on a multi-GPU node.
 
 from __future__ import annotations
 
+import logging
 import os
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,39 @@ def gather_objects(value: object, context: Context) -> list[object]:
     gathered: list[object] = [None] * context.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def free_cores(samples: int = 5, interval_s: float = 0.05) -> int:
+    """Cores this process may use that no other task is running on now (at least 1).
+
+    The CPUs of this process's affinity mask less the runnable tasks of the machine (Linux's
+    /proc/loadavg, an instantaneous count, unlike the load averages, which lag a minute behind
+    a job that just ended), the median of a few samples, the reading task itself aside.
+    Elsewhere: every core.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        running = []
+        for _ in range(samples):
+            with open("/proc/loadavg") as file:
+                running.append(int(file.read().split()[3].split("/")[0]) - 1)
+            time.sleep(interval_s)
+    except (OSError, IndexError, ValueError):
+        return max(1, cores or 1)
+    return max(1, (cores or 1) - int(statistics.median(running)))
+
+
+def set_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads for this process and return how many.
+
+    `threads` > 0 is taken as given; 0 picks the free cores (`free_cores`) shared among the
+    node's training processes (torchrun's LOCAL_WORLD_SIZE). torch's default, one thread per
+    core, spins against any other busy process: on two cores, two such processes slowed each
+    other about six-fold where one thread each halves them (see `make bench`).
+    """
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (the free cores) or a positive number, got {threads}")
+    chosen = threads or max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(chosen)
+    log.info("torch uses %d thread(s)%s", chosen, "" if threads else " (the free cores)")
+    return chosen

@@ -55,6 +55,9 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     by_name = {run.name: run for run in outcomes}
     assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 2  # 01-03, 04 per scenario, 05, 06
     assert [run.status for run in outcomes if run.status == "failed"] == []
+    times = pd.read_csv(paths.runs_dir("ci") / batch.JOB_TIMES_FILE)
+    assert times["job"].tolist() == [run.name for run in outcomes]
+    assert (times.loc[times["status"] == "done", "seconds"] > 0).all()
     imagenet = by_name["04_finetuning [imagenet-100%, seed 0]"]
     assert imagenet.status == "skipped" and "imagenet_weights_path" in imagenet.error
     for run in outcomes:

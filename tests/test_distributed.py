@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +146,28 @@ def test_global_batch_must_divide_by_processes(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(distributed, "setup", lambda: distributed.Context(0, 3, 0))
     with pytest.raises(ValueError, match="batch_size 8 .* 3 processes"):
         train.pretrain(train.PretrainConfig(**PRETRAIN), "unused", None, None, None, "unused")
+
+
+def test_set_threads_takes_a_number_or_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert distributed.set_threads(3) == 3 and torch.get_num_threads() == 3
+        monkeypatch.setattr(distributed, "free_cores", lambda: 4)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this node
+        assert distributed.set_threads(0) == 2
+        with pytest.raises(ValueError, match="threads must be 0"):
+            distributed.set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="needs Linux's /proc/loadavg")
+def test_free_cores_leaves_out_a_busy_process() -> None:
+    cores = len(os.sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert 1 <= distributed.free_cores() <= max(1, cores - 1)
+    finally:
+        busy.kill()
+        busy.wait()
