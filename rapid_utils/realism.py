@@ -193,14 +193,13 @@ def real_chips(folder: str | Path, side: int | None = None, n_l2a: int = 500, se
     l2a = _read_chips([pool[k] for k in sorted(picked)], spec, spec.unlabelled[0].name)
     with np.errstate(invalid="ignore"):
         has_image = np.any(np.nan_to_num(l2a) > 0, axis=(1, 2, 3))  # as the chips index skips
-    sets = (ChipSet("EuroSAT-MS (L1C, labelled)", labelled,
-                    found.labelled["label_name"].to_numpy(dtype=object), REAL_GSD_M,
-                    labelled.shape[-1]),
-            ChipSet("unlabelled L2A", l2a[has_image], np.full(int(has_image.sum()), "",
-                                                              dtype=object),
-                    REAL_GSD_M, l2a.shape[-1]))
     side = side or labelled.shape[-1]
-    return tuple(dataclasses.replace(s, images=centre_crop(s.images, side)) for s in sets)
+    named = ChipSet("EuroSAT-MS (L1C, labelled)", centre_crop(labelled, side),
+                    found.labelled["label_name"].to_numpy(dtype=object), REAL_GSD_M,
+                    labelled.shape[-1])
+    unnamed = ChipSet("unlabelled L2A", centre_crop(l2a[has_image], side),
+                      np.full(int(has_image.sum()), "", dtype=object), REAL_GSD_M, l2a.shape[-1])
+    return named, unnamed
 
 
 def example_pairs(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, per_row: int = 4,
@@ -474,19 +473,15 @@ def class_signal_rows(embedded: ChipSet, labelled: ChipSet, seed: int = 0, cnn_e
         log.warning("fewer than 2 shared classes with 2 chips each: no class-signal rows")
         return pd.DataFrame(columns=list(COLUMNS))
     real = out_of_fold_correct(labelled, seed, cnn_epochs)
-    emb = out_of_fold_correct(embedded, seed, cnn_epochs)
-    real_gap = real["cnn"].astype(float) - real["imagestats"]
-    emb_gap = emb["cnn"].astype(float) - emb["imagestats"]
-    rows = []
-    for name, real_values, emb_values in (("imagestats_accuracy", real["imagestats"],
-                                           emb["imagestats"]),
-                                          ("cnn_accuracy", real["cnn"], emb["cnn"]),
-                                          ("spatial_signal", real_gap, emb_gap)):
-        real_values = np.asarray(real_values, dtype=float)
-        tolerance = bootstrap_tolerance(real_values, np.mean, len(emb_values), seed=seed)
-        rows.append(compare(name, np.mean(emb_values), np.mean(real_values), tolerance, [ALL],
-                            ALL, "accuracy (0-1)", labelled.name, len(emb_values),
-                            len(real_values)))
+    real["spatial_signal"] = real["cnn"].astype(float) - real["imagestats"]
+    tolerances = {name: bootstrap_tolerance(values.astype(float), np.mean, len(embedded.images),
+                                            seed=seed) for name, values in real.items()}
+    emb = out_of_fold_correct(embedded, seed, cnn_epochs)  # looked at after the tolerances
+    emb["spatial_signal"] = emb["cnn"].astype(float) - emb["imagestats"]
+    rows = [compare(name, np.mean(emb[key]), np.mean(real[key]), tolerances[key], [ALL], ALL,
+                    "accuracy (0-1)", labelled.name, len(emb[key]), len(real[key]))
+            for key, name in (("imagestats", "imagestats_accuracy"), ("cnn", "cnn_accuracy"),
+                              ("spatial_signal", "spatial_signal"))]
     return pd.concat(rows, ignore_index=True)
 
 
