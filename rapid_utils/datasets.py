@@ -1,13 +1,11 @@
-"""PyTorch access to the corpus: a Dataset of Planet Fusion chips and per-band statistics."""
+"""PyTorch access to the corpus: a Dataset per corpus kind (GeoTIFF folder, packed store, chips
+corpus), `open_dataset` to pick one, and the per-band statistics of a GeoTIFF corpus or store."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,7 +15,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from rapid_utils import labels, splits
-from rapid_utils.corpus import layout
+from rapid_utils.bandstats import BandStats
+from rapid_utils.corpus import chips, layout
 from rapid_utils.corpus.reader import (
     CorpusError,
     DateSelection,
@@ -29,7 +28,6 @@ from rapid_utils.corpus.reader import (
     select_dates,
 )
 from rapid_utils.corpus.store import PackedStore, is_store
-from rapid_utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,52 +41,6 @@ MULTI_DATE = ("seasons", "all")  # items hold a (T, 4, H, W) series
 STATS_DATES_PER_SITE = 4  # dates drawn per site for band statistics
 STATS_DATES: DateSelection = "monthly"  # the dates band statistics are drawn from
 SEASON_MONTHS = (1, 4, 7, 10)
-
-
-@dataclass(frozen=True)
-class BandStats:
-    """Mean and standard deviation per band, in stored units (reflectance x 10000).
-
-    `per_source` holds other (mean, std) pairs by source name, for chips corpora normalised per
-    folder of unlabelled chips (`corpus.chips`); `mean` and `std` are then the labelled chips'.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    n_sites: int
-    n_pixels: int
-    split_fingerprint: str = ""  # `splits.fingerprint` of the split whose training sites gave it
-    per_source: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
-        default_factory=dict)
-    # how they were drawn (`band_stats_recipe`, `chips.band_stats_recipe`): the same split
-    # with another sample size, seed, pool or normalisation gives other statistics
-    recipe: str = ""
-
-    def for_source(self, source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) of one source's chips: its own when normalised per source, else ours."""
-        return self.per_source.get(source, (self.mean, self.std))
-
-    def fingerprint(self) -> str:
-        """A short content hash of the normalisation (means and stds), for provenance."""
-        numbers = [list(self.mean), list(self.std)]
-        if self.per_source:  # absent before per-source statistics: older hashes stay valid
-            numbers.append({name: [list(m), list(s)] for name, (m, s) in
-                            sorted(self.per_source.items())})
-        return hashlib.sha256(json.dumps(numbers).encode()).hexdigest()[:16]
-
-    def save(self, path: str | Path) -> None:
-        """Write as JSON (atomically)."""
-        write_json_atomic(path, asdict(self) | {"bands": list(layout.BANDS)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> BandStats:
-        """Read from a JSON file written by `save` (older files have no split fingerprint)."""
-        content = json.loads(Path(path).read_text())
-        per_source = {name: (tuple(mean), tuple(std))
-                      for name, (mean, std) in content.get("per_source", {}).items()}
-        return cls(tuple(content["mean"]), tuple(content["std"]),
-                   content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""),
-                   per_source, content.get("recipe", ""))
 
 
 def band_stats_recipe(n_sites: int, dates_per_site: int, dates: DateSelection, seed: int) -> str:
@@ -119,13 +71,13 @@ def compute_band_stats(
     sample_ids = sites["sample_id"].tolist()
     if is_store(root):
         store = PackedStore(root)
-        chips = draw_chips(sample_ids, n_sites, dates_per_site, seed,
+        drawn = draw_chips(sample_ids, n_sites, dates_per_site, seed,
                            lambda sample_id: select_dates(store.dates, dates, sample_id),
                            store.read_chip, progress, desc="band statistics")
     else:
-        chips = sample_chips(Path(root), sample_ids, n_sites, dates_per_site, dates, seed,
+        drawn = sample_chips(Path(root), sample_ids, n_sites, dates_per_site, dates, seed,
                              progress, desc="band statistics")
-    for sample_id, chip in chips:
+    for sample_id, chip in drawn:
         values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
         total += values.sum(axis=(1, 2)).filled(0)
         total_sq += (values**2).sum(axis=(1, 2)).filled(0)
@@ -383,10 +335,9 @@ class PackedStoreDataset(_ChipDataset):
         return self.store.read_chip(sample_id, date)
 
     def load_images(self, sample_id: str, dates: list[dt.date]) -> list[torch.Tensor]:
-        chips = self.store.read(sample_id, [self.store.date_position(d) for d in dates])
-        if self.raw:
-            return list(torch.from_numpy(chips))
-        return list(self.normalise_batch(torch.from_numpy(chips)))
+        stack = torch.from_numpy(self.store.read(sample_id, [self.store.date_position(d)
+                                                             for d in dates]))
+        return list(stack if self.raw else self.normalise_batch(stack))
 
     def __getitems__(self, items: list[int]) -> list[dict] | dict:
         """A batch, collated as `keep_batch(items)` would, from one read of all its chunks.
@@ -408,8 +359,8 @@ class PackedStoreDataset(_ChipDataset):
             log.warning("a batched read of %s failed (%s); reading its %d samples one by one",
                         self.store.url, " ".join(str(error).split()), len(items))
             return [self[item] for item in items]  # collated by the loader (`keep_batch`)
-        chips = torch.from_numpy(by_date)
-        images = chips if self.raw else self.normalise_batch(chips)
+        stack = torch.from_numpy(by_date)
+        images = stack if self.raw else self.normalise_batch(stack)
         batch = {
             "image": images[0],
             "label": self.targets[items],
@@ -433,6 +384,64 @@ class PackedStoreDataset(_ChipDataset):
         return image
 
 
+class ChipsDataset(Dataset):
+    """Chips of a chips corpus with their class: the chips counterpart of PlanetFusionDataset.
+
+    Items are dicts: `image` (float32 (4, S, S), normalised; (1, 4, S, S) with
+    a multi-date `date_sampling`), `label` (class index, -1 for unlabelled chips), `sample_id` and
+    `date` ("", chips have none; every date sampling reads the one chip).
+    `date_sampling="pair"` adds `image2`, the same chip again:
+    with a single date, BYOL's two positives differ by augmentation only. Nodata pixels become
+    0 after normalisation (the band mean), before resizing. Each chip is read and normalised as
+    its `source` says (an index without that column holds labelled chips only).
+    """
+
+    def __init__(self, spec: chips.ChipsSpec, index: pd.DataFrame, band_stats: BandStats,
+                 date_sampling: str = "random") -> None:
+        if date_sampling not in DATE_SAMPLING:
+            raise ValueError(f"date_sampling must be one of {DATE_SAMPLING}, got {date_sampling!r}")
+        if index.empty:
+            raise ValueError("the dataset's index has no chips")
+        self.spec = spec
+        self.paths = index["path"].tolist()
+        self.gsd_m = chips.chip_gsd_m(self.paths[0], spec)  # of the images (chips in one folder)
+        self.sample_ids = index["sample_id"].tolist()
+        self.sources = chips.sources_of(index)
+        self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
+        self.date_sampling = date_sampling
+        self.unreadable: set[str] = set()  # chips already warned about (this process)
+        self.normalisation = {
+            name: tuple(torch.tensor(v, dtype=torch.float32)[:, None, None]
+                        for v in band_stats.for_source(name))
+            for name in set(self.sources)
+        }
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_chip(self, item: int) -> torch.Tensor:
+        """One normalised (4, S, S) chip."""
+        source = self.sources[item]
+        chip = chips.read_chip(self.paths[item], self.spec, source)
+        return chips.to_size(normalise_chip(chip, *self.normalisation[source]), self.spec)
+
+    def __getitem__(self, item: int) -> dict:
+        # an unreadable chip is replaced by another, as in the GeoTIFF Datasets
+        item, image, unreadable = read_or_replace(item, self.load_chip, self.sample_ids,
+                                                  self.unreadable)
+        series = self.date_sampling in MULTI_DATE  # a chip's one "date"
+        item_dict = {
+            "image": image[None] if series else image,
+            "label": self.targets[item],
+            "sample_id": self.sample_ids[item],
+            "date": [""] if series else "",
+            "unreadable": unreadable,
+        }
+        if self.date_sampling == "pair":
+            item_dict |= {"image2": image.clone(), "date2": ""}
+        return item_dict
+
+
 def open_dataset(
     root: str | Path,
     index: pd.DataFrame,
@@ -447,10 +456,8 @@ def open_dataset(
     store (a `.zarr` path or URL) gives a `PackedStoreDataset`, with uint16 images when `raw`
     (normalised later by its `normalise_batch`); a GeoTIFF corpus always gives normalised ones.
     """
-    from rapid_utils.corpus import chips  # here: chips builds on this module's BandStats
-
     if is_store(root):
         return PackedStoreDataset(root, index, band_stats, date_sampling=date_sampling, raw=raw)
     if chips.is_chips_corpus(root):
-        return chips.ChipsDataset(chips.load_spec(root), index, band_stats, date_sampling)
+        return ChipsDataset(chips.load_spec(root), index, band_stats, date_sampling)
     return PlanetFusionDataset(root, index, band_stats, date_sampling=date_sampling)

@@ -81,7 +81,7 @@ def load_study(
     missing they are computed from the training sites with the same seed and stored there.
     `corpus` may be a packed store (`rapid-utils pack`): its index has the same rows as the
     corpus's (less samples skipped when packing), so split and statistics are the same too.
-    A chips corpus (a chips spec, see `corpus.chips`) is indexed and split by its own module.
+    A chips corpus (a chips spec, see `corpus.chips`) is split by chip (`_load_chips_study`).
     """
     if is_store(corpus):
         store = PackedStore(corpus)
@@ -89,7 +89,7 @@ def load_study(
     else:
         corpus = Path(corpus).expanduser().resolve()
         if chips.is_chips_corpus(corpus):
-            return chips.load_study(corpus, runs, split_by, seed, stats_sites)
+            return _load_chips_study(corpus, runs, split_by, seed, stats_sites)
         index = build_index(corpus, progress=False)
     split = splits.assign_splits(index, by=split_by, seed=seed)
 
@@ -100,6 +100,35 @@ def load_study(
     recipe = band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, STATS_DATES, seed)
     stats = stored_band_stats(runs, splits.fingerprint(index, split), compute, recipe)
     return Study(corpus, index, split, stats)
+
+
+def _load_chips_study(corpus: Path, runs: str | Path, split_by: str, seed: int,
+                      stats_sites: int) -> Study:
+    """`load_study` for a chips corpus: labelled chips split 75/10/15 by class.
+
+    Unlabelled chips join no split; `Study.pretraining_sites()` adds them to the training
+    chips, and with `pretrain_on_labelled_images` the validation and test chips' images too
+    (without labels: a label-efficiency study pretrains on every image it has). Band
+    statistics (`runs/band_stats.json`, computed when missing) are `chips.study_band_stats`.
+    """
+    if split_by != "site":
+        raise chips.ChipsError(f"a chips corpus is split by chip (split_by: site); chips have "
+                               f"no tiles to split by {split_by!r}")
+    spec = chips.load_spec(corpus)
+    found = chips.build_chips_index(spec, progress=False)
+    labelled = found.labelled
+    split = splits.assign_splits(labelled, by="site", seed=seed)
+    stats = stored_band_stats(
+        runs, splits.fingerprint(labelled, split),
+        lambda _: chips.study_band_stats(spec, labelled, split, found.unlabelled, stats_sites,
+                                         seed),
+        chips.band_stats_recipe(spec, stats_sites, seed))
+    unlabelled = found.unlabelled
+    if spec.pretrain_on_labelled_images:
+        images = labelled[split != "train"].assign(label=chips.UNLABELLED, label_name="")
+        unlabelled = pd.concat([unlabelled, images], ignore_index=True)
+    return Study(chips.spec_path(corpus).resolve(), labelled, split, stats,
+                 class_names=found.classes, unlabelled=unlabelled)
 
 
 def check_corpus(corpus: str | Path) -> int:

@@ -150,7 +150,7 @@ def test_a_chip_unreadable_after_indexing_is_replaced_and_named(chips_copy: Path
     spec = make_spec(chips_copy)
     found = chips.build_chips_index(spec, progress=False)
     stats = chips.compute_band_stats(spec, found.labelled)
-    dataset = chips.ChipsDataset(spec, found.labelled, stats)
+    dataset = datasets.ChipsDataset(spec, found.labelled, stats)
     clean = dataset[1]
     assert clean["unreadable"] == ""
     Path(found.labelled["path"].iloc[1]).write_text("truncated")  # damaged after indexing
@@ -221,22 +221,22 @@ def test_unlabelled_sources_with_own_bands_per_source_statistics_and_empty_chips
                                     found.labelled, split, found.unlabelled, n_chips=100)
     assert pooled.per_source == {} and pooled.fingerprint() != stats.fingerprint()
 
-    dataset = chips.ChipsDataset(spec, found.unlabelled[found.unlabelled["source"] == "l2a"],
-                                 stats)
+    dataset = datasets.ChipsDataset(spec, found.unlabelled[found.unlabelled["source"] == "l2a"],
+                                    stats)
     normalised = torch.stack([dataset[k]["image"] for k in range(len(dataset))])
     np.testing.assert_allclose(normalised.mean(dim=(0, 2, 3)), 0.0, atol=1e-4)  # its own stats
 
-    data = chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
+    data = study.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
     assert len(data.pretraining_sites()) == 24 + 10  # every labelled image, no label beyond train
     pretraining_only = data.pretraining_sites().iloc[len(data.sites("train")):]
     assert (pretraining_only["label"] == chips.UNLABELLED).all()
     assert datasets.BandStats.load(tmp_path / "runs" / paths.BAND_STATS_FILE) == data.band_stats
     # the same split normalised another way is not read from the stored file
     dataclasses.replace(spec, normalisation="pooled").save(tmp_path / "chips.yaml")
-    pooled_study = chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
+    pooled_study = study.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
     assert pooled_study.band_stats.per_source == {}
     assert "pooled" in pooled_study.band_stats.recipe
-    assert chips.load_study(tmp_path / "chips.yaml", tmp_path / "runs",
+    assert study.load_study(tmp_path / "chips.yaml", tmp_path / "runs",
                             stats_sites=50).band_stats.recipe.endswith("n_chips=50 seed=0")
 
 
@@ -260,9 +260,9 @@ def test_study_and_dataset_on_a_chips_spec(chips_root: Path, tmp_path: Path) -> 
         1, 4, 32, 32)
     images = torch.stack([pair[i]["image"] for i in range(len(pair))])
     assert images.mean(dim=(0, 2, 3)).abs().max() < 0.3  # normalised by the band statistics
-    cropped = chips.ChipsDataset(make_spec(chips_root, size=32, resize="crop"), train_chips,
-                                 data.band_stats)
-    full = chips.ChipsDataset(make_spec(chips_root), train_chips, data.band_stats)
+    cropped = datasets.ChipsDataset(make_spec(chips_root, size=32, resize="crop"), train_chips,
+                                    data.band_stats)
+    full = datasets.ChipsDataset(make_spec(chips_root), train_chips, data.band_stats)
     assert torch.equal(cropped[0]["image"], full[0]["image"][:, 16:48, 16:48])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rapid_utils import batch, label_efficiency, paths, train
+from rapid_utils import batch, label_efficiency, paths, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
@@ -24,7 +24,7 @@ def chips_study(tmp_path_factory: pytest.TempPathFactory):
     folder = generate_example_chips(root / "chips", per_class=8, n_unlabelled=0, classes=3,
                                     size=32, seed=2, progress=False)
     spec = chips.ChipsSpec(root=folder, bands=(2, 3, 4, 8)).save(root / "chips.yaml")
-    return chips.load_study(spec, root / "runs", stats_sites=24)
+    return study.load_study(spec, root / "runs", stats_sites=24)
 
 
 def test_suite_items_leave_out_rare_classes_and_cap_stably() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rapid_utils import evaluation, label_efficiency, paths, train
+from rapid_utils import evaluation, label_efficiency, paths, study, train
 from rapid_utils.corpus import chips
 
 PROFILE = "real-s2"
@@ -40,7 +40,7 @@ def view_size(size: int, out: Path) -> None:
     spec.save(out / "chips.yaml")
     # the same normalisation: statistics are computed before resizing
     (out / "runs" / paths.BAND_STATS_FILE).write_text((runs / paths.BAND_STATS_FILE).read_text())
-    data = chips.load_study(out / "chips.yaml", out / "runs", stats_sites=512)
+    data = study.load_study(out / "chips.yaml", out / "runs", stats_sites=512)
     checkpoint = paths.byol_run_dir(runs, "augment", 0) / paths.CHECKPOINT_FILE
     config = label_efficiency.SuiteConfig(finetune_repeats=0, test_share=0.4)
     inits = {"byol": f"byol:{checkpoint}", "random-init": "random"}

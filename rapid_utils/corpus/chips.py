@@ -34,10 +34,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 import yaml
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from rapid_utils import datasets, labels, splits, study
+from rapid_utils import labels, splits
+from rapid_utils.bandstats import BandStats
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import BandCountError, CorpusError, RasterReadError
 from rapid_utils.io import atomic_path
@@ -443,7 +443,7 @@ def build_chips_index(spec: ChipsSpec, progress: bool = True) -> ChipsIndex:
 # --------------------------------------------------------------------------- reading
 
 
-def _sources_of(chips: pd.DataFrame) -> list[str]:
+def sources_of(chips: pd.DataFrame) -> list[str]:
     """Each chip's source; an index without that column holds labelled chips only."""
     return chips["source"].tolist() if "source" in chips else [LABELLED_SOURCE] * len(chips)
 
@@ -497,67 +497,8 @@ def chip_gsd_m(path: str | Path, spec: ChipsSpec) -> float | None:
     return float(pixel)
 
 
-class ChipsDataset(Dataset):
-    """Chips of a chips corpus with their class: the chips counterpart of PlanetFusionDataset.
-
-    Items are dicts: `image` (float32 (4, S, S), normalised; (1, 4, S, S) with
-    a multi-date `date_sampling`), `label` (class index, -1 for unlabelled chips), `sample_id` and
-    `date` ("", chips have none; every date sampling reads the one chip).
-    `date_sampling="pair"` adds `image2`, the same chip again:
-    with a single date, BYOL's two positives differ by augmentation only. Nodata pixels become
-    0 after normalisation (the band mean), before resizing. Each chip is read and normalised as
-    its `source` says (an index without that column holds labelled chips only).
-    """
-
-    def __init__(self, spec: ChipsSpec, index: pd.DataFrame, band_stats: datasets.BandStats,
-                 date_sampling: str = "random") -> None:
-        if date_sampling not in datasets.DATE_SAMPLING:
-            raise ValueError(f"date_sampling must be one of {datasets.DATE_SAMPLING}, "
-                             f"got {date_sampling!r}")
-        if index.empty:
-            raise ValueError("the dataset's index has no chips")
-        self.spec = spec
-        self.paths = index["path"].tolist()
-        self.gsd_m = chip_gsd_m(self.paths[0], spec)  # of the images (chips in one folder)
-        self.sample_ids = index["sample_id"].tolist()
-        self.sources = _sources_of(index)
-        self.targets = torch.tensor(index["label"].to_numpy(), dtype=torch.int64)
-        self.date_sampling = date_sampling
-        self.unreadable: set[str] = set()  # chips already warned about (this process)
-        self.normalisation = {
-            name: tuple(torch.tensor(v, dtype=torch.float32)[:, None, None]
-                        for v in band_stats.for_source(name))
-            for name in set(self.sources)
-        }
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load_chip(self, item: int) -> torch.Tensor:
-        """One normalised (4, S, S) chip."""
-        source = self.sources[item]
-        chip = read_chip(self.paths[item], self.spec, source)
-        return to_size(datasets.normalise_chip(chip, *self.normalisation[source]), self.spec)
-
-    def __getitem__(self, item: int) -> dict:
-        # an unreadable chip is replaced by another, as in the GeoTIFF Datasets
-        item, image, unreadable = datasets.read_or_replace(item, self.load_chip,
-                                                           self.sample_ids, self.unreadable)
-        series = self.date_sampling in datasets.MULTI_DATE  # a chip's one "date"
-        item_dict = {
-            "image": image[None] if series else image,
-            "label": self.targets[item],
-            "sample_id": self.sample_ids[item],
-            "date": [""] if series else "",
-            "unreadable": unreadable,
-        }
-        if self.date_sampling == "pair":
-            item_dict |= {"image2": image.clone(), "date2": ""}
-        return item_dict
-
-
 def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256, seed: int = 0,
-                       progress: bool = False, split_fingerprint: str = "") -> datasets.BandStats:
+                       progress: bool = False, split_fingerprint: str = "") -> BandStats:
     """Per-band mean/std (stored units) over valid pixels of a seeded sample of `chips`.
 
     Pass training and unlabelled chips only, so validation and test chips do not leak into
@@ -566,7 +507,7 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
     rng = np.random.default_rng(seed)
     ordered = chips.sort_values("sample_id")
     pick = rng.permutation(len(ordered))[:n_chips]
-    chosen = list(zip(ordered["path"].to_numpy()[pick], np.asarray(_sources_of(ordered))[pick],
+    chosen = list(zip(ordered["path"].to_numpy()[pick], np.asarray(sources_of(ordered))[pick],
                       strict=True))
     total, total_sq, count = (np.zeros(len(layout.BANDS)) for _ in range(3))
     for path, source in tqdm(chosen, desc="band statistics", unit="chip", disable=not progress):
@@ -579,8 +520,8 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
                          "compute band statistics from: check `nodata` and `bands`")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return datasets.BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen),
-                              int(count[0]), split_fingerprint)
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen), int(count[0]),
+                     split_fingerprint)
 
 
 def band_stats_recipe(spec: ChipsSpec, n_chips: int, seed: int) -> str:
@@ -592,7 +533,7 @@ def band_stats_recipe(spec: ChipsSpec, n_chips: int, seed: int) -> str:
 
 def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,
                      unlabelled: pd.DataFrame, n_chips: int = 256, seed: int = 0
-                     ) -> datasets.BandStats:
+                     ) -> BandStats:
     """The normalisation of a chips study, as its spec's `normalisation` says.
 
     "pooled": one mean/std over `n_chips` of the training and unlabelled chips together.
@@ -611,8 +552,8 @@ def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,
         for name, chips in unlabelled.groupby("source"):
             own = compute_band_stats(spec, chips, n_chips, seed)
             per_source[name] = (own.mean, own.std)
-    return datasets.BandStats(stats.mean, stats.std, stats.n_sites, stats.n_pixels, fingerprint,
-                              per_source, band_stats_recipe(spec, n_chips, seed))
+    return BandStats(stats.mean, stats.std, stats.n_sites, stats.n_pixels, fingerprint,
+                     per_source, band_stats_recipe(spec, n_chips, seed))
 
 
 def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
@@ -623,7 +564,7 @@ def sample_band_values(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 32,
     pick = rng.permutation(len(ordered))[:n_chips]
     values: dict[str, list[np.ndarray]] = {band: [] for band in layout.BANDS}
     for path, source in zip(ordered["path"].to_numpy()[pick],
-                            np.asarray(_sources_of(ordered))[pick], strict=True):
+                            np.asarray(sources_of(ordered))[pick], strict=True):
         chip = read_chip(path, spec, source)
         valid = np.flatnonzero(~np.ma.getmaskarray(chip).any(axis=0))
         pick = rng.choice(valid, min(pixels_per_chip, len(valid)), replace=False)
@@ -645,34 +586,3 @@ def example_chips(spec: ChipsSpec, index: pd.DataFrame, per_class: int = 4, seed
             / layout.REFLECTANCE_SCALE for p in chosen
         ]
     return examples
-
-
-# --------------------------------------------------------------------------- study
-
-
-def load_study(corpus: str | Path, runs: str | Path, split_by: str = "site", seed: int = 0,
-               stats_sites: int = 256) -> study.Study:
-    """`study.load_study` for a chips corpus: labelled chips split 75/10/15 by class.
-
-    Unlabelled chips join no split; `Study.pretraining_sites()` adds them to the training
-    chips, and with `pretrain_on_labelled_images` the validation and test chips' images too
-    (without labels: a label-efficiency study pretrains on every image it has). Band
-    statistics (`runs/band_stats.json`, computed when missing) are `study_band_stats`.
-    """
-    if split_by != "site":
-        raise ChipsError(f"a chips corpus is split by chip (split_by: site); chips have no "
-                         f"tiles to split by {split_by!r}")
-    spec = load_spec(corpus)
-    found = build_chips_index(spec, progress=False)
-    labelled = found.labelled
-    split = splits.assign_splits(labelled, by="site", seed=seed)
-    stats = study.stored_band_stats(
-        runs, splits.fingerprint(labelled, split),
-        lambda _: study_band_stats(spec, labelled, split, found.unlabelled, stats_sites, seed),
-        band_stats_recipe(spec, stats_sites, seed))
-    unlabelled = found.unlabelled
-    if spec.pretrain_on_labelled_images:
-        images = labelled[split != "train"].assign(label=UNLABELLED, label_name="")
-        unlabelled = pd.concat([unlabelled, images], ignore_index=True)
-    return study.Study(spec_path(corpus).resolve(), labelled, split, stats,
-                       class_names=found.classes, unlabelled=unlabelled)

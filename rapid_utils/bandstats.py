@@ -1,0 +1,61 @@
+"""Per-band statistics: the mean and standard deviation every corpus kind is normalised with.
+
+Below both the corpus readers (which compute them) and the Datasets (which apply them), so
+neither has to import the other for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rapid_utils.corpus import layout
+from rapid_utils.io import write_json_atomic
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Mean and standard deviation per band, in stored units (reflectance x 10000).
+
+    `per_source` holds other (mean, std) pairs by source name, for chips corpora normalised per
+    folder of unlabelled chips (`corpus.chips`); `mean` and `std` are then the labelled chips'.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    n_sites: int
+    n_pixels: int
+    split_fingerprint: str = ""  # `splits.fingerprint` of the split whose training sites gave it
+    per_source: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict)
+    # how they were drawn (`band_stats_recipe`, `chips.band_stats_recipe`): the same split
+    # with another sample size, seed, pool or normalisation gives other statistics
+    recipe: str = ""
+
+    def for_source(self, source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of one source's chips: its own when normalised per source, else ours."""
+        return self.per_source.get(source, (self.mean, self.std))
+
+    def fingerprint(self) -> str:
+        """A short content hash of the normalisation (means and stds), for provenance."""
+        numbers = [list(self.mean), list(self.std)]
+        if self.per_source:  # absent before per-source statistics: older hashes stay valid
+            numbers.append({name: [list(m), list(s)] for name, (m, s) in
+                            sorted(self.per_source.items())})
+        return hashlib.sha256(json.dumps(numbers).encode()).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON (atomically)."""
+        write_json_atomic(path, asdict(self) | {"bands": list(layout.BANDS)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> BandStats:
+        """Read from a JSON file written by `save` (older files have no split fingerprint)."""
+        content = json.loads(Path(path).read_text())
+        per_source = {name: (tuple(mean), tuple(std))
+                      for name, (mean, std) in content.get("per_source", {}).items()}
+        return cls(tuple(content["mean"]), tuple(content["std"]),
+                   content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""),
+                   per_source, content.get("recipe", ""))
