@@ -19,6 +19,7 @@ from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.labels import CLASSES
+from rapid_utils.train import finetuning, plumbing, pretraining
 
 DATES = ["2018-01-03", "2018-04-03", "2018-07-02", "2018-10-05"]
 
@@ -145,20 +146,21 @@ def test_resume_matches_uninterrupted_run(
     config = tiny_pretrain(epochs=2)
     straight = run_pretrain(data, config, tmp_path / "straight")
 
-    save = train._save_checkpoint
+    save = pretraining._save_checkpoint
 
     def save_then_die(path: Path, checkpoint: dict) -> None:
         save(path, checkpoint)
         raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(pretraining, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_pretrain(data, config, tmp_path / "resumed")
-    monkeypatch.setattr(train, "_save_checkpoint", save)
+    monkeypatch.setattr(pretraining, "_save_checkpoint", save)
     resumed = run_pretrain(data, config, tmp_path / "resumed")
 
     assert resumed == straight
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)  # a finished run trains no more
+    # a finished run trains no more
+    monkeypatch.setattr(pretraining, "_save_checkpoint", save_then_die)
     assert run_pretrain(data, config, tmp_path / "resumed") == straight
     a, b = (
         torch.load(tmp_path / run / train.CHECKPOINT_FILE, weights_only=True)["byol"]
@@ -233,7 +235,7 @@ def test_fine_tuned_model_is_saved_with_its_normalisation_and_reloads(
     assert normalisation.mean == stats.mean and normalisation.input_size == 16
     # the saved weights are the final ones: they repeat the results file's test predictions
     dataset = datasets.open_dataset(data["corpus_root"], data["val_index"], stats, "seasons")
-    again = train._evaluate(model, train._loader(dataset, 8, 0, shuffle=False),
+    again = finetuning._evaluate(model, plumbing.make_loader(dataset, 8, 0, shuffle=False),
                             torch.device("cpu"))
     confusion = metrics.classification_metrics(again["y_true"], again["y_pred"])
     assert confusion["confusion_matrix"] == results["final"]["test"]["confusion_matrix"]
@@ -252,7 +254,7 @@ def test_finetune_reuses_complete_result_unless_forced(
     def no_training(*args, **kwargs):
         raise AssertionError("trained although a complete result exists")
 
-    monkeypatch.setattr(train.models, "build_model", no_training)
+    monkeypatch.setattr(models, "build_model", no_training)
     assert run_finetune(data, config, path) == first
     with pytest.raises(AssertionError, match="trained although"):
         run_finetune(data, config, path, force=True)
@@ -268,7 +270,7 @@ def test_linear_probe_freezes_encoder(
         built.append(build(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(train.models, "build_model", keep)
+    monkeypatch.setattr(models, "build_model", keep)
     run_finetune(data, tiny_finetune(linear_probe=True, epochs=1), tmp_path / "r.json")
     torch.manual_seed(0)  # finetune seeds with config.seed (0) right before building the model
     fresh = build("resnet18", 4, 7).state_dict()
@@ -302,21 +304,21 @@ def test_results_name() -> None:
 
 def test_small_label_shares_repeat_whole_passes_per_epoch():
     sites = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = train._loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=25)
+    loader = plumbing.make_loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=25)
     drawn = torch.cat([batch[0] for batch in loader])
     assert len(drawn) == 25
     assert sorted(drawn[:10].tolist()) == list(range(10))  # each pass is a permutation
     assert sorted(drawn[10:20].tolist()) == list(range(10))
-    plain = train._loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=5)
+    plain = plumbing.make_loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=5)
     assert len(torch.cat([batch[0] for batch in plain])) == 10  # never fewer than one pass
 
 
 def test_a_field_missing_from_older_files_counts_as_its_default() -> None:
     older = dataclasses.asdict(tiny_pretrain())
     del older["colour_jitter"]  # written before the field existed, i.e. with its default
-    assert train._changed_fields(tiny_pretrain(), older) == []
-    assert train._changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
-    assert train._changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
+    assert plumbing.changed_fields(tiny_pretrain(), older) == []
+    assert plumbing.changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
+    assert plumbing.changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
 
 
 # --------------------------------------------------------------------------- provenance
@@ -413,7 +415,7 @@ def test_evaluation_votes_over_dates_and_reports_each_date() -> None:
         dataset = None
 
     model = torch.nn.Flatten()  # (N, 4, 1, 1) -> (N, 4): channel 3 is 0, never the maximum
-    result = train._evaluate(model, Loader([batch]), torch.device("cpu"))
+    result = finetuning._evaluate(model, Loader([batch]), torch.device("cpu"))
     assert result["y_true"] == [0, 2]
     assert result["y_pred"] == [0, 1]
     assert result["per_date"] == {"d1": 1.0, "d2": 0.0, "d3": 0.0}
@@ -435,8 +437,8 @@ def test_results_report_voted_and_per_date_accuracy(data: dict, tmp_path: Path) 
 def test_results_from_before_eval_dates_count_as_first_date() -> None:
     older = dataclasses.asdict(tiny_finetune())
     del older["eval_dates"]
-    assert train._changed_fields(tiny_finetune(eval_dates="first"), older) == []
-    assert train._changed_fields(tiny_finetune(), older) == ["eval_dates"]
+    assert plumbing.changed_fields(tiny_finetune(eval_dates="first"), older) == []
+    assert plumbing.changed_fields(tiny_finetune(), older) == ["eval_dates"]
 
 
 def test_a_corrupt_checkpoint_resumes_from_the_previous_epoch(
@@ -495,7 +497,7 @@ def test_an_unreadable_sample_is_replaced_and_recorded(
         run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "stopped.json")
     assert not (tmp_path / "stopped.json").exists()
     # ... and within a larger share it trains on, recording the site and the reason
-    monkeypatch.setattr(train, "UNREADABLE_SHARE", 0.5)
+    monkeypatch.setattr(plumbing, "UNREADABLE_SHARE", 0.5)
     results = run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "r.json")
     assert list(results["unreadable_samples"]) == [damaged["bad_site"]]
     assert "corrupt or truncated" in results["unreadable_samples"][damaged["bad_site"]]

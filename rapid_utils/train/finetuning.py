@@ -1,0 +1,373 @@
+"""Land-cover fine-tuning: one results file per run, with provenance, reuse and staleness
+checks, and the classifier saved as self-describing weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rapid_utils import augment, distributed, labels, metrics, models, splits
+from rapid_utils.corpus import layout
+from rapid_utils.datasets import BandStats, open_dataset
+from rapid_utils.io import file_sha256, write_json_atomic
+from rapid_utils.train.plumbing import (
+    LOADER_FIELDS,
+    UnreadableLog,
+    accelerate,
+    augment_generator,
+    autocast,
+    changed_fields,
+    git_commit,
+    make_loader,
+    mean_over_processes,
+    model_outputs,
+    raw_batches,
+    seed_everything,
+    to_device,
+    versions,
+    wrap_ddp,
+)
+
+log = logging.getLogger(__name__)
+
+FINETUNE_VIEW = augment.ViewConfig(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, blur_p=0.0
+)
+"""Fine-tuning augmentation: random flips and quarter turns only (land cover has no 'up')."""
+
+
+EVAL_DATES = ("seasons", "all", "spread", "first")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Parameters of one fine-tuning run (the poster's scenarios are inits x label fractions)."""
+
+    arch: str = "resnet50"
+    init: str = "random"  # "random", "imagenet" or "byol:<checkpoint path>"
+    imagenet_weights_path: str | None = None  # local torchvision state dict (offline clusters)
+    label_fraction: float = 1.0  # share of the training sites whose labels are used
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9); cosine decay per step
+    seed: int = 0
+    linear_probe: bool = False  # True: frozen encoder, only the head trains
+    num_workers: int = 0  # DataLoader worker processes (per training process)
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
+    prefetch_factor: int = 2  # batches each worker loads ahead
+    augment: bool = True  # random flips and quarter turns of training chips
+    # An epoch is one pass over the labelled sites, but at least this many samples (whole
+    # passes repeated, single process only): tiny label shares of a small corpus would
+    # otherwise get a handful of optimizer steps (the poster's 1 % was ~3,750 sites).
+    min_samples_per_epoch: int = 0
+    # Dates at which validation and test sites are classified: "seasons" (one per season, a
+    # soft vote over them), "all" (every monthly date, voted), "spread" (one per site, spread
+    # over the year) or "first" (each site's first date: early January, what runs did before).
+    eval_dates: str = "seasons"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.eval_dates not in EVAL_DATES:
+            raise ValueError(f"eval_dates must be one of {EVAL_DATES}, got {self.eval_dates!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+
+
+def results_name(config: FinetuneConfig) -> str:
+    """Results file name from the run's parameters, e.g. finetune_init-byol_frac-0.01_seed-0.json.
+
+    A BYOL init is named "byol" whatever its checkpoint path.
+    """
+    init = "byol" if config.init.startswith("byol:") else config.init
+    probe = "_linear" if config.linear_probe else ""
+    return f"finetune_init-{init}_frac-{config.label_fraction:g}{probe}_seed-{config.seed}.json"
+
+
+def finetune_provenance(
+    config: FinetuneConfig, train_index: pd.DataFrame, val_index: pd.DataFrame,
+    test_index: pd.DataFrame, band_stats: BandStats,
+) -> dict[str, str | None]:
+    """What a fine-tuning result depends on beyond its parameters: the split (fingerprint of
+    train, val and test), the normalisation, and the BYOL checkpoint's content (sha256)."""
+    parts = [(train_index, "train"), (val_index, "val"), (test_index, "test")]
+    # built from plain arrays: concatenating the index frames would compare their attrs
+    everything = pd.DataFrame({"sample_id": np.concatenate(
+        [index["sample_id"].to_numpy() for index, _ in parts])})
+    names = pd.Series([name for index, name in parts for _ in range(len(index))])
+    checkpoint = (Path(config.init.removeprefix("byol:")) if config.init.startswith("byol:")
+                  else None)
+    return {
+        "split_fingerprint": splits.fingerprint(everything, names),
+        "band_stats_fingerprint": band_stats.fingerprint(),
+        "init_checkpoint_sha256": (file_sha256(checkpoint) if checkpoint and checkpoint.is_file()
+                                   else None),
+    }
+
+
+def stale_reasons(results: dict, config: FinetuneConfig, provenance: dict) -> list[str]:
+    """Why a results file does not hold the run `config` and `provenance` describe (empty when
+    it does): changed parameters, another split, normalisation or BYOL checkpoint."""
+    reasons = []
+    changed = changed_fields(config, results.get("parameters"))
+    if changed:
+        reasons.append(f"parameters changed: {', '.join(changed)}")
+    recorded = results.get("provenance") or {}
+    for key, what in (("split_fingerprint", "another split"),
+                      ("band_stats_fingerprint", "other band statistics"),
+                      ("init_checkpoint_sha256", "another BYOL checkpoint")):
+        if recorded.get(key) != provenance[key]:
+            reasons.append(f"{what} ({key} {recorded.get(key)} vs now {provenance[key]})"
+                           if recorded else "written before provenance was recorded")
+    return list(dict.fromkeys(reasons))
+
+
+def check_checkpoint_provenance(path: Path, provenance: dict, check_split: bool = True) -> None:
+    """Refuse a BYOL checkpoint pretrained on another split (unless not `check_split`) or
+    with other band statistics.
+
+    Its encoder would have seen this split's validation or test sites, or expect another
+    normalisation. A checkpoint older than provenance records is used with a warning.
+    """
+    if not path.is_file():
+        return  # models.build_model reports the missing file with its fix
+    recorded = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
+        "provenance")
+    if not recorded:
+        log.warning("%s records no split or band statistics fingerprint: cannot check that it "
+                    "was pretrained on this split", path)
+        return
+    checked = (("split_fingerprint", "split"),) if check_split else ()
+    for key, what in (*checked, ("band_stats_fingerprint", "band statistics")):
+        if recorded.get(key) and recorded[key] != provenance[key]:
+            raise ValueError(
+                f"{path} was pretrained with another {what} ({key} {recorded[key]}, this run "
+                f"{provenance[key]}): its encoder may have seen this run's validation or test "
+                "sites, or expects another normalisation. Pretrain again on this split (same "
+                "split_by, split_seed and corpus, band_stats.json of this split), or point "
+                "byol_checkpoint to a checkpoint of this split"
+            )
+
+
+def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
+    """Parameters to optimise; in a linear probe only the head's (the rest is frozen)."""
+    if linear_probe:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("fc."))
+    return (param for param in model.parameters() if param.requires_grad)
+
+
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+              unreadable: UnreadableLog | None = None) -> dict:
+    """Per-site predictions (a soft vote over the site's evaluation dates) and accuracy per date.
+
+    Returns `y_true`, `y_pred` (one per site) and `per_date` ({ISO date: accuracy of the
+    single-date predictions at that date}).
+    """
+    logits, labels, dates = model_outputs(model, loader, device, unreadable)
+    voted = logits.softmax(dim=-1).mean(dim=1).argmax(dim=1)
+    correct = (logits.argmax(dim=-1) == labels[:, None]).numpy()
+    per_date = pd.Series(correct.ravel()).groupby(np.ravel(dates)).mean()
+    return {"y_true": labels.tolist(), "y_pred": voted.tolist(),
+            "per_date": {str(date): float(acc) for date, acc in per_date.items()}}
+
+
+def finetune(
+    config: FinetuneConfig,
+    corpus_root: str | Path,
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame,
+    test_index: pd.DataFrame,
+    band_stats: BandStats,
+    results_path: str | Path,
+    force: bool = False,
+    progress: bool = True,
+    class_names: Sequence[str] = labels.CLASSES,
+    replace_stale: bool = False,
+    check_pretraining_split: bool = True,
+    model_dir: str | Path | None = None,
+) -> dict:
+    """Fine-tune a classifier of `class_names` and write its results file; return the results.
+
+    `class_names` are the classes the index's `label` numbers: the poster's 7 by default, a
+    chips corpus's own (`Study.class_names`) otherwise; the results file records them.
+
+    Trains on `config.label_fraction` of `train_index` (stratified, seeded), one random date
+    per site and epoch; evaluates val and test at `config.eval_dates` after every epoch.
+    The results file records the split's and the band statistics' fingerprints and the BYOL
+    checkpoint's content hash (`provenance`); a BYOL checkpoint pretrained on another split or
+    normalisation is refused, unless `check_pretraining_split` is False (a study that
+    pretrains on every image by design, `label_efficiency`; band statistics are checked
+    still). An existing complete results file with the same parameters and provenance is
+    returned as it is unless `force`; one with others is refused, or replaced when
+    `replace_stale`.
+
+    With `model_dir`, the trained classifier is written there too (`models.save_classifier`:
+    weights plus its normalisation, classes and provenance; `models.load_pretrained` reads
+    it), and the results file names it. Every results file records the input's
+    `normalisation` (bands, scale, per-band mean and std, input size, pixel size).
+    """
+    results_path = Path(results_path)
+    provenance = finetune_provenance(config, train_index, val_index, test_index, band_stats)
+    if results_path.is_file() and not force:
+        existing = json.loads(results_path.read_text())
+        if existing.get("complete"):
+            stale = stale_reasons(existing, config, provenance)
+            if stale and replace_stale:
+                log.info("replacing %s: %s", results_path, "; ".join(stale))
+            elif stale:
+                raise ValueError(
+                    f"{results_path} holds a run that differs ({'; '.join(stale)}); "
+                    "pass force=True to replace it or choose another results path"
+                )
+            else:
+                if model_dir is not None and not existing.get("model"):
+                    log.warning("%s was written without its model's weights; pass force=True to "
+                                "train again and save them to %s", results_path, model_dir)
+                return existing
+
+    if (train_index["label"] < 0).any():
+        raise ValueError("fine-tuning needs labelled training sites, and train_index holds "
+                         "unlabelled ones (label -1): pass Study.sites('train'), not "
+                         "Study.pretraining_sites()")
+    context = distributed.setup()
+    device = distributed.device(context)
+    seed_everything(config.seed)
+    if config.batch_size % context.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} (global) must divide by the {context.world_size} "
+            "processes"
+        )
+    if config.init.startswith("byol:"):
+        check_checkpoint_provenance(Path(config.init.removeprefix("byol:")), provenance,
+                                    check_split=check_pretraining_split)
+    # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
+    model = models.build_model(config.arch, 4, len(class_names), config.init,
+                               config.imagenet_weights_path)
+    model = accelerate(model, device, context)
+    labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
+    loading = {k: getattr(config, k) for k in LOADER_FIELDS}
+
+    raw = raw_batches(device)
+    train_set = open_dataset(corpus_root, labelled, band_stats, date_sampling="random", raw=raw)
+    local_batch = config.batch_size // context.world_size
+    # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
+    # Several processes always drop the ragged end (DistributedSampler would pad it).
+    min_samples = 0 if context.active else config.min_samples_per_epoch
+    drop_last = context.active or max(len(train_set), min_samples) % local_batch == 1
+
+    def train_loader(epoch: int) -> DataLoader:
+        return make_loader(train_set, local_batch, config.seed + epoch, shuffle=True,
+                       drop_last=drop_last, context=context,
+                       samples_per_epoch=min_samples, **loading)
+
+    eval_loaders = {
+        name: make_loader(
+            open_dataset(corpus_root, index, band_stats, date_sampling=config.eval_dates,
+                         raw=raw),
+            config.batch_size, config.seed, shuffle=False, **loading,
+        )
+        for name, index in (("val", val_index), ("test", test_index))
+    }
+
+    params = list(_trainable(model, config.linear_probe))
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * len(train_loader(0)))
+    )
+    trainer = wrap_ddp(model, device, context)
+
+    per_epoch: dict[str, list[float]] = {
+        "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
+    }
+    evaluations: dict[str, dict] = {}
+    unreadable = UnreadableLog(context=context)
+    for epoch in range(config.epochs):
+        flips = augment_generator(config.seed + epoch + 100_003 * context.rank, device)
+        # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
+        model.train(not config.linear_probe)
+        per_epoch["lr"].append(scheduler.get_last_lr()[0])
+        losses = []
+        for batch in tqdm(train_loader(epoch), desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+                          disable=not (progress and context.is_main), leave=False):
+            unreadable.note(batch)
+            image = to_device(batch["image"], device, train_set)
+            if config.augment:
+                image = augment.augment(image, FINETUNE_VIEW, flips)
+            with autocast(device):
+                loss = F.cross_entropy(trainer(image).float(), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        unreadable.check()
+        per_epoch["train_loss"].append(mean_over_processes(float(np.mean(losses)), context))
+        if context.is_main:  # evaluation and results are rank 0's alone
+            for name, eval_loader in eval_loaders.items():
+                evaluations[name] = _evaluate(model, eval_loader, device, unreadable)
+                y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
+                per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+        distributed.barrier(context)
+
+    unreadable.check()  # the last epoch's evaluation reads too
+    if context.is_main:
+        normalisation = models.Normalisation(
+            tuple(layout.BANDS), layout.REFLECTANCE_SCALE, band_stats.mean, band_stats.std,
+            int(train_set[0]["image"].shape[-1]), train_set.gsd_m)
+        saved = None
+        if model_dir is not None:
+            description = models.save_classifier(
+                model, model_dir, config.arch, class_names, normalisation,
+                provenance | {"results_file": results_path.name, "parameters": asdict(config),
+                              "git_commit": git_commit()})
+            saved = {"path": str(Path(model_dir).resolve()),
+                     "weights_sha256": json.loads(description.read_text())["weights_sha256"]}
+        write_json_atomic(results_path, {
+            "parameters": asdict(config) | {
+                "n_train": len(train_index),
+                "n_labelled": len(labelled),
+                "n_val": len(val_index),
+                "n_test": len(test_index),
+                "world_size": context.world_size,
+            },
+            "seed": config.seed,
+            "device": str(device),
+            "per_epoch": per_epoch,
+            "final": {
+                name: metrics.classification_metrics(
+                    evaluations[name]["y_true"], evaluations[name]["y_pred"],
+                    class_names=class_names)
+                for name in ("test", "val")
+            },
+            # accuracy of the last epoch's single-date predictions, at each evaluation date
+            "per_date_accuracy": {name: evaluations[name]["per_date"] for name in ("test", "val")},
+            "provenance": provenance,
+            "normalisation": normalisation.describe(),
+            "model": saved,  # the fine-tuned weights' folder, when saved
+            "unreadable_samples": unreadable.reasons,  # replaced by other samples, with why
+            "classes": list(class_names),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "complete": True,
+        })
+    distributed.barrier(context)
+    return json.loads(results_path.read_text())
