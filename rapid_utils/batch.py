@@ -267,8 +267,11 @@ class _ReuseCheck:
     loaded once per corpus and split for all jobs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, corpus: str | Path | None = None,
+                 indexed: study.IndexedCorpus | None = None) -> None:
         self._studies: dict[tuple, study.Study] = {}
+        # the batch's corpus (as `paths.data_location` gives it), indexed before the first job
+        self._indexed = {str(corpus): indexed} if indexed is not None else {}
 
     def why_rerun(self, job: Job) -> Rerun | None:
         """None when the job's result can be reused, else why it must run (again)."""
@@ -285,7 +288,9 @@ class _ReuseCheck:
             key = (values["store"] or values["corpus_dir"], str(runs), values["split_by"],
                    int(values["split_seed"]), int(values["stats_sites"]))
             if key not in self._studies:
-                self._studies[key] = study.load_study(paths.data_location(key[0]), *key[1:])
+                location = paths.data_location(key[0])
+                self._studies[key] = study.load_study(location, *key[1:],
+                                                      indexed=self._indexed.get(str(location)))
             data = self._studies[key]
             provenance = train.finetune_provenance(config, data.sites("train"),
                                                    data.sites("val"), data.sites("test"),
@@ -338,7 +343,8 @@ def reproduce(
     corpus = resolve_corpus(profile, values)
     data = paths.data_location(values["store"]) if values.get("store") else corpus
     try:
-        log.info("%s: %d usable sites", data, study.check_corpus(data))
+        indexed = study.index_corpus(data)
+        log.info("%s: %d usable sites", data, indexed.n_sites)
     except CorpusError as error:
         raise CorpusCheckError(f"the corpus of profile {profile!r} cannot be used, so no "
                                f"notebook was run: {error}") from error
@@ -354,7 +360,7 @@ def reproduce(
 
     outcomes: list[NotebookRun] = []
     times_file = paths.runs_dir(profile) / JOB_TIMES_FILE
-    reuse = _ReuseCheck()
+    reuse = _ReuseCheck(data, indexed)
     start = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"

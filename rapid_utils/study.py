@@ -68,12 +68,51 @@ class Study:
         return pd.Series({name: len(self.sites(name)) for name in splits.SPLITS}, name="sites")
 
 
+@dataclass(frozen=True)
+class IndexedCorpus:
+    """A corpus as indexed once (`index_corpus`): where it is and what it holds.
+
+    `index` holds the sites of a GeoTIFF folder or packed store, or the labelled chips of a
+    chips corpus, whose `spec` and whole `chips` index (unlabelled chips too) come along.
+    """
+
+    location: Path | str  # resolved folder, chips spec file, or store URL
+    index: pd.DataFrame
+    spec: chips.ChipsSpec | None = None
+    chips: chips.ChipsIndex | None = None
+
+    @property
+    def n_sites(self) -> int:
+        """Usable sites (chips: labelled and unlabelled)."""
+        return len(self.index) + (len(self.chips.unlabelled) if self.chips else 0)
+
+
+def index_corpus(corpus: str | Path) -> IndexedCorpus:
+    """Index a corpus (GeoTIFF folder, chips spec or packed store), raising the corpus's own
+    clear error (`CorpusError`) when it cannot be used.
+
+    The batch calls this before its first notebook, so a wrong path stops with one message
+    instead of failing every job in turn, and hands the result to `load_study`, so the
+    corpus is indexed once (minutes at poster scale; every chip is opened for a chips corpus).
+    """
+    if is_store(corpus):
+        store = PackedStore(corpus)
+        return IndexedCorpus(store.url, store.index())
+    location = Path(corpus).expanduser().resolve()
+    if chips.is_chips_corpus(location):
+        spec = chips.load_spec(location)
+        found = chips.build_chips_index(spec, progress=False)
+        return IndexedCorpus(chips.spec_path(location).resolve(), found.labelled, spec, found)
+    return IndexedCorpus(location, build_index(location, progress=False))
+
+
 def load_study(
     corpus: str | Path,
     runs: str | Path,
     split_by: str = "site",
     seed: int = 0,
     stats_sites: int = 256,
+    indexed: IndexedCorpus | None = None,
 ) -> Study:
     """Index the corpus, split it, and read (or compute and store) its band statistics.
 
@@ -82,27 +121,24 @@ def load_study(
     `corpus` may be a packed store (`rapid-utils pack`): its index has the same rows as the
     corpus's (less samples skipped when packing), so split and statistics are the same too.
     A chips corpus (a chips spec, see `corpus.chips`) is split by chip (`_load_chips_study`).
+    `indexed`, this corpus's `index_corpus`, saves indexing it again.
     """
-    if is_store(corpus):
-        store = PackedStore(corpus)
-        corpus, index = store.url, store.index()
-    else:
-        corpus = Path(corpus).expanduser().resolve()
-        if chips.is_chips_corpus(corpus):
-            return _load_chips_study(corpus, runs, split_by, seed, stats_sites)
-        index = build_index(corpus, progress=False)
+    indexed = indexed or index_corpus(corpus)
+    if indexed.chips is not None:
+        return _load_chips_study(indexed, runs, split_by, seed, stats_sites)
+    location, index = indexed.location, indexed.index
     split = splits.assign_splits(index, by=split_by, seed=seed)
 
     def compute(split_fingerprint: str) -> BandStats:
-        return compute_band_stats(corpus, index[split == "train"], n_sites=stats_sites, seed=seed,
-                                  progress=False, split_fingerprint=split_fingerprint)
+        return compute_band_stats(location, index[split == "train"], n_sites=stats_sites,
+                                  seed=seed, progress=False, split_fingerprint=split_fingerprint)
 
     recipe = band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, STATS_DATES, seed)
     stats = stored_band_stats(runs, splits.fingerprint(index, split), compute, recipe)
-    return Study(corpus, index, split, stats)
+    return Study(location, index, split, stats)
 
 
-def _load_chips_study(corpus: Path, runs: str | Path, split_by: str, seed: int,
+def _load_chips_study(indexed: IndexedCorpus, runs: str | Path, split_by: str, seed: int,
                       stats_sites: int) -> Study:
     """`load_study` for a chips corpus: labelled chips split 75/10/15 by class.
 
@@ -114,8 +150,7 @@ def _load_chips_study(corpus: Path, runs: str | Path, split_by: str, seed: int,
     if split_by != "site":
         raise chips.ChipsError(f"a chips corpus is split by chip (split_by: site); chips have "
                                f"no tiles to split by {split_by!r}")
-    spec = chips.load_spec(corpus)
-    found = chips.build_chips_index(spec, progress=False)
+    spec, found = indexed.spec, indexed.chips
     labelled = found.labelled
     split = splits.assign_splits(labelled, by="site", seed=seed)
     stats = stored_band_stats(
@@ -127,24 +162,8 @@ def _load_chips_study(corpus: Path, runs: str | Path, split_by: str, seed: int,
     if spec.pretrain_on_labelled_images:
         images = labelled[split != "train"].assign(label=chips.UNLABELLED, label_name="")
         unlabelled = pd.concat([unlabelled, images], ignore_index=True)
-    return Study(chips.spec_path(corpus).resolve(), labelled, split, stats,
-                 class_names=found.classes, unlabelled=unlabelled)
-
-
-def check_corpus(corpus: str | Path) -> int:
-    """Index a corpus once (GeoTIFF folder, chips spec or packed store) and return its number
-    of usable sites, raising the corpus's own clear error (`CorpusError`) when it has none.
-
-    The batch calls this before its first notebook, so a wrong path stops with one message
-    instead of failing every job in turn.
-    """
-    if is_store(corpus):
-        return len(PackedStore(corpus).index())
-    corpus = Path(corpus).expanduser().resolve()
-    if chips.is_chips_corpus(corpus):
-        found = chips.build_chips_index(chips.load_spec(corpus), progress=False)
-        return len(found.labelled) + len(found.unlabelled)
-    return len(build_index(corpus, progress=False))
+    return Study(indexed.location, labelled, split, stats, class_names=found.classes,
+                 unlabelled=unlabelled)
 
 
 def stored_band_stats(

@@ -269,3 +269,16 @@ def test_progress_line_gist_is_the_first_whole_sentence() -> None:
     assert gist("Traceback (most recent call last):\n  File ...") == (
         "Traceback (most recent call last):")
     assert gist("  ") == "no reason given"
+
+
+def test_a_study_from_an_indexed_corpus_does_not_index_it_again(tiny_corpus, tmp_path,
+                                                                  monkeypatch):
+    indexed = study.index_corpus(tiny_corpus)
+    assert indexed.n_sites == 24 and indexed.location == tiny_corpus.resolve()
+
+    def index_again(*args, **kwargs):
+        raise AssertionError("the corpus was indexed again")
+
+    monkeypatch.setattr(study, "build_index", index_again)
+    data = study.load_study(tiny_corpus, tmp_path / "runs", stats_sites=8, indexed=indexed)
+    assert data.index.equals(indexed.index) and data.split_sizes().sum() == 24

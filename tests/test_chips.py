@@ -243,6 +243,11 @@ def test_unlabelled_sources_with_own_bands_per_source_statistics_and_empty_chips
 def test_study_and_dataset_on_a_chips_spec(chips_root: Path, tmp_path: Path) -> None:
     spec_file = make_spec(chips_root, size=32).save(tmp_path / "chips.yaml")
     data = study.load_study(spec_file, tmp_path / "runs", seed=0, stats_sites=100)
+    indexed = study.index_corpus(spec_file)
+    assert indexed.n_sites == 24 + 6 and indexed.location == data.corpus
+    again = study.load_study(spec_file, tmp_path / "runs", seed=0, stats_sites=100,
+                             indexed=indexed)
+    assert again.index.equals(data.index) and again.band_stats == data.band_stats
     assert data.class_names == CLASSES
     assert data.split_sizes().to_dict() == {"train": 18, "val": 3, "test": 3}
     assert len(data.pretraining_sites()) == 18 + 6
