@@ -79,16 +79,6 @@ def figures_dir(profile: str) -> Path:
     return project_root() / "figures" / profile
 
 
-def band_stats_path(profile: str) -> Path:
-    """Per-band mean/std of a profile's training sites, used for normalisation."""
-    return runs_dir(profile) / BAND_STATS_FILE
-
-
-def splits_path(profile: str) -> Path:
-    """The split of every site (sample_id, split, label) written by notebook 02."""
-    return runs_dir(profile) / SPLITS_FILE
-
-
 def byol_run_dir(runs: Path, positives: str, seed: int) -> Path:
     """Checkpoint folder of one BYOL pretraining run inside a runs folder."""
     return Path(runs) / "byol" / f"byol_{positives}_seed{seed}"

@@ -14,9 +14,10 @@ import pytest
 import rasterio
 import torch
 import xarray as xr
+import zarr
 from torch.utils.data import DataLoader
 
-from rapid_utils import cli, datasets, study, train
+from rapid_utils import cli, datasets, splits, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, read_raster
@@ -64,9 +65,11 @@ def test_store_opens_in_xarray_with_its_variables(packed: Path, tiny_corpus: Pat
     index = build_index(tiny_corpus, progress=False).set_index("sample_id")
     ids = [str(s) for s in ds["sample_id"].values]
     np.testing.assert_array_equal(ds["label"].values, index.loc[ids, "label"].to_numpy())
-    assert set(ds["split"].values) == {"train", "val", "test"}
-    # per-band statistics: exact over every pixel of the training samples, none of val/test
-    training = ds["split"].values == "train"
+    assert "split" not in ds  # a study draws its own split
+    # per-band statistics: exact over every pixel of the default split's training samples
+    default = splits.assign_splits(pd.DataFrame({"sample_id": ids, "label": ds["label"].values}),
+                                   by="site", seed=0)
+    training = default.to_numpy() == "train"
     pixels = ds["reflectance"].values[training].astype(np.float64)
     np.testing.assert_allclose(ds.attrs["band_mean"], pixels.mean(axis=(0, 1, 3, 4)), rtol=1e-9)
     np.testing.assert_allclose(ds.attrs["band_std"], pixels.std(axis=(0, 1, 3, 4)), rtol=1e-6)
@@ -167,12 +170,6 @@ def test_study_from_store_equals_study_from_geotiffs(packed: Path, tiny_corpus: 
     pd.testing.assert_frame_equal(from_store.index, from_tiffs.index)
     pd.testing.assert_series_equal(from_store.split, from_tiffs.split)
     assert from_store.band_stats == from_tiffs.band_stats
-    # the store's own split variable is the default split
-    ds = xr.open_zarr(packed, consolidated=False)
-    stored = pd.Series([str(s) for s in ds["split"].values],
-                       index=[str(s) for s in ds["sample_id"].values])
-    expected = from_tiffs.split.set_axis(from_tiffs.index["sample_id"])
-    pd.testing.assert_series_equal(stored.loc[expected.index], expected, check_names=False)
 
 
 def test_finetuning_from_store_gives_identical_results(packed: Path, tiny_corpus: Path,
@@ -279,6 +276,24 @@ def test_pack_extends_a_store_with_new_sites(corpus_copy: Path, tmp_path: Path,
     pd.testing.assert_frame_equal(grown.index().drop(columns="geometry"),
                                   store.PackedStore(packed).index().drop(columns="geometry"))
     assert_same_chips(grown, corpus_copy)
+
+
+def test_an_older_store_with_a_split_variable_still_opens_and_grows(corpus_copy: Path,
+                                                                    tmp_path: Path) -> None:
+    table_path = corpus_copy / layout.LABELS_CSV
+    full, table = table_path.read_bytes(), pd.read_csv(table_path)
+    with gzip.open(table_path, "wt") as fh:
+        table.iloc[:16].to_csv(fh, index=False)
+    out = tmp_path / "old.zarr"
+    store.pack(corpus_copy, out, scheduler="synchronous", progress=False)
+    legacy = xr.Dataset({"split": ("sample", np.array(["train", "val"] * 8, dtype=object))},
+                        attrs=dict(zarr.open_group(out, mode="r").attrs))
+    legacy.to_zarr(out, mode="a", consolidated=False)  # what stores packed before held
+    assert len(store.PackedStore(out).index()) == 16
+    table_path.write_bytes(full)
+    store.pack(corpus_copy, out, scheduler="synchronous", progress=False)
+    assert len(store.PackedStore(out).index()) == 24
+    assert "split" not in xr.open_zarr(out, consolidated=False)
 
 
 def test_pack_refuses_other_options_on_an_existing_store(packed: Path, tiny_corpus: Path) -> None:

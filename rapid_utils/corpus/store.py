@@ -3,8 +3,9 @@
 `pack` converts a GeoTIFF corpus (real or embedded) into a store; `PackedStore` reads it.
 `xarray.open_zarr(store)` shows dims (sample, time, band, y, x): `reflectance` (uint16, x 10000),
 coordinates sample_id, time, band, lon, lat; per-sample `shares` (CLC fractions), `label`
-(dominant class), `split`, `geometry` (GeoJSON), packing status; per-band statistics and the
-skipped samples with their reasons as attributes.
+(dominant class), `geometry` (GeoJSON), packing status; per-band statistics and the skipped
+samples with their reasons as attributes. The split is not stored: a study draws its own
+(`splits.assign_splits`), with its own seed.
 
 Why Zarr, one chunk per (sample, date), uncompressed for training (measured on this project's
 2-core machine, 200 x 200 x 4 uint16, two random dates per sample, one process, warm cache):
@@ -64,6 +65,7 @@ LAYOUTS = ("fast", "archive")
 SCHEDULERS = ("threads", "processes", "synchronous")
 REFLECTANCE = "reflectance"
 SAMPLE_CHUNK = 4096  # per-sample variables: rows per chunk (small arrays, few objects)
+LEGACY_VARIABLES = ("split",)  # written by older stores, read by nothing: removed on resume
 
 
 class StoreError(CorpusError):
@@ -327,6 +329,7 @@ def pack(
         _create(url, options, index, grid, layout_name, corpus, dates)
     else:
         grid = _check_compatible(group, url, options, dates, size, layout_name)
+        _drop_legacy_variables(url, options)
         new = index[~index["sample_id"].isin(group["sample_id"][:].tolist())]
         if len(new):
             log.info("extending %s with %d new sites", url, len(new))
@@ -422,6 +425,16 @@ def _open_existing(url: str, options: dict) -> zarr.Group | None:
     return group
 
 
+def _drop_legacy_variables(url: str, options: dict) -> None:
+    """Delete what older stores hold and nothing reads (`split`: seed 0 by site), so the store
+    can grow: appended samples would leave it shorter than the sample axis."""
+    group = zarr.open_group(url, mode="r+", storage_options=_options_for(url, options))
+    for name in LEGACY_VARIABLES:
+        if name in group:
+            log.info("removing the unused variable %r of %s", name, url)
+            del group[name]
+
+
 def _reference_grid(
     corpus: Path, sample_ids: list[str], dates: DateSelection, size: int | None, probe: int = 16
 ) -> _Grid:
@@ -461,7 +474,6 @@ def _template(index: pd.DataFrame, grid: _Grid) -> xr.Dataset:
     n = len(index)
     shape = (n, len(grid.dates), len(layout.BANDS), grid.size, grid.size)
     shares = index[list(labels.SHARE_COLUMNS)].to_numpy(dtype="float64")
-    split = np.full(n, "", dtype=object)
     return xr.Dataset(
         {
             REFLECTANCE: (("sample", "time", "band", "y", "x"),
@@ -471,7 +483,6 @@ def _template(index: pd.DataFrame, grid: _Grid) -> xr.Dataset:
             "shares": (("sample", "clc"), shares, {"long_name": "CLC level-3 area fractions"}),
             "label": ("sample", index["label"].to_numpy(dtype="int8"),
                       {"long_name": "dominant poster class", "classes": list(labels.CLASSES)}),
-            "split": ("sample", split, {"long_name": "train/val/test, by site, seed 0"}),
             "geometry": ("sample", np.array([json.dumps(g) for g in index["geometry"]],
                                             dtype=object)),
             "packed": ("sample", np.zeros(n, bool)),
@@ -618,8 +629,8 @@ def _verify_sample(url: str, options: dict, row: int) -> int:
 
 
 def _finalise(group: zarr.Group) -> None:
-    """The default split and store-wide band statistics of its training samples only (val
-    and test pixels must not set the normalisation)."""
+    """Store-wide band statistics of the training samples of the default split (by site, seed
+    0) only: val and test pixels must not set the normalisation."""
     packed = group["packed"][:].astype(bool)
     ids = np.asarray([str(s) for s in group["sample_id"][:]])
     table = pd.DataFrame({"sample_id": ids[packed], "label": group["label"][:][packed]})
@@ -635,4 +646,3 @@ def _finalise(group: zarr.Group) -> None:
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         group.attrs.update({"band_mean": mean.tolist(), "band_std": std.tolist(),
                             "band_pixels": int(count[0])})
-    group["split"][:] = split
