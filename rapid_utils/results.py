@@ -2,7 +2,7 @@
 
 `train.finetune` writes one JSON file per run into `paths.results_dir(runs)`. This module reads
 them back (complete files only), names the poster scenario of each run, aggregates over seeds
-and computes the poster's two claims. Figures are drawn from these tables in `plots.py`.
+and computes the poster's two claims. Figures are drawn from these tables in `plots/`.
 """
 
 from __future__ import annotations
@@ -121,7 +121,11 @@ def _ordered(keys: Sequence[str]) -> list[str]:
 
 
 def per_epoch_table(results: Sequence[Mapping]) -> pd.DataFrame:
-    """Tidy table, one row per scenario run and epoch (1-based); accuracies as fractions."""
+    """Tidy table, one row per scenario run and epoch (1-based); accuracies as fractions.
+
+    `test_accuracy` is NaN at the epochs whose test sites were not classified (by default
+    only the last epoch's are: `FinetuneConfig.test_every_epoch`).
+    """
     rows = []
     for run in results:
         scenario = scenario_of(run)
@@ -133,7 +137,7 @@ def per_epoch_table(results: Sequence[Mapping]) -> pd.DataFrame:
                 "scenario": scenario,
                 "seed": int(run["parameters"].get("seed", run.get("seed", 0))),
                 "epoch": epoch,
-                "test_accuracy": float(test),
+                "test_accuracy": math.nan if test is None else float(test),
                 "val_accuracy": float(curves["val_accuracy"][epoch - 1]),
                 "train_loss": float(curves["train_loss"][epoch - 1]),
             })

@@ -249,3 +249,21 @@ def test_no_results_are_reported_in_words(tmp_path):
                        r"Skipped by the batch:\n- byol-1%: BYOL pretraining failed"):
         results.require_results([], tmp_path, {"byol-1%": "BYOL pretraining failed"})
     results.require_results([{"parameters": {}}], tmp_path, {})  # something to draw: no error
+
+
+def test_accuracy_curves_of_runs_tested_after_the_last_epoch_only(loaded: list[dict]) -> None:
+    last_only = [run | {"per_epoch": run["per_epoch"] | {"test_accuracy": [
+        None] * (len(run["per_epoch"]["test_accuracy"]) - 1) + run["per_epoch"][
+        "test_accuracy"][-1:]}} for run in loaded]
+    table = results.per_epoch_table(last_only)
+    assert table["test_accuracy"].isna().sum() == len(table) - len(last_only)
+    ax = plots.plot_accuracy_curves(table).axes[0]
+    assert ax.get_ylabel() == "validation accuracy (%)"
+    assert len(ax.lines) == 5 and len(ax.collections) == 5 + 5  # bands and final diamonds
+    final = table.dropna(subset=["test_accuracy"])
+    byol = [final["epoch"].max(), 100 * final.loc[final["scenario"] == "byol-100%",
+                                                   "test_accuracy"].mean()]
+    diamonds = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 1]
+    assert any(np.allclose(points, [byol]) for points in diamonds)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "test accuracy after the last epoch" in legend

@@ -204,8 +204,15 @@ def test_finetune_results_file(data: dict, tmp_path: Path) -> None:
     assert {"parameters", "per_epoch", "final", "seed", "versions", "git_commit"} <= set(results)
     assert set(results["versions"]) == {"torch", "torchvision", "numpy", "rapid_utils"}
     assert results["parameters"]["n_labelled"] == len(data["train_index"])
-    for values in results["per_epoch"].values():
-        assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    curves = results["per_epoch"]
+    for key in ("train_loss", "val_accuracy", "lr"):
+        assert len(curves[key]) == 2 and all(math.isfinite(v) for v in curves[key])
+    # test sites are classified after the last epoch only, by default
+    assert curves["test_accuracy"][0] is None
+    assert curves["test_accuracy"][1] == results["final"]["test"]["accuracy"]
+    every = run_finetune(data, tiny_finetune(test_every_epoch=True), tmp_path / "every.json")
+    assert all(math.isfinite(v) for v in every["per_epoch"]["test_accuracy"])
+    assert every["final"] == results["final"]  # training does not depend on it
     test = results["final"]["test"]
     assert set(test["precision"]) == set(CLASSES) == set(test["recall"])
     assert np.sum(test["confusion_matrix"]) == len(data["val_index"])

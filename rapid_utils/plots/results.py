@@ -101,16 +101,24 @@ def plot_accuracy_curves(per_epoch: pd.DataFrame, skipped: Mapping[str, str] | N
     """Poster Fig. 4: test accuracy per epoch per scenario, mean over seeds, min-max band.
 
     `per_epoch` is `results.per_epoch_table`; `skipped` (scenario key -> reason) adds a
-    legend entry and a title note for scenarios that could not run.
+    legend entry and a title note for scenarios that could not run. Runs that classified
+    their test sites after the last epoch only (the default) are drawn as validation
+    accuracy per epoch, with the final test accuracy as a diamond.
     """
     fig = Figure(figsize=(9.0, 5.4), layout="constrained")
     ax = fig.subplots()
     keys = [s.key for s in results.ALL_SCENARIOS]
+    every_epoch = bool(per_epoch["test_accuracy"].notna().all())
+    curve = "test_accuracy" if every_epoch else "val_accuracy"
     for key in keys:
         rows = per_epoch[per_epoch["scenario"] == key]
         if rows.empty:
             continue
-        by_epoch = rows.groupby("epoch")["test_accuracy"]
+        if not every_epoch:
+            final = rows.dropna(subset=["test_accuracy"])
+            ax.scatter(final["epoch"].max(), 100 * final["test_accuracy"].mean(), marker="D",
+                       s=60, color=SCENARIO_COLORS[key], edgecolor="black", zorder=3)
+        by_epoch = rows.groupby("epoch")[curve]
         mean, low, high = (100 * getattr(by_epoch, f)() for f in ("mean", "min", "max"))
         n_seeds = rows["seed"].nunique()
         colour = SCENARIO_COLORS[key]
@@ -122,6 +130,9 @@ def plot_accuracy_curves(per_epoch: pd.DataFrame, skipped: Mapping[str, str] | N
                       f"(n = {n_seeds} seed{'' if n_seeds == 1 else 's'})")
     handles, names = ax.get_legend_handles_labels()
     handles.append(Patch(facecolor="0.5", alpha=0.25, label="min-max over seeds"))
+    if not every_epoch:
+        handles.append(Line2D([], [], color="0.5", marker="D", markeredgecolor="black",
+                              linestyle="none", label="test accuracy after the last epoch"))
     for key in skipped or {}:
         if not (per_epoch["scenario"] == key).any():
             label = results.SCENARIO_BY_KEY[key].label if key in results.SCENARIO_BY_KEY else key
@@ -129,10 +140,11 @@ def plot_accuracy_curves(per_epoch: pd.DataFrame, skipped: Mapping[str, str] | N
                                   marker="x", label=f"{label}: skipped"))
     ax.legend(handles=handles, fontsize=9, loc="best", framealpha=0.95)
     ax.set_xlabel("fine-tuning epoch", fontsize=11)
-    ax.set_ylabel("test accuracy (%)", fontsize=11)
+    ax.set_ylabel(f"{'test' if every_epoch else 'validation'} accuracy (%)", fontsize=11)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    title = "Test accuracy per epoch: mean over seeds, band min to max (poster Fig. 4)"
+    title = (f"{'Test' if every_epoch else 'Validation'} accuracy per epoch: mean over seeds, "
+             "band min to max (poster Fig. 4)")
     note = _skipped_note(skipped, [k for k in (skipped or {})
                                    if not (per_epoch["scenario"] == k).any()])
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)

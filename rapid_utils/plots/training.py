@@ -99,8 +99,9 @@ def plot_finetune_curves(results: Mapping) -> Figure:
     loss_ax.set_ylabel("cross-entropy")
     loss_ax.set_title("Training loss")
     for split, colour in (("val", "#1f5fbf"), ("test", "#d7263d")):
-        acc_ax.plot(epochs, 100 * np.asarray(per_epoch[f"{split}_accuracy"]), marker="o",
-                    color=colour, label=split)
+        # None (JSON null): test sites classified after the last epoch only
+        acc_ax.plot(epochs, 100 * np.asarray(per_epoch[f"{split}_accuracy"], dtype=float),
+                    marker="o", color=colour, label=split)
     acc_ax.set_ylim(0, 100)
     acc_ax.set_ylabel("overall accuracy (%)")
     acc_ax.set_title("Accuracy")

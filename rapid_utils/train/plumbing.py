@@ -44,7 +44,7 @@ def _seed_worker(worker_id: int) -> None:
 LOADER_FIELDS = ("num_workers", "pin_memory", "prefetch_factor")
 # What a run did before a config field existed, when that differs from the field's default:
 # a results file or checkpoint without the field is compared as holding this value.
-BEFORE_FIELD_EXISTED = {"eval_dates": "first"}
+BEFORE_FIELD_EXISTED = {"eval_dates": "first", "test_every_epoch": True}
 
 
 def changed_fields(config: object, stored: dict | None) -> list[str]:

@@ -279,7 +279,7 @@ def pretrain(
         # Each process draws its own views; rank 0 matches a single-process run.
         views_rng = augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         model.train()
-        losses = []
+        loss_sum, steps = torch.zeros((), dtype=torch.float64, device=device), 0
         for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
             unreadable.note(batch)
@@ -297,10 +297,11 @@ def pretrain(
             tau = byol.tau_schedule(step, total_steps, config.tau_base)
             model.update_target(tau)  # identical on every process: same online weights
             step += 1
-            losses.append(loss.item())
+            loss_sum += loss.detach()  # summed on the device: no host sync per step
+            steps += 1
 
         unreadable.check()
-        entry = {"epoch": epoch + 1, "loss": mean_over_processes(float(np.mean(losses)), context),
+        entry = {"epoch": epoch + 1, "loss": mean_over_processes(loss_sum.item() / steps, context),
                  "lr": lr, "tau": tau}
         if context.is_main:
             entry |= _collapse_guards(model, knn_train, knn_val, config.knn_k, device)
