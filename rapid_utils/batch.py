@@ -28,7 +28,7 @@ from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 from rapid_utils.io import atomic_path
-from rapid_utils.messages import gist
+from rapid_utils.messages import follow_progress, gist
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,8 @@ def reproduce(
             # a stale result is replaced (the notebook refuses to overwrite it otherwise)
             replace = force or bool(rerun and rerun.replace)
             parameters = job.parameters | ({"force": True} if replace and job.scenario else {})
-            outcome = run_notebook(job.notebook, job.output, parameters)
+            with follow_progress(lambda line, label=label: log.info("    %s: %s", label, line)):
+                outcome = run_notebook(job.notebook, job.output, parameters)
             outcome.name = label
             if job.notebook == "03_byol_pretraining" and outcome.error:
                 reason = f"BYOL pretraining failed: see {job.output}"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import nbformat
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 import torch
 from jupyter_client import KernelManager
 
-from rapid_utils import batch, cli, docs, paths, results, study
+from rapid_utils import batch, cli, docs, messages, paths, results, study
 from rapid_utils.corpus.index import build_index
 from rapid_utils.messages import gist
 
@@ -120,6 +123,8 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
         rerun = batch.reproduce("ci", (one,))
     assert [run.status for run in rerun if run.name.startswith("04_")] == ["done"]
     assert "rerunning, stale result: another BYOL checkpoint" in caplog.text
+    # one progress line an epoch from inside the notebook, e.g. "... fine-tune epoch 1/2: ..."
+    assert "04_finetuning [byol-1%, seed 0]: fine-tune epoch 1/" in caplog.text
     assert check.why_rerun(batch.plan_jobs("ci", values, corpus)[6]) is None  # byol-1%
 
 
@@ -282,3 +287,15 @@ def test_a_study_from_an_indexed_corpus_does_not_index_it_again(tiny_corpus, tmp
     monkeypatch.setattr(study, "build_index", index_again)
     data = study.load_study(tiny_corpus, tmp_path / "runs", stats_sites=8, indexed=indexed)
     assert data.index.equals(indexed.index) and data.split_sizes().sum() == 24
+
+
+def test_progress_lines_from_a_child_process_reach_the_batch(tmp_path, monkeypatch):
+    monkeypatch.delenv(messages.PROGRESS_FILE_ENV, raising=False)
+    shown = []
+    child = ("from rapid_utils.messages import report_progress\n"
+             "for k in (1, 2):\n    report_progress(f'epoch {k}/2:  loss\\n0.5')")
+    with messages.follow_progress(shown.append, interval_s=0.05):
+        subprocess.run([sys.executable, "-c", child], check=True)
+    assert shown == ["epoch 1/2: loss 0.5", "epoch 2/2: loss 0.5"]  # one line each
+    assert messages.PROGRESS_FILE_ENV not in os.environ  # restored
+    messages.report_progress("nobody listens")  # without the variable: nothing, no error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from rapid_utils import augment, distributed, labels, metrics, models, splits
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import file_sha256, write_json_atomic
+from rapid_utils.messages import report_progress
 from rapid_utils.train.plumbing import (
     LOADER_FIELDS,
     UnreadableLog,
@@ -304,6 +306,7 @@ def finetune(
     }
     evaluations: dict[str, dict] = {}
     unreadable = UnreadableLog(context=context)
+    started = time.perf_counter()
     for epoch in range(config.epochs):
         flips = augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
@@ -335,6 +338,10 @@ def finetune(
                 evaluations[name] = _evaluate(model, eval_loader, device, unreadable)
                 y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
                 per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+            report_progress(f"fine-tune epoch {epoch + 1}/{config.epochs}: loss "
+                            f"{per_epoch['train_loss'][-1]:.3f}, validation accuracy "
+                            f"{per_epoch['val_accuracy'][-1]:.1%}, "
+                            f"{time.perf_counter() - started:.0f} s")
         distributed.barrier(context)
 
     unreadable.check()  # the last epoch's evaluation reads too

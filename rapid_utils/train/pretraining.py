@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rapid_utils import augment, byol, distributed, metrics, models, paths, spli
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, replace_keeping_previous
-from rapid_utils.messages import gist
+from rapid_utils.messages import gist, report_progress
 from rapid_utils.train.plumbing import (
     LOADER_FIELDS,
     UnreadableLog,
@@ -271,6 +272,7 @@ def pretrain(
         _set_rng_state(checkpoint["rng"])
     trainer = wrap_ddp(model, device, context)
 
+    started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         loader = make_loader(
             dataset, local_batch, config.seed + epoch, shuffle=True, drop_last=True,
@@ -307,6 +309,9 @@ def pretrain(
             entry |= _collapse_guards(model, knn_train, knn_val, config.knn_k, device)
             entry["encoder_change"] = metrics.relative_change(model.encoder, initial_encoder)
             history.append(entry)
+            report_progress(f"BYOL epoch {epoch + 1}/{config.epochs}: loss {entry['loss']:.3f}, "
+                            f"kNN accuracy {entry['knn_accuracy']:.1%}, "
+                            f"{time.perf_counter() - started:.0f} s")
             _save_checkpoint(path, {
                 models.BYOL_ENCODER_KEY: model.encoder.state_dict(),
                 "byol": model.state_dict(),
