@@ -11,6 +11,8 @@ model card); `load_pretrained` reads them back with their `Normalisation`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import pickle
 from collections.abc import Sequence
@@ -152,7 +154,10 @@ def _imagenet_state_dict(arch: str, path: str | Path | None) -> dict[str, torch.
         return _read_state_dict(Path(path), f"ImageNet weights for {arch}", _how_to_supply(arch))
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        # torch.hub prints the download address before it tries: noise on an offline machine
+        # (the error below says what to do), and on a connected one the cache fills quietly.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return weights.get_state_dict(progress=False, check_hash=True)
     # OSError covers URLError (no network) and unreadable caches; RuntimeError a bad hash or file.
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise WeightsUnavailableError(

@@ -80,6 +80,21 @@ def test_imagenet_file_of_another_arch(resnet18_imagenet_like: tuple[Path, dict]
         build_model("resnet34", init="imagenet", imagenet_weights_path=resnet18_imagenet_like[0])
 
 
+def test_offline_download_prints_no_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailableError, match="imagenet_weights_path"):
+        build_model("resnet18", init="imagenet")
+    captured = capsys.readouterr()
+    assert "://" not in captured.err + captured.out  # torch.hub's "Downloading: <url>" line
+
+
 def test_no_network_no_file_says_how_to_supply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
