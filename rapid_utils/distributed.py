@@ -79,6 +79,14 @@ def sum_over_processes(values: list[float], context: Context) -> list[float]:
     return total.tolist()
 
 
+def broadcast_buffers(model: torch.nn.Module, context: Context) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics): after training each
+    process updated them on its own batches, and evaluation must use one model."""
+    if context.active:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def gather_objects(value: object, context: Context) -> list[object]:
     """Every process's `value` (picklable), in rank order; [value] in one process."""
     if not context.active:

@@ -64,7 +64,8 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         progress=False,
     )
     (Path(out) / f"rank{rank}.json").write_text(json.dumps({"history": history,
-                                                             "results": results}))
+                                                             "results": results,
+                                                             "n_val": len(val_index)}))
     dist.destroy_process_group()
 
 
@@ -92,6 +93,10 @@ def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
     assert "knn_accuracy" not in ranks[1]["history"][-1]
     assert ranks[0]["results"] == ranks[1]["results"]  # every rank returns rank 0's file
     assert ranks[0]["results"]["parameters"]["world_size"] == WORLD_SIZE
+    # each rank classified its shard; the results hold every validation site once, in order
+    final = ranks[0]["results"]["final"]["val"]
+    assert final["n"] == ranks[0]["n_val"]
+    assert sum(map(sum, final["confusion_matrix"])) == final["n"]
     assert len(list(out.glob("**/*.tmp"))) == 0  # atomic writes left nothing behind
 
     checkpoint = torch.load(out / "byol" / train.CHECKPOINT_FILE, weights_only=True)

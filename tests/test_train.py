@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rapid_utils import datasets, io, metrics, models, splits, train
+from rapid_utils import datasets, distributed, io, metrics, models, splits, train
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
@@ -426,6 +426,22 @@ def test_evaluation_votes_over_dates_and_reports_each_date() -> None:
     assert result["y_true"] == [0, 2]
     assert result["y_pred"] == [0, 1]
     assert result["per_date"] == {"d1": 1.0, "d2": 0.0, "d3": 0.0}
+
+
+def test_sharded_evaluation_puts_every_site_back_in_order(monkeypatch) -> None:
+    """Under torchrun rank k classifies sites k, k + world, ...; every rank gets them all back
+    in the split's order (here three shards of seven sites, gathered as torchrun would)."""
+    labels = list(range(7))
+    shards = [{"y_true": labels[k::3], "y_pred": labels[k::3],
+               "correct": [[True]] * len(labels[k::3]), "dates": [["d"]] * len(labels[k::3])}
+              for k in range(3)]
+    monkeypatch.setattr(distributed, "gather_objects", lambda part, context: shards)
+    monkeypatch.setattr(finetuning, "model_outputs", lambda *args: (
+        torch.zeros(len(labels[0::3]), 1, 7), torch.tensor(labels[0::3]), [["d"]] * 3))
+    result = finetuning._evaluate(None, None, torch.device("cpu"),
+                                  context=distributed.Context(0, 3, 0))
+    assert result["y_true"] == labels and result["y_pred"] == labels
+    assert result["per_date"] == {"d": 1.0}
 
 
 def test_results_report_voted_and_per_date_accuracy(data: dict, tmp_path: Path) -> None:

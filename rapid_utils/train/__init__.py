@@ -3,7 +3,8 @@
 Both loops run on whatever device they find (CUDA when present, else CPU) and are seeded end to
 end: the same seed on the same machine gives the same weights and metrics. Under `torchrun` they
 train data-parallel (DistributedDataParallel; SyncBatchNorm on GPUs; the EMA target updated
-once per optimizer step on every process; only rank 0 evaluates and writes). On CUDA, forward
+once per optimizer step on every process; fine-tuning's evaluation split in shards among the
+processes; the BYOL collapse guards and all writing on rank 0 only). On CUDA, forward
 passes run in bf16 autocast with channels_last tensors.
 
 Poster scale (ResNet-50, 200 px, ~375K training sites), one node with 8 GPUs:

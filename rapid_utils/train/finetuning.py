@@ -80,8 +80,8 @@ class FinetuneConfig:
     # over the year) or "first" (each site's first date: early January, what runs did before).
     eval_dates: str = "seasons"
     # Test sites are classified after the last epoch only (validation after every epoch): at
-    # poster scale, 75,000 test sites a epoch cost rank 0 a long evaluation while the other
-    # processes wait. True adds the test accuracy of every epoch (the poster's Fig. 4 curves).
+    # poster scale, 75,000 test sites at four dates an epoch cost a long evaluation. True adds
+    # the test accuracy of every epoch (the poster's Fig. 4 curves).
     test_every_epoch: bool = False
 
     def __post_init__(self) -> None:
@@ -177,18 +177,39 @@ def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-              unreadable: UnreadableLog | None = None) -> dict:
+              unreadable: UnreadableLog | None = None,
+              context: distributed.Context | None = None) -> dict:
     """Per-site predictions (a soft vote over the site's evaluation dates) and accuracy per date.
 
     Returns `y_true`, `y_pred` (one per site) and `per_date` ({ISO date: accuracy of the
-    single-date predictions at that date}).
+    single-date predictions at that date}). Under torchrun each process classifies its shard
+    (`_eval_shard`: every world_size-th site from its rank on) and every process returns the
+    whole split's predictions, in the split's order.
     """
     logits, labels, dates = model_outputs(model, loader, device, unreadable)
     voted = logits.softmax(dim=-1).mean(dim=1).argmax(dim=1)
-    correct = (logits.argmax(dim=-1) == labels[:, None]).numpy()
-    per_date = pd.Series(correct.ravel()).groupby(np.ravel(dates)).mean()
-    return {"y_true": labels.tolist(), "y_pred": voted.tolist(),
+    correct = (logits.argmax(dim=-1) == labels[:, None]).tolist()
+    shards = distributed.gather_objects(
+        {"y_true": labels.tolist(), "y_pred": voted.tolist(), "correct": correct,
+         "dates": dates}, context or distributed.Context())
+    # shard k holds sites k, k + world, k + 2 world, ...: interleave them back into order
+    order = [(shard, position) for position in range(max(len(s["y_true"]) for s in shards))
+             for shard in range(len(shards)) if position < len(shards[shard]["y_true"])]
+    y_true, y_pred, flat_correct, flat_dates = [], [], [], []
+    for shard, position in order:
+        part = shards[shard]
+        y_true.append(part["y_true"][position])
+        y_pred.append(part["y_pred"][position])
+        flat_correct += part["correct"][position]
+        flat_dates += part["dates"][position]
+    per_date = pd.Series(flat_correct, dtype=float).groupby(flat_dates).mean()
+    return {"y_true": y_true, "y_pred": y_pred,
             "per_date": {str(date): float(acc) for date, acc in per_date.items()}}
+
+
+def _eval_shard(index: pd.DataFrame, context: distributed.Context) -> pd.DataFrame:
+    """This process's share of an evaluation split: every world_size-th site from its rank."""
+    return index.iloc[context.rank::context.world_size]
 
 
 def finetune(
@@ -282,8 +303,8 @@ def finetune(
 
     eval_loaders = {
         name: make_loader(
-            open_dataset(corpus_root, index, band_stats, date_sampling=config.eval_dates,
-                         raw=raw),
+            open_dataset(corpus_root, _eval_shard(index, context), band_stats,
+                         date_sampling=config.eval_dates, raw=raw),
             config.batch_size, config.seed, shuffle=False, **loading,
         )
         for name, index in (("val", val_index), ("test", test_index))
@@ -330,14 +351,16 @@ def finetune(
         unreadable.check()
         per_epoch["train_loss"].append(mean_over_processes(loss_sum.item() / steps, context))
         last = epoch == config.epochs - 1
-        if context.is_main:  # evaluation and results are rank 0's alone
-            for name, eval_loader in eval_loaders.items():
-                if name == "test" and not (last or config.test_every_epoch):
-                    per_epoch["test_accuracy"].append(None)  # JSON null: not evaluated
-                    continue
-                evaluations[name] = _evaluate(model, eval_loader, device, unreadable)
-                y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
-                per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+        distributed.broadcast_buffers(model, context)  # one model evaluates, in shards
+        # every process classifies its shard of the evaluation sites
+        for name, eval_loader in eval_loaders.items():
+            if name == "test" and not (last or config.test_every_epoch):
+                per_epoch["test_accuracy"].append(None)  # JSON null: not evaluated
+                continue
+            evaluations[name] = _evaluate(model, eval_loader, device, unreadable, context)
+            y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
+            per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
+        if context.is_main:
             report_progress(f"fine-tune epoch {epoch + 1}/{config.epochs}: loss "
                             f"{per_epoch['train_loss'][-1]:.3f}, validation accuracy "
                             f"{per_epoch['val_accuracy'][-1]:.1%}, "
