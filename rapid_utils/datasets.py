@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from rapid_utils import labels, splits
 from rapid_utils.bandstats import BandStats
 from rapid_utils.corpus import chips, layout
+from rapid_utils.corpus.index import dates_of
 from rapid_utils.corpus.reader import (
     CorpusError,
     DateSelection,
@@ -291,8 +292,11 @@ class PlanetFusionDataset(_ChipDataset):
         # every raster is checked against the corpus's size: a wrong-size one is then an
         # unreadable sample (replaced, recorded) instead of a collate error deep in a loader
         self.size = corpus_size(self.root)
+        self.indexed_dates = dates_of(index)  # listed once by build_index, when it checked
 
     def available(self, sample_id: str) -> list[dt.date]:
+        if self.indexed_dates is not None:
+            return self.indexed_dates[sample_id]
         return available_dates(self.root, sample_id)
 
     def read_chip(self, sample_id: str, date: dt.date) -> np.ma.MaskedArray:

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rapid_utils import labels
+from rapid_utils import datasets, labels
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
-from rapid_utils.corpus.reader import CorpusError, CorpusNotFoundError
+from rapid_utils.corpus.reader import CorpusError, CorpusNotFoundError, available_dates
 from rapid_utils.labels import SHARE_COLUMNS, LabelError
 
 INDEX_COLUMNS = ["sample_id", "utmz", "tile", "lon", "lat", "geometry"]
@@ -45,8 +45,12 @@ def index(tiny_corpus) -> pd.DataFrame:
 
 
 def test_index_columns_and_rows(index, tiny_corpus, tiny_settings):
-    assert list(index.columns) == [*INDEX_COLUMNS, *SHARE_COLUMNS, "label", "label_name"]
+    assert list(index.columns) == [*INDEX_COLUMNS, *SHARE_COLUMNS, "label", "label_name",
+                                   "dates"]
     assert len(index) == tiny_settings["n_sites"]
+    first = index["sample_id"].iloc[0]
+    assert index["dates"].iloc[0].split() == [  # listed once, for the Datasets
+        d.isoformat() for d in available_dates(tiny_corpus, first)]
     assert index["sample_id"].tolist() == site_ids(tiny_corpus)
     assert index.attrs["skipped"].empty
     assert index.attrs["root"] == str(tiny_corpus)
@@ -327,3 +331,17 @@ def test_absent_folder(tmp_path):
     with pytest.raises(CorpusNotFoundError, match="rapid-utils synth") as info:
         build_index(absent, progress=False)
     assert str(absent) in str(info.value)
+
+
+def test_datasets_take_the_dates_from_the_index(index, tiny_corpus, monkeypatch):
+    stats = datasets.BandStats((1.0,) * 4, (1.0,) * 4, 1, 1)
+    listed = datasets.PlanetFusionDataset(tiny_corpus, index.drop(columns="dates"), stats,
+                                          date_sampling="all")
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("a site's folder was listed again")
+
+    expected = listed[0]["date"]
+    monkeypatch.setattr(datasets, "available_dates", no_listing)
+    from_index = datasets.PlanetFusionDataset(tiny_corpus, index, stats, date_sampling="all")
+    assert from_index[0]["date"] == expected

@@ -221,7 +221,7 @@ class PackedStore:
         )
         geometries = {sid: json.loads(str(g)) for sid, g in zip(ids, small["geometry"].values,
                                                                  strict=True)}
-        index = _assemble(fractions, geometries)
+        index = _assemble(fractions, geometries, dict.fromkeys(ids, self.dates))
         index.attrs["root"] = self.url
         index.attrs["skipped"] = self.skipped()
         return index
