@@ -199,21 +199,28 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            # whole-group tensor ops (torch._foreach_*, as torch's own SGD uses): one launch
+            # per operation instead of a Python loop of small ones per parameter tensor
+            grads = [param.grad for param in params]
             wd = group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                update = param.grad.add(param, alpha=wd) if wd else param.grad.clone()
-                if not group["lars_exclude"]:
-                    p_norm = torch.linalg.vector_norm(param)
-                    g_norm = torch.linalg.vector_norm(param.grad)
-                    ratio = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    update.mul_(torch.where((p_norm > 0) & (g_norm > 0), ratio, 1.0))
-                if group["momentum"]:
-                    state = self.state[param]
-                    if "momentum_buffer" in state:
-                        update = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                    else:
-                        state["momentum_buffer"] = update
-                param.add_(update, alpha=-group["lr"])
+            updates = (torch._foreach_add(grads, params, alpha=wd) if wd
+                       else [grad.clone() for grad in grads])
+            if not group["lars_exclude"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                ratio = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
+                ratio = torch.where((p_norm > 0) & (g_norm > 0), ratio, 1.0)
+                torch._foreach_mul_(updates, list(ratio.unbind()))
+            if group["momentum"]:
+                for param in params:  # a new buffer starts at 0: its first value is the update
+                    if "momentum_buffer" not in self.state[param]:
+                        self.state[param]["momentum_buffer"] = torch.zeros_like(param)
+                buffers = [self.state[param]["momentum_buffer"] for param in params]
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, updates)
+                updates = buffers
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
         return loss

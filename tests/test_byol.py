@@ -218,3 +218,21 @@ def test_gradients_reach_the_online_network_only() -> None:
             assert param.grad is not None, name
     for part in (model.encoder, model.projector, model.predictor):
         assert sum(p.grad.abs().sum() for p in part.parameters()) > 0
+
+
+def test_lars_momentum_of_a_parameter_that_joins_later_is_sgds() -> None:
+    """One parameter has no gradient at the first step: its momentum starts at its own first
+    step, and the other's momentum is kept, as in torch's SGD."""
+    torch.manual_seed(4)
+    first, late = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+    twins = [nn.Parameter(p.detach().clone()) for p in (first, late)]
+    ours = LARS([{"params": [first, late], "weight_decay": 0.0, "lars_exclude": True}], lr=0.1)
+    sgd = torch.optim.SGD(twins, lr=0.1, momentum=0.9)
+    for step in range(3):
+        for (a, b), optimizer in [((first, late), ours), (twins, sgd)]:
+            optimizer.zero_grad()
+            loss = (a**2).sum() + ((b**3).sum() if step else 0)
+            loss.backward()
+            optimizer.step()
+    torch.testing.assert_close(first, twins[0])
+    torch.testing.assert_close(late, twins[1])
