@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rapid_utils.corpus import layout
 from rapid_utils.io import write_json_atomic
 
@@ -59,3 +61,33 @@ class BandStats:
         return cls(tuple(content["mean"]), tuple(content["std"]),
                    content["n_sites"], content["n_pixels"], content.get("split_fingerprint", ""),
                    per_source, content.get("recipe", ""))
+
+
+def mean_std(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std from sums of valid pixel values, their squares, and their count.
+
+    The one place this arithmetic lives: GeoTIFF sites, chips and packed stores all sum their
+    pixels their own way and end here. The variance is floored at 1e-12 (a constant band).
+    """
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+
+
+class PixelSums:
+    """Running per-band sums of the valid pixels of (bands, H, W) masked chips, for `mean_std`."""
+
+    def __init__(self, n_bands: int = len(layout.BANDS)) -> None:
+        self.total, self.total_sq, self.count = (np.zeros(n_bands) for _ in range(3))
+
+    def add(self, chip: np.ma.MaskedArray) -> None:
+        """Count one chip's valid (unmasked) pixels, in float64."""
+        values = np.ma.MaskedArray(np.asarray(chip.data, dtype=np.float64),
+                                   mask=np.ma.getmaskarray(chip))
+        self.total += values.sum(axis=(1, 2)).filled(0)
+        self.total_sq += (values**2).sum(axis=(1, 2)).filled(0)
+        self.count += values.count(axis=(1, 2))
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """`mean_std` of the pixels counted so far."""
+        return mean_std(self.total, self.total_sq, self.count)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from rapid_utils import labels, splits
-from rapid_utils.bandstats import BandStats
+from rapid_utils.bandstats import BandStats, PixelSums
 from rapid_utils.corpus import chips, layout
 from rapid_utils.corpus.index import dates_of
 from rapid_utils.corpus.reader import (
@@ -65,9 +65,7 @@ def compute_band_stats(
     the fingerprint of the split they come from, which the statistics then carry.
     `root` may be a packed store: the same chips are drawn, so the statistics are the same.
     """
-    total = np.zeros(len(layout.BANDS))
-    total_sq = np.zeros(len(layout.BANDS))
-    count = np.zeros(len(layout.BANDS))
+    sums = PixelSums()
     sites_seen = set()
     sample_ids = sites["sample_id"].tolist()
     if is_store(root):
@@ -79,16 +77,13 @@ def compute_band_stats(
         drawn = sample_chips(Path(root), sample_ids, n_sites, dates_per_site, dates, seed,
                              progress, desc="band statistics")
     for sample_id, chip in drawn:
-        values = np.ma.MaskedArray(chip.data.astype(np.float64), mask=chip.mask)
-        total += values.sum(axis=(1, 2)).filled(0)
-        total_sq += (values**2).sum(axis=(1, 2)).filled(0)
-        count += values.count(axis=(1, 2))
+        sums.add(chip)
         sites_seen.add(sample_id)
-    if not count.all():
+    if not sums.count.all():
         raise ValueError("no valid pixels to compute band statistics from")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen), int(count[0]),
+    mean, std = sums.mean_std()
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(sites_seen),
+                     int(sums.count[0]),
                      split_fingerprint, recipe=band_stats_recipe(n_sites, dates_per_site, dates,
                                                                  seed))
 

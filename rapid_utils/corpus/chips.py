@@ -37,7 +37,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from tqdm.auto import tqdm
 
 from rapid_utils import labels, splits
-from rapid_utils.bandstats import BandStats
+from rapid_utils.bandstats import BandStats, PixelSums
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import BandCountError, CorpusError, RasterReadError
 from rapid_utils.io import atomic_path
@@ -509,18 +509,14 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
     pick = rng.permutation(len(ordered))[:n_chips]
     chosen = list(zip(ordered["path"].to_numpy()[pick], np.asarray(sources_of(ordered))[pick],
                       strict=True))
-    total, total_sq, count = (np.zeros(len(layout.BANDS)) for _ in range(3))
+    sums = PixelSums()
     for path, source in tqdm(chosen, desc="band statistics", unit="chip", disable=not progress):
-        values = read_chip(path, spec, source).astype(np.float64)
-        total += values.sum(axis=(1, 2)).filled(0)
-        total_sq += (values**2).sum(axis=(1, 2)).filled(0)
-        count += values.count(axis=(1, 2))
-    if not count.all():
+        sums.add(read_chip(path, spec, source))
+    if not sums.count.all():
         raise ChipsError(f"no valid pixels in {len(chosen)} sampled chips of {spec.root} to "
                          "compute band statistics from: check `nodata` and `bands`")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen), int(count[0]),
+    mean, std = sums.mean_std()
+    return BandStats(tuple(mean.tolist()), tuple(std.tolist()), len(chosen), int(sums.count[0]),
                      split_fingerprint)
 
 

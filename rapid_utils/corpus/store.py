@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, BytesCodec
 
 from rapid_utils import labels, splits
+from rapid_utils.bandstats import mean_std
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import SKIPPED_COLUMNS, _assemble, build_index
 from rapid_utils.corpus.reader import (
@@ -642,7 +643,6 @@ def _finalise(group: zarr.Group) -> None:
     total_sq = group["band_sumsq"][:][training].sum(axis=0)
     count = group["band_count"][:][training].sum(axis=0)
     if count.all():
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        mean, std = mean_std(total, total_sq, count)
         group.attrs.update({"band_mean": mean.tolist(), "band_std": std.tolist(),
                             "band_pixels": int(count[0])})
