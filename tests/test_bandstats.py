@@ -24,5 +24,5 @@ def test_pixel_sums_give_the_mean_and_std_of_the_valid_pixels_only() -> None:
 
 
 def test_a_constant_band_gets_the_floor_not_zero() -> None:
-    mean, std = mean_std(np.array([20.0]), np.array([400.0]), np.array([2.0]))
+    mean, std = mean_std(np.array([20.0]), np.array([200.0]), np.array([2.0]))  # 10, 10
     assert mean.tolist() == [10.0] and std.tolist() == [pytest.approx(1e-6)]
