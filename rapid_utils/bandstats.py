@@ -1,4 +1,6 @@
-"""Per-band statistics: the mean and standard deviation every corpus kind is normalised with.
+"""Per-band statistics: the mean and standard deviation every corpus kind is normalised with,
+the arithmetic that computes them (`mean_std`) and the one function that applies them
+(`normalise`, for CPU chips, device batches and exported weights alike).
 
 Below both the corpus readers (which compute them) and the Datasets (which apply them), so
 neither has to import the other for them.
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rapid_utils.corpus import layout
 from rapid_utils.io import write_json_atomic
@@ -91,3 +94,11 @@ class PixelSums:
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """`mean_std` of the pixels counted so far."""
         return mean_std(self.total, self.total_sq, self.count)
+
+
+def normalise(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """(value - mean) / std per band of float (..., bands, H, W) stored values, on their
+    device (`mean`, `std`: (bands, 1, 1)); `invalid` pixels (nodata) become 0, the band mean."""
+    image = (values - mean.to(values.device)) / std.to(values.device)
+    return image if invalid is None else image.masked_fill_(invalid, 0.0)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from rapid_utils import labels, splits
-from rapid_utils.bandstats import BandStats, PixelSums
+from rapid_utils.bandstats import BandStats, PixelSums, normalise
 from rapid_utils.corpus import chips, layout
 from rapid_utils.corpus.index import dates_of
 from rapid_utils.corpus.reader import (
@@ -91,8 +91,8 @@ def compute_band_stats(
 def normalise_chip(chip: np.ma.MaskedArray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """A masked (4, H, W) chip in stored units, normalised by band; nodata pixels become 0 (the
     band mean). Every corpus kind's Dataset normalises through this one function."""
-    image = (torch.from_numpy(chip.data.astype(np.float32, copy=False)) - mean) / std
-    return image.masked_fill_(torch.from_numpy(np.ma.getmaskarray(chip)), 0.0)
+    return normalise(torch.from_numpy(chip.data.astype(np.float32, copy=False)), mean, std,
+                     torch.from_numpy(np.ma.getmaskarray(chip)))
 
 
 class _ChipDataset(Dataset):
@@ -377,10 +377,9 @@ class PackedStoreDataset(_ChipDataset):
         The same arithmetic as `load_chip`, so CPU items and device-normalised batches agree.
         """
         values = raw.to(torch.float32)
-        image = (values - self.mean.to(raw.device)) / self.std.to(raw.device)
-        if self.store.nodata is not None:
-            image = image.masked_fill(values == self.store.nodata, 0.0)
-        return image
+        nodata = self.store.nodata
+        return normalise(values, self.mean, self.std,
+                         None if nodata is None else values == nodata)
 
 
 class ChipsDataset(Dataset):

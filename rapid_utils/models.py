@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 
 import rapid_utils
+from rapid_utils.bandstats import normalise
 from rapid_utils.corpus import layout
 from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
 
@@ -267,10 +268,9 @@ class Normalisation:
             raise ValueError(f"expected a (..., {len(self.bands)}, H, W) tensor of the bands "
                              f"{self.bands}, got shape {tuple(values.shape)}")
         x = values.to(torch.float32)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
-        image = (x - mean) / std
-        return image if nodata is None else image.masked_fill(x == nodata, 0.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
+        return normalise(x, mean, std, None if nodata is None else x == nodata)
 
 
 def _versions() -> dict[str, str]:
