@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from rapid_utils import labels, splits
 from rapid_utils.bandstats import BandStats, PixelSums, normalise
@@ -155,8 +155,10 @@ class _ChipDataset(Dataset):
         """One normalised (4, H, W) chip; nodata pixels become 0 (the band mean)."""
         return normalise_chip(self.read_chip(sample_id, date), self.mean, self.std)
 
-    def choose_dates(self, sample_id: str) -> list[dt.date]:
-        """The dates of one item, drawn with torch's RNG as `date_sampling` says."""
+    def choose_dates(self, sample_id: str, generator: torch.Generator | None = None
+                     ) -> list[dt.date]:
+        """The dates of one item as `date_sampling` says; random draws come from `generator`
+        (an `EpochSampler` key's), or torch's global RNG when the item was indexed plainly."""
         site_dates = self.site_dates(sample_id)
         if self.date_sampling == "all":
             return site_dates
@@ -168,12 +170,14 @@ class _ChipDataset(Dataset):
         if self.date_sampling == "seasons":
             return seasonal_dates(site_dates)
         if self.date_sampling == "pair":
-            order = torch.randperm(len(site_dates)).tolist() * 2  # [i, i] for a single date
+            # [i, i] when the site has a single date
+            order = torch.randperm(len(site_dates), generator=generator).tolist() * 2
             return [site_dates[order[0]], site_dates[order[1]]]
-        return [site_dates[int(torch.randint(len(site_dates), ()))]]
+        return [site_dates[int(torch.randint(len(site_dates), (), generator=generator))]]
 
-    def __getitem__(self, item: int) -> dict:
-        item, chosen, images, unreadable = self._readable_item(item)
+    def __getitem__(self, key: int | ItemKey) -> dict:
+        item, generator = parse_key(key)
+        item, chosen, images, unreadable = self._readable_item(item, generator)
         sample_id = self.sample_ids[item]
         single = self.date_sampling not in MULTI_DATE
         item_dict = {
@@ -187,11 +191,12 @@ class _ChipDataset(Dataset):
             item_dict |= {"image2": images[1], "date2": chosen[1].isoformat()}
         return item_dict
 
-    def _readable_item(self, item: int) -> tuple[int, list[dt.date], list[torch.Tensor], str]:
+    def _readable_item(self, item: int, generator: torch.Generator | None
+                       ) -> tuple[int, list[dt.date], list[torch.Tensor], str]:
         """The item's dates and images, or a replacement's (`read_or_replace`)."""
         def read(position: int) -> tuple[list[dt.date], list[torch.Tensor]]:
             sample_id = self.sample_ids[position]
-            chosen = self.choose_dates(sample_id)
+            chosen = self.choose_dates(sample_id, generator)
             return chosen, self.load_images(sample_id, chosen)
 
         item, (chosen, images), unreadable = read_or_replace(item, read, self.sample_ids,
@@ -248,6 +253,76 @@ def seasonal_dates(dates: list[dt.date]) -> list[dt.date]:
     return [dates[int(step * k)] for k in range(len(SEASON_MONTHS))]
 
 
+ItemKey = tuple[int, int]
+"""What an `EpochSampler` hands a Dataset: (item, seed of the item's random draws)."""
+
+
+def parse_key(key: int | ItemKey) -> tuple[int, torch.Generator | None]:
+    """The item of a Dataset key and the generator of its random draws (None: a plain index,
+    drawn from torch's global RNG)."""
+    if isinstance(key, tuple):
+        item, draw_seed = key
+        return int(item), torch.Generator().manual_seed(int(draw_seed))
+    return int(key), None
+
+
+class EpochSampler(Sampler[ItemKey]):
+    """A seeded order of a Dataset's items for each epoch, with a seed for each item's draws.
+
+    Torch's samplers leave an item's random dates to the RNG of whichever process reads it, so
+    the dates depended on `num_workers` and a DataLoader had to be rebuilt (its workers
+    restarted) to reseed them each epoch. Here the sampler, in the main process, draws them:
+    epoch `e` of seed `s` is the same order and the same dates for any number of workers, on
+    resuming, and from one persistent DataLoader (`set_epoch` as for DistributedSampler).
+    `shuffle=False` keeps the items in order. `num_samples` larger than the dataset repeats
+    whole shuffled passes. With `world_size` > 1 each rank takes every `world_size`-th key of
+    the epoch's order, cut (`drop_last`) or wrapped to a multiple of `world_size`.
+    """
+
+    def __init__(self, n_items: int, seed: int, shuffle: bool = True, num_samples: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
+        if n_items == 0:
+            raise ValueError("EpochSampler needs at least one item")
+        self.n_items, self.seed, self.shuffle = n_items, seed, shuffle
+        self.num_samples = max(num_samples, n_items)
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order and draws the next iteration gives."""
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples) % self.n_items
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        passes = -(-self.num_samples // self.n_items)
+        order = torch.cat([torch.randperm(self.n_items, generator=generator)
+                           for _ in range(passes)])
+        return order[: self.num_samples]
+
+    def _keys(self) -> list[ItemKey]:
+        order = self._order()
+        first_seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(
+            self.seed + self.epoch + 7_919)))
+        keys = [(int(item), first_seed + position) for position, item in enumerate(order)]
+        if self.world_size > 1:
+            usable = len(keys) // self.world_size * self.world_size
+            keys = keys[:usable] if self.drop_last else (
+                keys + keys[: (-len(keys)) % self.world_size])
+        return keys[self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.num_samples
+        if self.drop_last:
+            return self.num_samples // self.world_size
+        return -(-self.num_samples // self.world_size)
+
+
 def keep_batch(batch: list[dict] | dict) -> dict:
     """DataLoader `collate_fn`: collate a list of items; hand on a batch already collated.
 
@@ -267,7 +342,7 @@ class PlanetFusionDataset(_ChipDataset):
     Nodata/NaN pixels are set to 0 after normalisation, i.e. to the band mean.
     `date_sampling="pair"` adds `image2` and `date2`, a second, different date of the same site
     (the same one only if the site has a single date): temporal positives for BYOL.
-    Dates are drawn with torch's RNG, so DataLoader seeding makes them repeatable.
+    Random dates are drawn from the key's seed (`EpochSampler`), so they are repeatable.
     """
 
     def __init__(
@@ -338,17 +413,19 @@ class PackedStoreDataset(_ChipDataset):
                                                              for d in dates]))
         return list(stack if self.raw else self.normalise_batch(stack))
 
-    def __getitems__(self, items: list[int]) -> list[dict] | dict:
-        """A batch, collated as `keep_batch(items)` would, from one read of all its chunks.
+    def __getitems__(self, keys: list[int | ItemKey]) -> list[dict] | dict:
+        """A batch, collated as `keep_batch(keys)` would, from one read of all its chunks.
 
-        The same random dates (drawn item by item, in order) and values as `self[i]` per item.
-        When a chunk of the batch cannot be read (missing, torn), the batch is read again item
-        by item, so only the damaged samples are replaced (and recorded), as with `self[i]`.
+        The same dates and values as `self[key]` per key. When a chunk of the batch cannot be
+        read (missing, torn), the batch is read again item by item, so only the damaged samples
+        are replaced (and recorded), as with `self[key]`.
         """
         if self.date_sampling in MULTI_DATE:  # series: items, collated by the loader
-            return [self[item] for item in items]
+            return [self[key] for key in keys]
+        parsed = [parse_key(key) for key in keys]
+        items = [item for item, _ in parsed]
         sample_ids = [self.sample_ids[item] for item in items]
-        chosen = [self.choose_dates(sample_id) for sample_id in sample_ids]
+        chosen = [self.choose_dates(self.sample_ids[item], generator) for item, generator in parsed]
         times = [[self.store.date_position(date) for date in dates] for dates in chosen]
         # Date-major memory, so `image` and `image2` are each one contiguous block.
         by_date = np.empty((len(times[0]), len(items), *self.store.shape[2:]), dtype=np.uint16)
@@ -357,7 +434,7 @@ class PackedStoreDataset(_ChipDataset):
         except CorpusError as error:
             log.warning("a batched read of %s failed (%s); reading its %d samples one by one",
                         self.store.url, " ".join(str(error).split()), len(items))
-            return [self[item] for item in items]  # collated by the loader (`keep_batch`)
+            return [self[key] for key in keys]  # collated by the loader (`keep_batch`)
         stack = torch.from_numpy(by_date)
         images = stack if self.raw else self.normalise_batch(stack)
         batch = {
@@ -423,7 +500,8 @@ class ChipsDataset(Dataset):
         chip = chips.read_chip(self.paths[item], self.spec, source)
         return chips.to_size(normalise_chip(chip, *self.normalisation[source]), self.spec)
 
-    def __getitem__(self, item: int) -> dict:
+    def __getitem__(self, key: int | ItemKey) -> dict:
+        item, _ = parse_key(key)  # a chip has one date: nothing to draw
         # an unreadable chip is replaced by another, as in the GeoTIFF Datasets
         item, image, unreadable = read_or_replace(item, self.load_chip, self.sample_ids,
                                                   self.unreadable)

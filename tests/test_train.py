@@ -310,14 +310,56 @@ def test_results_name() -> None:
 
 
 def test_small_label_shares_repeat_whole_passes_per_epoch():
-    sites = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = plumbing.make_loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=25)
-    drawn = torch.cat([batch[0] for batch in loader])
+    drawn = [item for item, _ in datasets.EpochSampler(10, seed=0, num_samples=25)]
     assert len(drawn) == 25
-    assert sorted(drawn[:10].tolist()) == list(range(10))  # each pass is a permutation
-    assert sorted(drawn[10:20].tolist()) == list(range(10))
-    plain = plumbing.make_loader(sites, 4, seed=0, shuffle=True, samples_per_epoch=5)
-    assert len(torch.cat([batch[0] for batch in plain])) == 10  # never fewer than one pass
+    assert sorted(drawn[:10]) == list(range(10))  # each pass is a permutation
+    assert sorted(drawn[10:20]) == list(range(10))
+    assert len(list(datasets.EpochSampler(10, seed=0, num_samples=5))) == 10  # one pass at least
+
+
+def test_epoch_sampler_orders_and_draw_seeds_follow_seed_and_epoch() -> None:
+    sampler = datasets.EpochSampler(20, seed=3)
+    first = list(sampler)
+    assert list(sampler) == first  # iterating again repeats the epoch
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [item for item, _ in second] != [item for item, _ in first]
+    assert len({seed for _, seed in first + second}) == 40  # a seed per draw
+    resumed = datasets.EpochSampler(20, seed=3)
+    resumed.set_epoch(1)
+    assert list(resumed) == second  # a resumed run sees the same epoch
+    in_order = datasets.EpochSampler(5, seed=3, shuffle=False)
+    assert [item for item, _ in in_order] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_epoch_sampler_shards_the_epoch_among_processes(drop_last: bool) -> None:
+    whole = [item for item, _ in datasets.EpochSampler(11, seed=0)]
+    shards = [list(datasets.EpochSampler(11, seed=0, rank=rank, world_size=2,
+                                         drop_last=drop_last)) for rank in (0, 1)]
+    assert [len(shard) for shard in shards] == [len(datasets.EpochSampler(
+        11, seed=0, world_size=2, drop_last=drop_last))] * 2 == [5 + (not drop_last)] * 2
+    interleaved = [key[0] for pair in zip(*shards, strict=True) for key in pair]
+    assert interleaved[:10] == whole[:10]  # every world_size-th key of one order
+    assert set(interleaved) == set(whole) or drop_last
+
+
+def test_random_dates_are_the_same_for_any_number_of_workers(data: dict) -> None:
+    dataset = datasets.open_dataset(data["corpus_root"], data["train_index"],
+                                    data["band_stats"], "random")
+
+    def epoch_dates(loader: torch.utils.data.DataLoader, epoch: int) -> list:
+        loader.sampler.set_epoch(epoch)
+        return [(s, d) for batch in loader for s, d in zip(batch["sample_id"], batch["date"],
+                                                           strict=True)]
+
+    in_process = plumbing.make_loader(dataset, 4, seed=5, shuffle=True)
+    with_workers = plumbing.make_loader(dataset, 4, seed=5, shuffle=True, num_workers=2)
+    assert with_workers.persistent_workers  # one set of workers serves every epoch
+    epochs = [epoch_dates(in_process, epoch) for epoch in (0, 1)]
+    assert epochs[0] != epochs[1]
+    assert [epoch_dates(with_workers, epoch) for epoch in (0, 1)] == epochs
+    assert len({d for _, d in epochs[0] + epochs[1]}) > 1  # dates are drawn, not fixed
 
 
 def test_a_field_missing_from_older_files_counts_as_its_default() -> None:

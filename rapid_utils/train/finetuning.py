@@ -296,10 +296,9 @@ def finetune(
     min_samples = 0 if context.active else config.min_samples_per_epoch
     drop_last = context.active or max(len(train_set), min_samples) % local_batch == 1
 
-    def train_loader(epoch: int) -> DataLoader:
-        return make_loader(train_set, local_batch, config.seed + epoch, shuffle=True,
-                       drop_last=drop_last, context=context,
-                       samples_per_epoch=min_samples, **loading)
+    train_loader = make_loader(train_set, local_batch, config.seed, shuffle=True,
+                               drop_last=drop_last, context=context,
+                               samples_per_epoch=min_samples, **loading)
 
     eval_loaders = {
         name: make_loader(
@@ -318,7 +317,7 @@ def finetune(
             params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
         )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * len(train_loader(0)))
+        optimizer, T_max=max(1, config.epochs * len(train_loader))
     )
     trainer = wrap_ddp(model, device, context)
 
@@ -334,7 +333,8 @@ def finetune(
         model.train(not config.linear_probe)
         per_epoch["lr"].append(scheduler.get_last_lr()[0])
         loss_sum, steps = torch.zeros((), dtype=torch.float64, device=device), 0
-        for batch in tqdm(train_loader(epoch), desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+        train_loader.sampler.set_epoch(epoch)
+        for batch in tqdm(train_loader, desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
             unreadable.note(batch)
             image = to_device(batch["image"], device, train_set)

@@ -14,12 +14,12 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 import rapid_utils
 from rapid_utils import distributed
 from rapid_utils.corpus.reader import CorpusError
-from rapid_utils.datasets import keep_batch
+from rapid_utils.datasets import EpochSampler, keep_batch
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: derive numpy/python seeds from the worker's torch seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 # Config fields that change how fast batches arrive, not what is learnt: a run may resume, or
@@ -73,32 +66,26 @@ def make_loader(
     context: distributed.Context | None = None,
     samples_per_epoch: int = 0,
 ) -> DataLoader:
-    """A DataLoader whose order and worker seeds follow `seed` alone.
+    """A DataLoader whose order and random dates follow `seed` and the epoch alone.
 
-    With a multi-process `context`, each process reads its own shard of a shuffled order
-    (DistributedSampler seeded by `seed`) and `batch_size` is per process. Pinned memory
-    applies on CUDA only; `prefetch_factor` batches per worker are loaded ahead.
-    `samples_per_epoch` larger than the dataset repeats whole shuffled passes (one process).
+    Build it once per run and call `loader.sampler.set_epoch(epoch)` before each epoch: its
+    worker processes persist, and every epoch is the same whatever `num_workers`, on resuming
+    too (`EpochSampler`). With a multi-process `context`, each process reads its own shard of
+    the epoch's order and `batch_size` is per process. `samples_per_epoch` larger than the
+    dataset repeats whole shuffled passes. Pinned memory applies on CUDA only;
+    `prefetch_factor` batches per worker are loaded ahead.
     """
-    sampler = None
-    if shuffle and samples_per_epoch > len(dataset):
-        sampler = RandomSampler(dataset, num_samples=samples_per_epoch,
-                                generator=torch.Generator().manual_seed(seed))
-        shuffle = False
-    elif context is not None and context.active:
-        sampler = DistributedSampler(
-            dataset, context.world_size, context.rank, shuffle=shuffle, seed=seed,
-            drop_last=drop_last,
-        )
-        shuffle = False
+    ranks = {"rank": context.rank, "world_size": context.world_size} if (
+        context is not None and context.active) else {}
+    sampler = EpochSampler(len(dataset), seed, shuffle, samples_per_epoch if shuffle else 0,
+                           drop_last=drop_last, **ranks)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
-        worker_init_fn=_seed_worker,
+        persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
         collate_fn=keep_batch,  # our Datasets' __getitems__ collate (store: batched reads)
         pin_memory=pin_memory and torch.cuda.is_available(),

@@ -272,12 +272,11 @@ def pretrain(
         _set_rng_state(checkpoint["rng"])
     trainer = wrap_ddp(model, device, context)
 
+    loader = make_loader(dataset, local_batch, config.seed, shuffle=True, drop_last=True,
+                         context=context, **loading)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
-        loader = make_loader(
-            dataset, local_batch, config.seed + epoch, shuffle=True, drop_last=True,
-            context=context, **loading,
-        )
+        loader.sampler.set_epoch(epoch)
         # Each process draws its own views; rank 0 matches a single-process run.
         views_rng = augment_generator(config.seed + epoch + 100_003 * context.rank, device)
         model.train()
