@@ -129,9 +129,7 @@ def apply_params(
     jittered = (out - mean) * p.contrast[..., None, None] + mean + p.brightness[..., None, None]
     out = torch.where(p.jitter[:, None, None, None], jittered, out)
 
-    if p.blur.any():
-        out[p.blur] = gaussian_blur(out[p.blur], p.sigma[p.blur])
-    return out
+    return gaussian_blur(out, p.sigma, where=p.blur)
 
 
 def augment(
@@ -168,16 +166,22 @@ def byol_views(
     return augment(batch, first, generator, size), augment(batch, second, generator, size)
 
 
-def gaussian_blur(batch: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(batch: torch.Tensor, sigma: torch.Tensor, where: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Blur each sample of a (B, C, H, W) batch with its own `sigma` (B,), separably.
 
     The kernel is odd and about a tenth of the image side (at least 3 px); borders reflect.
+    Samples where the boolean `where` (B,) is False come back unchanged: their kernel is a unit
+    impulse, so the batch is never split by a boolean mask (a host sync on GPUs every step).
     """
     n, channels, height, width = batch.shape
     radius = max(1, round(min(height, width) / 20))
     offsets = torch.arange(-radius, radius + 1, device=batch.device, dtype=batch.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma.to(batch)[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    if where is not None:
+        kernel = torch.where(where.to(batch.device)[:, None], kernel, (offsets == 0).to(batch))
+    kernel = kernel.repeat_interleave(channels, dim=0)
     # One group per (sample, band): each sample's kernel reaches only its own bands.
     x = batch.reshape(1, n * channels, height, width)
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")

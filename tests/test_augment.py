@@ -115,6 +115,15 @@ def test_blur_smooths_and_keeps_constants() -> None:
     assert augment(noise, blur_only).std() < noise.std()
 
 
+def test_blur_where_leaves_the_other_samples_exactly_as_they_were() -> None:
+    noise = torch.randn(3, 4, 32, 32)
+    sigma = torch.tensor([0.5, 2.0, 1.0])
+    where = torch.tensor([True, False, True])
+    blurred = gaussian_blur(noise, sigma, where=where)
+    assert torch.equal(blurred[1], noise[1])
+    torch.testing.assert_close(blurred[where], gaussian_blur(noise[where], sigma[where]))
+
+
 def test_colour_jitter_strength_zero_keeps_band_levels() -> None:
     levels = torch.tensor([0.5, -1.0, 2.0, 0.1])
     flat = levels[None, :, None, None].expand(8, 4, 16, 16).contiguous()  # one level per band
