@@ -32,12 +32,13 @@ docs: setup
 lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 
-# torch threads with and without a competing process; BYOL training throughput and peak memory, ours next to lightly's; packed store vs GeoTIFFs
+# torch threads with and without a competing process; BYOL training throughput and peak memory, ours next to lightly's; our views next to kornia's (when installed); packed store vs GeoTIFFs
 # (packing, decoding, training, memory). A few minutes each on a laptop CPU.
 bench: setup
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/job_times.py --profile $(PROFILE)
 	$(BIN)/python benchmarks/byol_throughput.py
+	$(BIN)/python benchmarks/augment_kornia.py
 	$(BIN)/python benchmarks/store_throughput.py
 
 clean:
