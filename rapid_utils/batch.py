@@ -11,6 +11,7 @@ import ast
 import datetime as dt
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ import yaml
 from jupyter_client import KernelManager
 
 from rapid_utils import models, paths, results, study, train
-from rapid_utils.corpus import chips
+from rapid_utils.corpus import chips, store
 from rapid_utils.corpus.reader import CorpusError
+from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
-from rapid_utils.io import atomic_path
+from rapid_utils.io import atomic_path, write_json_atomic
 from rapid_utils.messages import follow_progress, gist
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def _write_chips_spec(profile: str, values: dict[str, Any], root: Path) -> Path:
 
 
 def _synthetic_corpus(profile: str, values: dict[str, Any]) -> Path:
-    return generate_corpus(
+    root = generate_corpus(
         paths.synthetic_corpus_dir(profile),
         n_sites=int(values.get("synth_sites", 1000)),
         seed=int(values["seed"]),
@@ -121,6 +123,36 @@ def _synthetic_corpus(profile: str, values: dict[str, Any]) -> Path:
         dates=values.get("synth_dates", "monthly"),
         workers=int(values.get("workers", 2)),
     )
+    if values.get("store") and "://" not in str(values["store"]):
+        pack_synthetic_store(root, Path(paths.data_location(values["store"])),
+                             workers=int(values.get("workers", 2)))
+    return root
+
+
+def pack_synthetic_store(corpus: Path, location: Path, workers: int = 2) -> Path:
+    """The embedded corpus packed into the store at `location` (every date), packed anew when
+    the corpus was regenerated since.
+
+    A copy of the corpus's generator record (`SYNTHETIC.json`) is written beside the store
+    once it is packed: a store of an earlier corpus would otherwise be read as this one (same
+    site ids, other pixels). A store without it (an interrupted packing) is packed anew.
+    """
+    marker = json.loads((corpus / SYNTHETIC_MARKER).read_text())
+    copy = location.with_name(f"{location.name}.{SYNTHETIC_MARKER}")  # beside: zarr warns
+    finished = copy.is_file() and json.loads(copy.read_text()) == marker
+    if location.exists() and not finished:
+        log.info("%s was packed from another embedded corpus (or not finished): packing it "
+                 "anew", location)
+        shutil.rmtree(location)
+    if not finished:
+        report = store.pack(corpus, location, dates=marker["settings"]["dates"],
+                            workers=workers)
+        if not report.skipped.empty:
+            raise CorpusCheckError(f"{len(report.skipped)} sites of the embedded corpus at "
+                                   f"{corpus} could not be packed into {location}; "
+                                   f"see PackedStore({str(location)!r}).skipped()")
+        write_json_atomic(copy, marker)
+    return location
 
 
 @dataclass

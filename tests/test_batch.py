@@ -18,6 +18,8 @@ from jupyter_client import KernelManager
 
 from rapid_utils import batch, cli, docs, messages, paths, results, study
 from rapid_utils.corpus.index import build_index
+from rapid_utils.corpus.store import PackedStore
+from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.messages import gist
 
 
@@ -176,6 +178,30 @@ def test_a_profile_store_reaches_training_notebooks_as_an_absolute_path(tmp_path
         assert declared["store"]["default"] == '""'  # the GeoTIFFs unless a store is given
     assert batch.plan_jobs("ci", batch.load_profile("ci"), tmp_path)[-2].parameters["store"] == ""
     assert paths.data_location("s3://bucket/rapid.zarr") == "s3://bucket/rapid.zarr"
+
+
+def test_the_embedded_corpus_is_packed_once_and_anew_when_regenerated(tmp_path, caplog):
+    dates = ["2018-01-03", "2018-07-02", "2018-10-05"]
+    corpus = generate_corpus(tmp_path / "c", n_sites=4, seed=0, size=16, dates=dates,
+                             workers=1, progress=False)
+    location = tmp_path / "data" / "c.zarr"
+    batch.pack_synthetic_store(corpus, location, workers=1)
+    packed = PackedStore(location)
+    assert [d.isoformat() for d in packed.dates] == dates  # every date of the corpus
+    sample = packed.sample_ids[0]
+    first = packed.read(sample, [0]).copy()
+    with caplog.at_level(logging.INFO):
+        batch.pack_synthetic_store(corpus, location, workers=1)  # kept: nothing to pack
+    assert "anew" not in caplog.text
+    generate_corpus(tmp_path / "c", n_sites=4, seed=1, size=16, dates=dates, workers=1,
+                    progress=False)  # same site ids, other pixels
+    with caplog.at_level(logging.INFO):
+        batch.pack_synthetic_store(corpus, location, workers=1)
+    assert "packing it anew" in caplog.text
+    again = PackedStore(location)
+    assert sorted(again.sample_ids) == sorted(build_index(corpus, progress=False)["sample_id"])
+    assert not (sample in again.sample_ids
+                and np.array_equal(again.read(sample, [0]), first))  # the new pixels
 
 
 def test_cli_synth_writes_a_corpus_and_refuses_foreign_folders(tmp_path):
