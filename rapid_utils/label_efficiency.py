@@ -96,7 +96,7 @@ def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, 
         encoders[name] = models.build_model(arch, 4, 0, init, imagenet_weights_path).to(
             device).eval()
     dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = train.make_loader(dataset, batch_size, seed, shuffle=False)  # store: batched reads
     parts: dict[str, list[np.ndarray]] = {name: [] for name in (IMAGESTATS, *encoders)}
     with torch.no_grad():
         for batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):

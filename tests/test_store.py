@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 from torch.utils.data import DataLoader
 
-from rapid_utils import cli, datasets, splits, study, train
+from rapid_utils import cli, datasets, label_efficiency, splits, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, read_raster
@@ -184,6 +184,21 @@ def test_finetuning_from_store_gives_identical_results(packed: Path, tiny_corpus
         )
     assert results["store"]["per_epoch"] == results["tiffs"]["per_epoch"]
     assert results["store"]["final"] == results["tiffs"]["final"]
+
+
+def test_frozen_features_from_store_equal_those_from_geotiffs(packed: Path, tiny_corpus: Path,
+                                                             tmp_path: Path) -> None:
+    # The store's batched reads hand the loader a collated batch; a loader without
+    # `keep_batch` fails on it (KeyError: 0), as notebook 06 did on the quick profile.
+    features = {}
+    for name, corpus in (("tiffs", tiny_corpus), ("store", packed)):
+        data = study.load_study(corpus, tmp_path / "runs", stats_sites=8)
+        features[name] = label_efficiency.frozen_features(
+            data, data.sites("train"), {"random-init": "random"}, "resnet18", batch_size=4,
+            progress=False)
+    assert features["store"].keys() == features["tiffs"].keys()
+    for name, values in features["tiffs"].items():
+        np.testing.assert_array_equal(features["store"][name], values, err_msg=name)
 
 
 @pytest.mark.slow

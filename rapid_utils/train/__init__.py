@@ -27,7 +27,12 @@ from rapid_utils.train.finetuning import (
     results_name,
     stale_reasons,
 )
-from rapid_utils.train.plumbing import UNREADABLE_SHARE, UnreadableLog, seed_everything
+from rapid_utils.train.plumbing import (
+    UNREADABLE_SHARE,
+    UnreadableLog,
+    make_loader,
+    seed_everything,
+)
 from rapid_utils.train.pretraining import (
     CHECKPOINT_FILE,
     PretrainConfig,
@@ -40,6 +45,6 @@ from rapid_utils.train.pretraining import (
 __all__ = [
     "CHECKPOINT_FILE", "EVAL_DATES", "FINETUNE_VIEW", "UNREADABLE_SHARE", "FinetuneConfig",
     "PretrainConfig", "UnreadableLog", "check_checkpoint_provenance", "encoder_features",
-    "finetune", "finetune_provenance", "pretrain", "pretrain_provenance", "previous_checkpoint",
-    "results_name", "seed_everything", "stale_reasons",
+    "finetune", "finetune_provenance", "make_loader", "pretrain", "pretrain_provenance",
+    "previous_checkpoint", "results_name", "seed_everything", "stale_reasons",
 ]
