@@ -17,6 +17,7 @@ import rasterio
 from rapid_utils import geo
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import (
+    GENERATOR_VERSION,
     MARKER,
     SitePlan,
     generate_corpus,
@@ -412,6 +413,26 @@ def test_other_settings_trigger_regeneration(tmp_path):
     generate_corpus(out, workers=1, **{**FAST, "seed": 2})
     assert site_ids(out) != old_ids
     assert json.loads((out / MARKER).read_text())["settings"]["seed"] == 2
+
+
+@pytest.mark.parametrize("recorded_version", [None, GENERATOR_VERSION - 1, GENERATOR_VERSION + 1])
+def test_corpus_of_another_generator_version_is_regenerated(tmp_path, recorded_version):
+    out = generate_corpus(tmp_path / "c", workers=1, **FAST)
+    reference = file_contents(out)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["settings"]["generator_version"] == GENERATOR_VERSION
+    if recorded_version is None:  # a marker written before versions were recorded
+        del marker["settings"]["generator_version"]
+    else:
+        marker["settings"]["generator_version"] = recorded_version
+    (out / MARKER).write_text(json.dumps(marker))
+    victim = layout.label_path(out, site_ids(out)[0])
+    victim.write_text("{}")  # stands for the other generator's pixels
+    generate_corpus(out, workers=1, **FAST)
+    assert json.loads((out / MARKER).read_text())["settings"]["generator_version"] == (
+        GENERATOR_VERSION
+    )
+    assert file_contents(out) == reference
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ from rapid_utils.labels import CLASSES, CLC_CODES, SHARE_COLUMNS
 log = logging.getLogger(__name__)
 
 MARKER = "SYNTHETIC.json"
+# Bumped with every change of what the generator draws: a corpus written by another version
+# has other pixels for the same settings, so it is regenerated rather than kept.
+GENERATOR_VERSION = 1
 QA_BAND_NAMES = ("cloud_confidence",)
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
@@ -174,6 +177,7 @@ class SynthSettings:
     size: int
     dates: tuple[str, ...]
     compress: str | None
+    generator_version: int = GENERATOR_VERSION
 
 
 def synth_dates(dates: str | Sequence[dt.date | str] = "monthly") -> list[dt.date]:
