@@ -14,7 +14,6 @@ import pandas as pd
 import papermill
 import pytest
 import torch
-from jupyter_client import KernelManager
 
 from rapid_utils import batch, cli, docs, messages, paths, results, study
 from rapid_utils.corpus.index import build_index
@@ -282,11 +281,14 @@ def test_notebook_kernels_run_on_unix_sockets_without_the_tcp_warning(
     nbformat.write(notebook, tmp_path / "tiny.ipynb")
     monkeypatch.setattr(paths, "notebooks_dir", lambda: tmp_path)
     started = []
-    monkeypatch.setattr(batch, "KernelManager", lambda **kw: started.append(
-        KernelManager(**kw)) or started[-1])
+    make_kernel = batch.NotebookKernel
+    monkeypatch.setattr(batch, "NotebookKernel", lambda **kw: started.append(
+        make_kernel(**kw)) or started[-1])
     outcome = batch.run_notebook("tiny", tmp_path / "out" / "tiny.ipynb", {})
     assert outcome.error is None
     assert started[0].transport == "ipc" and not started[0].is_alive()  # stopped, not leaked
+    assert started[0].clients and not any(client.channels_running  # else each logs, collected,
+                                          for client in started[0].clients)  # "Could not destroy"
     executed = nbformat.read(outcome.output, as_version=4)
     assert "tiny.ipynb" in executed.cells[0].outputs[0]["text"]  # ran in the notebooks folder
     assert "without encryption" not in capfd.readouterr().err
