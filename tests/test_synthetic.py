@@ -228,6 +228,45 @@ def test_sites_lie_on_european_land(tiny_corpus, tiny_settings):
         assert plan.top - extent <= y < plan.top
 
 
+@pytest.mark.parametrize(
+    ("lon", "lat", "covered"),
+    [
+        (9.5, 36.0, False),  # Tunisia
+        (10.2, 36.8, False),  # Tunis
+        (3.06, 36.75, False),  # Algiers
+        (-5.8, 35.77, False),  # Tangier
+        (27.56, 53.9, False),  # Minsk
+        (30.5, 50.45, False),  # Kyiv
+        (28.85, 47.0, False),  # Chisinau
+        (30.3, 59.94, False),  # St Petersburg
+        (20.5, 54.7, False),  # Kaliningrad
+        (14.2, 37.1, True),  # Sicily
+        (-6.29, 36.53, True),  # Cadiz
+        (-2.46, 36.84, True),  # Almeria
+        (23.7, 37.98, True),  # Athens
+        (24.8, 35.3, True),  # Crete
+        (14.45, 35.9, True),  # Malta
+        (27.14, 38.42, True),  # Izmir (Turkey is in EEA-39)
+        (28.19, 61.06, True),  # Lappeenranta
+        (26.72, 58.38, True),  # Tartu
+        (23.16, 53.13, True),  # Bialystok
+        (27.6, 47.16, True),  # Iasi
+    ],
+)
+def test_clc_coverage_excludes_africa_and_non_eea_east(lon, lat, covered):
+    assert geo.in_clc_coverage(np.array([lon]), np.array([lat]))[0] == covered
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_no_site_outside_clc_coverage(seed):
+    plans = plan_sites(400, seed, 32)
+    lon = np.array([p.lon for p in plans])
+    lat = np.array([p.lat for p in plans])
+    assert geo.in_clc_coverage(lon, lat).all()
+    for name, ring in geo.NON_EEA39_RINGS.items():
+        assert not geo._in_ring(lon, lat, ring).any(), name
+
+
 def test_label_polygons_lie_in_europe(tiny_corpus):
     for sample_id in site_ids(tiny_corpus):
         ring = np.array(label_properties(tiny_corpus, sample_id)["geometry"]["coordinates"][0])

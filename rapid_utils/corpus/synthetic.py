@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MARKER = "SYNTHETIC.json"
 # Bumped with every change of what the generator draws: a corpus written by another version
 # has other pixels for the same settings, so it is regenerated rather than kept.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 QA_BAND_NAMES = ("cloud_confidence",)
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
@@ -196,7 +196,7 @@ def synth_dates(dates: str | Sequence[dt.date | str] = "monthly") -> list[dt.dat
 
 
 def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
-    """Place non-overlapping sites on European land, in clusters sharing a regional mix."""
+    """Place non-overlapping sites on land that CORINE maps, in clusters sharing a regional mix."""
     rng = np.random.default_rng([seed, 0])
     west, east, south, north = geo.EUROPE_EXTENT
     n_clusters = max(1, n_sites // 8)
@@ -204,7 +204,7 @@ def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
     while len(centres) < n_clusters:
         lon = rng.uniform(-10.0, east - 2.0, 4 * n_clusters)
         lat = rng.uniform(south + 1.0, north - 1.0, 4 * n_clusters)
-        land = geo.is_land(lon, lat)
+        land = geo.in_clc_coverage(lon, lat)
         centres.extend(zip(lon[land], lat[land], strict=True))
     centres = centres[:n_clusters]
     classes = list(DOMINANT_PRIOR)
@@ -221,7 +221,7 @@ def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
         c_lon, c_lat = centres[len(plans) % n_clusters]
         lon = c_lon + rng.normal(0, 0.12)
         lat = c_lat + rng.normal(0, 0.08)
-        if not geo.is_land(np.array([lon]), np.array([lat]))[0]:
+        if not geo.in_clc_coverage(np.array([lon]), np.array([lat]))[0]:
             continue
         if abs((lon + 180.0) % 6.0 - 3.0) > 2.98:  # keep off UTM zone edges: grids differ there
             continue
