@@ -56,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from rapid_utils import evaluation, labels, paths
-from rapid_utils.corpus import chips, layout
+from rapid_utils.corpus import chips, layout, synthetic
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, corpus_size, sample_chips
 from rapid_utils.io import atomic_path
@@ -142,6 +142,32 @@ def embedded_chips(root: str | Path, index: pd.DataFrame | None = None, n_sites:
     classes = np.array([names[sample_id] for sample_id, _ in drawn], dtype=object)
     images = resample_to_gsd(stored / layout.REFLECTANCE_SCALE, layout.PIXEL_SIZE_M)
     return ChipSet("embedded", images, classes, layout.PIXEL_SIZE_M, corpus_size(root))
+
+
+def rendered_chips(n_sites: int = 200, seed: int = 0, size: int = layout.SITE_SIZE_PX
+                   ) -> ChipSet:
+    """`n_sites` seeded sites drawn by the generator in memory at `size` px (3 m), one seeded
+    monthly date each, stored values (rounded to the corpus's scale), at 10 m.
+
+    The realism measurement uses this rather than a corpus on disk, so that it always sees
+    sites of the real RapidAI4EO size (200 px, 600 m) whatever size a profile's corpus has.
+    A site's class is its dominant poster class, as the index counts it from the drawn map.
+    """
+    plans = synthetic.plan_sites(n_sites, seed, size)
+    dates = synthetic.synth_dates("monthly")
+    picked = np.random.default_rng([seed, 17]).integers(len(dates), size=len(plans))
+    images, classes = [], []
+    for plan, k in zip(plans, picked, strict=True):
+        reflectance, _, code_map = synthetic.render_site(plan, [dates[k]], size)
+        stored = np.clip(np.round(reflectance[0] * layout.REFLECTANCE_SCALE), 0, 65535)
+        images.append(stored.astype(np.float32) / layout.REFLECTANCE_SCALE)
+        codes, counts = np.unique(code_map, return_counts=True)
+        area = dict.fromkeys(labels.CLASSES, 0)
+        for code, count in zip(codes, counts, strict=True):
+            area[labels.CLC7[int(code)]] += int(count)
+        classes.append(max(labels.CLASSES, key=lambda name: area[name]))  # first of ties
+    return ChipSet("embedded (rendered)", resample_to_gsd(np.stack(images), layout.PIXEL_SIZE_M),
+                   np.array(classes, dtype=object), layout.PIXEL_SIZE_M, size)
 
 
 def real_s2_dir(location: str | Path = REAL_S2_DEFAULT) -> Path:

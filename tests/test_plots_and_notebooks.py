@@ -27,6 +27,7 @@ NOTEBOOKS = {
         "hist_sites": 3,
         "phenology_sites": 1,
         "stats_sites": 4,
+        "realism_sites": 30,  # rendered at 200 px in memory
     },
     "02_label_mapping": {"label_fractions": [0.1, 0.5, 1.0]},
 }

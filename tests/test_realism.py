@@ -152,6 +152,20 @@ def fake_real_s2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_rendered_chips_are_full_size_seeded_and_labelled_by_their_dominant_class() -> None:
+    chipset = realism.rendered_chips(n_sites=6, seed=3)
+    assert chipset.images.shape == (6, 4, 60, 60)  # 200 px at 3 m -> 60 px at 10 m
+    assert chipset.source_side == 200 and chipset.source_gsd_m == 3.0
+    assert np.isfinite(chipset.images).all() and (chipset.images >= 0).all()
+    assert set(chipset.classes) <= set(labels.CLASSES)
+    again = realism.rendered_chips(n_sites=6, seed=3)
+    assert np.array_equal(chipset.images, again.images)
+    assert list(chipset.classes) == list(again.classes)
+    assert not np.array_equal(chipset.images, realism.rendered_chips(n_sites=6, seed=4).images)
+    small = realism.rendered_chips(n_sites=2, seed=3, size=40)
+    assert small.images.shape == (2, 4, 12, 12) and small.source_side == 40
+
+
 def check_table(table: pd.DataFrame) -> None:
     assert list(table.columns) == list(realism.COLUMNS)
     assert table["within"].dtype == bool
