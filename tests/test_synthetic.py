@@ -132,8 +132,9 @@ def test_reflectance_rasters(tiny_corpus):
                 assert (src.width, src.height) == (32, 32)
                 assert src.descriptions == ("blue", "green", "red", "nir")
                 data = src.read()
-            # reflectance x 10000: plausible surface reflectance, never empty
-            assert 0 < data.mean() < 5000
+            # reflectance x 10000: plausible surface reflectance, never empty (a site under
+            # fresh snow, SNOW ~0.67 on average, is the brightest there is)
+            assert 0 < data.mean() < 7000
             assert data.max() <= 10000
 
 

@@ -30,7 +30,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from rapid_utils import geo
-from rapid_utils.corpus import layout
+from rapid_utils.corpus import layout, textures
 from rapid_utils.io import atomic_path, write_json_atomic
 from rapid_utils.labels import CLASSES, CLC_CODES, SHARE_COLUMNS
 
@@ -39,16 +39,16 @@ log = logging.getLogger(__name__)
 MARKER = "SYNTHETIC.json"
 # Bumped with every change of what the generator draws: a corpus written by another version
 # has other pixels for the same settings, so it is regenerated rather than kept.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 QA_BAND_NAMES = ("cloud_confidence",)
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
 DOMINANT_PRIOR = {
-    "agricultural": 0.40,
-    "forest": 0.30,
+    "agricultural": 0.34,
+    "forest": 0.28,
     "shrub": 0.10,
     "artificial": 0.08,
-    "water": 0.06,
+    "water": 0.14,
     "bare": 0.03,
     "wetlands": 0.03,
 }
@@ -56,7 +56,7 @@ DOMINANT_PRIOR = {
 NEIGHBOURS = {
     "artificial": {"agricultural": 3, "forest": 1, "shrub": 1, "water": 1},
     "agricultural": {"artificial": 2, "forest": 3, "shrub": 2, "water": 1, "wetlands": 0.5},
-    "forest": {"agricultural": 3, "shrub": 3, "water": 1, "bare": 0.5, "wetlands": 0.5},
+    "forest": {"agricultural": 2, "shrub": 3, "water": 0.3, "bare": 0.2, "wetlands": 0.3},
     "shrub": {"forest": 3, "agricultural": 2, "bare": 1.5, "wetlands": 0.5},
     "bare": {"shrub": 3, "forest": 1, "water": 1},
     "wetlands": {"water": 3, "agricultural": 1, "forest": 1, "shrub": 1},
@@ -99,25 +99,26 @@ CODE_WEIGHTS = {
 
 # Reflectance (blue, green, red, nir) in a dormant and a full-canopy state, and the seasonal
 # cycle that moves between them. Values follow typical surface reflectance of each cover.
-SOIL = (0.07, 0.10, 0.14, 0.22)
-CANOPY = (0.03, 0.07, 0.04, 0.45)
+SOIL = (0.045, 0.075, 0.085, 0.20)
+CANOPY = (0.016, 0.03, 0.026, 0.47)
 SIGNATURES: dict[str, tuple[tuple[float, ...], tuple[float, ...], str]] = {
-    "urban": ((0.11, 0.12, 0.13, 0.17), (0.11, 0.12, 0.13, 0.17), "none"),
+    "urban": ((0.065, 0.095, 0.11, 0.14), (0.065, 0.095, 0.11, 0.14), "none"),
     "crop": (SOIL, CANOPY, "crop"),
-    "grass": ((0.05, 0.08, 0.07, 0.24), (0.03, 0.07, 0.04, 0.38), "grass"),
-    "orchard": ((0.06, 0.09, 0.11, 0.22), (0.04, 0.07, 0.05, 0.33), "deciduous"),
-    "broadleaf": ((0.04, 0.05, 0.06, 0.18), (0.02, 0.05, 0.03, 0.34), "deciduous"),
-    "conifer": ((0.02, 0.04, 0.03, 0.21), (0.02, 0.04, 0.03, 0.24), "evergreen"),
-    "mixed": ((0.03, 0.05, 0.04, 0.20), (0.02, 0.05, 0.03, 0.29), "deciduous"),
-    "shrub": ((0.05, 0.07, 0.09, 0.18), (0.04, 0.07, 0.06, 0.27), "grass"),
-    "sand": ((0.14, 0.18, 0.22, 0.26), (0.14, 0.18, 0.22, 0.26), "none"),
-    "rock": ((0.10, 0.12, 0.14, 0.17), (0.10, 0.12, 0.14, 0.17), "none"),
-    "sparse": ((0.08, 0.10, 0.12, 0.17), (0.06, 0.09, 0.09, 0.22), "grass"),
+    "grass": ((0.035, 0.06, 0.05, 0.24), (0.02, 0.045, 0.03, 0.38), "grass"),
+    "orchard": ((0.05, 0.08, 0.10, 0.22), (0.025, 0.05, 0.03, 0.33), "deciduous"),
+    "broadleaf": ((0.03, 0.045, 0.045, 0.20), (0.016, 0.03, 0.024, 0.44), "deciduous"),
+    "conifer": ((0.016, 0.03, 0.02, 0.18), (0.016, 0.025, 0.02, 0.27), "evergreen"),
+    "mixed": ((0.02, 0.035, 0.028, 0.20), (0.016, 0.037, 0.022, 0.34), "deciduous"),
+    "shrub": ((0.05, 0.07, 0.095, 0.17), (0.04, 0.06, 0.07, 0.21), "grass"),
+    "steppe": ((0.05, 0.075, 0.085, 0.18), (0.035, 0.06, 0.05, 0.25), "grass"),
+    "sand": ((0.11, 0.17, 0.22, 0.25), (0.11, 0.17, 0.22, 0.25), "none"),
+    "rock": ((0.08, 0.10, 0.12, 0.16), (0.08, 0.10, 0.12, 0.16), "none"),
+    "sparse": ((0.07, 0.09, 0.11, 0.16), (0.05, 0.08, 0.08, 0.20), "grass"),
     "burnt": ((0.03, 0.04, 0.05, 0.08), (0.04, 0.05, 0.06, 0.12), "grass"),
     "snow": ((0.62, 0.63, 0.62, 0.52), (0.55, 0.56, 0.55, 0.45), "none"),
-    "marsh": ((0.04, 0.06, 0.06, 0.12), (0.03, 0.07, 0.05, 0.30), "wet"),
+    "marsh": ((0.03, 0.05, 0.05, 0.12), (0.02, 0.05, 0.03, 0.30), "wet"),
     "saline": ((0.20, 0.22, 0.23, 0.20), (0.20, 0.22, 0.23, 0.20), "none"),
-    "water": ((0.045, 0.05, 0.03, 0.015), (0.04, 0.055, 0.035, 0.025), "grass"),
+    "water": ((0.03, 0.035, 0.02, 0.012), (0.028, 0.038, 0.024, 0.02), "grass"),
 }
 CODE_SIGNATURE = {
     **{code: "urban" for code in (111, 112, 121, 122, 123, 124, 131, 132, 133)},
@@ -133,7 +134,7 @@ CODE_SIGNATURE = {
     311: "broadleaf",
     312: "conifer",
     313: "mixed",
-    321: "grass",
+    321: "steppe",
     322: "shrub",
     323: "shrub",
     324: "shrub",
@@ -295,7 +296,7 @@ def _region_map(rng: np.random.Generator, plan: SitePlan, size: int) -> np.ndarr
         rng.choice(names, size=min(n_others, len(names)), replace=False, p=weights / weights.sum())
     )
     present = [dominant, *others]
-    targets = np.array([rng.uniform(0.45, 0.9), *rng.dirichlet(np.ones(len(others)))])
+    targets = np.array([rng.uniform(0.65, 0.95), *rng.dirichlet(np.ones(len(others)))])
     targets[1:] *= 1.0 - targets[0]
     sigma = size * rng.uniform(0.06, 0.16)
     fields = np.stack([_smooth_noise(rng, size, sigma) for _ in present])
@@ -343,18 +344,20 @@ def _crop_phenology(doy: np.ndarray, lat: float, rng: np.random.Generator) -> np
     shift = 2.0 * (lat - 48.0)
     peak = (140 if rng.random() < 0.5 else 200) + shift + rng.normal(0, 12)
     width = rng.uniform(28, 45)
-    return rng.uniform(0.75, 1.0) * np.exp(-(((doy - peak) / width) ** 2))
+    return rng.uniform(0.45, 1.0) * np.exp(-(((doy - peak) / width) ** 2))
 
 
 def _texture(rng: np.random.Generator, signature: str, size: int) -> np.ndarray:
-    """Multiplicative brightness pattern (mean ~1) typical of a cover's spatial structure."""
+    """Multiplicative brightness pattern (median ~1) typical of a cover's spatial structure:
+    power-law fields (see `textures`), plus crowns and gaps under forest."""
     if signature in ("broadleaf", "conifer", "mixed", "orchard"):  # crowns and gaps
-        return 1 + 0.18 * _smooth_noise(rng, size, 1.0) + 0.06 * _smooth_noise(rng, size, 6)
+        crowns = 1 + 0.03 * _smooth_noise(rng, size, 1.0)
+        return crowns * textures.lognormal_texture(rng, size, 0.12, -2.4)
     if signature in ("water", "saline"):
-        return 1 + 0.03 * _smooth_noise(rng, size, size / 4)
+        return textures.lognormal_texture(rng, size, 0.08, -3.0)
     if signature in ("sand", "rock", "sparse", "burnt", "snow"):
-        return 1 + 0.10 * _smooth_noise(rng, size, 0.8) + 0.08 * _smooth_noise(rng, size, 8)
-    return 1 + 0.08 * _smooth_noise(rng, size, 2.5)
+        return textures.lognormal_texture(rng, size, 0.15, -2.4)
+    return textures.lognormal_texture(rng, size, 0.10, -2.4)
 
 
 def render_site(
@@ -374,8 +377,9 @@ def render_site(
         code_map[mask] = code
         signature = CODE_SIGNATURE[code]
         low, high, cycle = SIGNATURES[signature]
-        low = np.array(low) * rng.normal(1, 0.08, 4)  # within-class variation
-        high = np.array(high) * rng.normal(1, 0.08, 4)
+        spread = np.array([0.1, 0.1, 0.1, 0.15])  # within-class variation, widest in NIR
+        low = np.array(low) * rng.normal(1, spread)
+        high = np.array(high) * rng.normal(1, spread)
         if cycle == "crop":
             layer = _fields(rng, size, low, high, doy, plan.lat)
         else:
@@ -390,10 +394,16 @@ def render_site(
             layer = np.where(pools[None, None], water[..., None], layer)
         reflectance[:, :, mask] = layer[:, :, mask]
     _add_snow(rng, reflectance, regions, months, plan.lat)
-    reflectance *= rng.normal(1, 0.03, (len(dates), 4, 1, 1)).astype(np.float32)  # illumination
-    reflectance += rng.normal(0, 0.004, reflectance.shape).astype(np.float32)  # sensor noise
+    # Relief and soil moisture: a site-wide power-law field, stronger in the visible bands.
+    relief = textures.power_law_noise(rng, size, -2.45)
+    strength = np.array([0.22, 0.17, 0.24, 0.05]) * rng.uniform(0.5, 1.5)
+    lift = np.exp(strength[:, None, None] * relief[None])
+    reflectance *= (lift / lift.mean(axis=(1, 2), keepdims=True)).astype(np.float32)[None]
+    reflectance *= rng.normal(1, 0.05, (len(dates), 4, 1, 1)).astype(np.float32)  # illumination
+    noise = np.array([0.002, 0.0012, 0.001, 0.0015], dtype=np.float32)[None, :, None, None]
+    reflectance += noise * rng.standard_normal(reflectance.shape, dtype=np.float32)  # sensor
     qa = _add_clouds(rng, reflectance, size)
-    return np.clip(reflectance, 0, None), qa, code_map
+    return np.clip(reflectance, 0, 1), qa, code_map  # relief can lift snow past 1
 
 
 def _fields(rng, size, low, high, doy, lat) -> np.ndarray:
@@ -425,7 +435,7 @@ def _street_grid(rng, size, layer, dense: bool) -> np.ndarray:
     layer = layer * roofs[None, None]
     if not dense:
         gardens = _smooth_noise(rng, size, 1.5) > 0.3
-        grass = np.array(SIGNATURES["grass"][1])
+        grass = (np.array(SIGNATURES["grass"][0]) + SIGNATURES["grass"][1]) / 2  # mown, dry
         layer[:, :, gardens] = grass[None, :, None]
     layer[:, :, roads] = ROAD[None, :, None]
     return layer
@@ -448,12 +458,12 @@ def _add_clouds(rng, reflectance, size) -> np.ndarray:
     qa = np.zeros((reflectance.shape[0], 1, size, size), dtype=np.uint8)
     for t in range(reflectance.shape[0]):
         draw = rng.random()
-        if draw < 0.03:  # a cloud patch (rare: Planet Fusion is gap-filled)
+        if draw < 0.02:  # a cloud patch (rare: Planet Fusion is gap-filled)
             opacity = np.clip(_smooth_noise(rng, size, size / 6) - 0.3, 0, 1) * rng.uniform(
                 0.5, 0.95
             )
-        elif draw < 0.09:  # thin haze over the whole site
-            opacity = np.full((size, size), rng.uniform(0.08, 0.25))
+        elif draw < 0.05:  # thin haze over the whole site
+            opacity = np.full((size, size), rng.uniform(0.05, 0.15))
         else:
             continue
         reflectance[t] = reflectance[t] * (1 - opacity) + CLOUD[:, None, None] * opacity
