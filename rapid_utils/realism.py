@@ -159,13 +159,10 @@ def rendered_chips(n_sites: int = 200, seed: int = 0, size: int = layout.SITE_SI
     images, classes = [], []
     for plan, k in zip(plans, picked, strict=True):
         reflectance, _, code_map = synthetic.render_site(plan, [dates[k]], size)
-        stored = np.clip(np.round(reflectance[0] * layout.REFLECTANCE_SCALE), 0, 65535)
+        stored = synthetic.stored_values(reflectance[0])
         images.append(stored.astype(np.float32) / layout.REFLECTANCE_SCALE)
-        codes, counts = np.unique(code_map, return_counts=True)
-        area = dict.fromkeys(labels.CLASSES, 0)
-        for code, count in zip(codes, counts, strict=True):
-            area[labels.CLC7[int(code)]] += int(count)
-        classes.append(max(labels.CLASSES, key=lambda name: area[name]))  # first of ties
+        shares = pd.DataFrame([synthetic.label_shares(code_map)])
+        classes.append(labels.CLASSES[labels.dominant_class(shares).iloc[0]])
     return ChipSet("embedded (rendered)", resample_to_gsd(np.stack(images), layout.PIXEL_SIZE_M),
                    np.array(classes, dtype=object), layout.PIXEL_SIZE_M, size)
 

@@ -491,12 +491,23 @@ def _write_raster(
         dst.descriptions = tuple(descriptions)
 
 
+def stored_values(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance as the corpus stores it: times REFLECTANCE_SCALE, rounded, uint16."""
+    return np.clip(np.round(reflectance * layout.REFLECTANCE_SCALE), 0, 65535).astype(np.uint16)
+
+
+def label_shares(code_map: np.ndarray) -> dict[str, float]:
+    """A drawn site's `clc_` shares as its label file holds them: percent (0-100) of the area."""
+    counts = {code: int((code_map == code).sum()) for code in CLC_CODES}
+    return {f"clc_{code}": round(100.0 * n / code_map.size, 4) for code, n in counts.items()}
+
+
 def write_site(
     root: Path, plan: SitePlan, dates: Sequence[dt.date], size: int, compress: str | None
 ) -> dict:
     """Render and write one site's PF-SR, PF-QA and label files; return its label row."""
     reflectance, qa, code_map = render_site(plan, dates, size)
-    stored = np.clip(np.round(reflectance * layout.REFLECTANCE_SCALE), 0, 65535).astype(np.uint16)
+    stored = stored_values(reflectance)
     for t, date in enumerate(dates):
         _write_raster(
             layout.raster_path(root, plan.sample_id, date, layout.PF_SR),
@@ -512,9 +523,7 @@ def write_site(
             compress,
             QA_BAND_NAMES,
         )
-    counts = {code: int((code_map == code).sum()) for code in CLC_CODES}
-    # Shares are written as percentages (0-100) of the site area; readers accept 0-1 too.
-    shares = {f"clc_{code}": round(100.0 * n / code_map.size, 4) for code, n in counts.items()}
+    shares = label_shares(code_map)  # percentages (0-100); readers accept 0-1 too
     extent = size * layout.PIXEL_SIZE_M
     ring = geo.footprint_lonlat(
         plan.left, plan.top - extent, plan.left + extent, plan.top, plan.epsg
