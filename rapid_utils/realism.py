@@ -14,11 +14,14 @@ The real chips (`../shared/real-s2`, read in place through `corpus.chips`):
 - `eurosat-ms-labelled`: EuroSAT-MS, mapped to the poster classes it has (agricultural,
   forest, shrub, artificial, water); the reference of the per-class NDVI and of the
   classifiers. These chips are L1C, top of atmosphere: path radiance lifts blue and red
-  (and lowers NDVI) against surface reflectance. It is the labelled imagery we have.
+  (and lowers NDVI) against surface reflectance. It is the labelled imagery we have, so for
+  the NDVI rows the embedded chips are first lifted to L1C by `path_offsets`, per-band
+  offsets measured between the two real sets (dark-object subtraction run backwards).
 
 Statistics (reflectance 0-1 throughout; per band unless said otherwise):
 - `reflectance_qNN`: the NN % quantile of pixel reflectance, pixels pooled over chips.
-- `ndvi_qNN` (per class): the NN % quantile of per-pixel NDVI, (NIR - red) / (NIR + red).
+- `ndvi_qNN` (per class): the NN % quantile of per-pixel NDVI, (NIR - red) / (NIR + red),
+  embedded chips lifted to L1C (see above).
 - `spectral_slope`: the median over chips of the log-log slope of the radially averaged
   power spectrum (Hann-windowed, mean removed, numpy FFT; power against cycles per pixel).
 - `gradient_qNN`: quantiles of the gradient magnitude (central differences), reflectance
@@ -73,6 +76,7 @@ REAL_GSD_M = 10.0
 QUANTILES = (5, 25, 50, 75, 95)
 PIXELS_PER_CHIP = 256  # pixels drawn per chip for pooled quantiles (all of a smaller chip)
 TOLERANCE_LEVEL = 0.95
+DARK_OBJECT_QUANTILE = 2.0  # % of pixels: the dark objects of `path_offsets`
 CSV_NAME = "realism.csv"
 COLUMNS = ("statistic", "band", "class", "embedded", "real", "distance", "tolerance", "within",
            "unit", "reference", "n_embedded", "n_real")
@@ -362,18 +366,37 @@ def _median_rows(name: str, embedded: np.ndarray, real: np.ndarray, unit: str, r
                    reference, len(embedded), len(real))
 
 
+def path_offsets(top_of_atmosphere: ChipSet, surface: ChipSet,
+                 quantile: float = DARK_OBJECT_QUANTILE) -> np.ndarray:
+    """Per-band path-radiance offset (4,): the `quantile` % of a top-of-atmosphere (L1C) set's
+    pixels minus the same quantile of a surface-reflectance (L2A) set's.
+
+    Dark objects (deep water, shade) reflect almost nothing at the surface, so what L1C shows
+    over them is mostly light scattered by the atmosphere: the premise of dark-object
+    subtraction, here run backwards to lift surface reflectance to an approximate L1C.
+    """
+    def dark(chipset: ChipSet) -> np.ndarray:
+        pixels = np.moveaxis(chipset.images, 1, 0).reshape(chipset.images.shape[1], -1)
+        return np.nanpercentile(pixels, quantile, axis=1)
+
+    return np.maximum(dark(top_of_atmosphere) - dark(surface), 0.0)
+
+
 def spectral_rows(embedded: ChipSet, pool: ChipSet, labelled: ChipSet, seed: int = 0
                   ) -> pd.DataFrame:
-    """Band quantiles against the L2A pool; per-class NDVI quantiles against labelled chips."""
+    """Band quantiles against the L2A pool; per-class NDVI quantiles against labelled chips,
+    the embedded chips (surface reflectance) first lifted to L1C by `path_offsets`."""
     rows = _quantile_rows("reflectance", pixel_sample(embedded.images, seed=seed),
                           pixel_sample(pool.images, seed=seed), layout.BANDS, "reflectance",
                           pool.name, seed=seed)
-    embedded_ndvi = pixel_sample(ndvi(embedded.images), seed=seed)
+    lifted = embedded.images + path_offsets(labelled, pool)[None, :, None, None]
+    embedded_ndvi = pixel_sample(ndvi(lifted), seed=seed)
     real_ndvi = pixel_sample(ndvi(labelled.images), seed=seed)
+    reference = f"{labelled.name}; embedded + L1C path offsets"
     for name in shared_classes(embedded, labelled):
         rows += _quantile_rows("ndvi", embedded_ndvi[embedded.classes == name],
                                real_ndvi[labelled.classes == name], ["ndvi"], "NDVI",
-                               labelled.name, name, seed)
+                               reference, name, seed)
     return pd.concat(rows, ignore_index=True)
 
 

@@ -73,6 +73,21 @@ def test_ndvi_of_known_pixels() -> None:
     assert ndvi[:2] == pytest.approx([0.4 / 0.6, 0.0]) and np.isnan(ndvi[2])
 
 
+def test_path_offsets_are_the_dark_object_difference_and_lift_surface_to_l1c() -> None:
+    rng = np.random.default_rng(0)
+    surface = rng.uniform(0.0, 0.3, (50, 4, 8, 8))
+    path = np.array([0.06, 0.03, 0.015, 0.002])
+    top = surface + path[None, :, None, None]  # a set seen through a known atmosphere
+    as_set = {name: realism.ChipSet(name, images, np.full(50, ""), 10.0, 8)
+              for name, images in (("l1c", top), ("l2a", surface))}
+    offsets = realism.path_offsets(as_set["l1c"], as_set["l2a"])
+    assert offsets == pytest.approx(path, abs=1e-9)
+    assert realism.path_offsets(as_set["l2a"], as_set["l1c"]) == pytest.approx(np.zeros(4))
+    vegetation = np.array([0.02, 0.05, 0.03, 0.40])[None, :, None, None] * np.ones((1, 4, 2, 2))
+    lifted = realism.ndvi(vegetation + offsets[None, :, None, None])
+    assert np.all(lifted < realism.ndvi(vegetation))  # path radiance lowers NDVI
+
+
 def test_resampling_to_10_m_averages_areas() -> None:
     image = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
     coarse = realism.resample_to_gsd(image, gsd_m=5.0)

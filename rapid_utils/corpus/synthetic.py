@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MARKER = "SYNTHETIC.json"
 # Bumped with every change of what the generator draws: a corpus written by another version
 # has other pixels for the same settings, so it is regenerated rather than kept.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 QA_BAND_NAMES = ("cloud_confidence",)
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
@@ -99,16 +99,16 @@ CODE_WEIGHTS = {
 
 # Reflectance (blue, green, red, nir) in a dormant and a full-canopy state, and the seasonal
 # cycle that moves between them. Values follow typical surface reflectance of each cover.
-SOIL = (0.045, 0.075, 0.085, 0.20)
-CANOPY = (0.016, 0.03, 0.026, 0.47)
+SOIL = (0.045, 0.075, 0.095, 0.20)
+CANOPY = (0.016, 0.05, 0.026, 0.50)
 SIGNATURES: dict[str, tuple[tuple[float, ...], tuple[float, ...], str]] = {
     "urban": ((0.065, 0.095, 0.11, 0.14), (0.065, 0.095, 0.11, 0.14), "none"),
     "crop": (SOIL, CANOPY, "crop"),
-    "grass": ((0.035, 0.06, 0.05, 0.24), (0.02, 0.045, 0.03, 0.38), "grass"),
-    "orchard": ((0.05, 0.08, 0.10, 0.22), (0.025, 0.05, 0.03, 0.33), "deciduous"),
-    "broadleaf": ((0.03, 0.045, 0.045, 0.20), (0.016, 0.03, 0.024, 0.44), "deciduous"),
-    "conifer": ((0.016, 0.03, 0.02, 0.18), (0.016, 0.025, 0.02, 0.27), "evergreen"),
-    "mixed": ((0.02, 0.035, 0.028, 0.20), (0.016, 0.037, 0.022, 0.34), "deciduous"),
+    "grass": ((0.035, 0.06, 0.05, 0.24), (0.02, 0.065, 0.03, 0.42), "grass"),
+    "orchard": ((0.05, 0.08, 0.10, 0.22), (0.025, 0.06, 0.03, 0.35), "deciduous"),
+    "broadleaf": ((0.03, 0.045, 0.045, 0.20), (0.016, 0.045, 0.024, 0.44), "deciduous"),
+    "conifer": ((0.016, 0.022, 0.02, 0.18), (0.016, 0.028, 0.02, 0.27), "evergreen"),
+    "mixed": ((0.02, 0.035, 0.028, 0.20), (0.016, 0.045, 0.022, 0.34), "deciduous"),
     "shrub": ((0.05, 0.07, 0.095, 0.17), (0.04, 0.06, 0.07, 0.21), "grass"),
     "steppe": ((0.05, 0.075, 0.085, 0.18), (0.035, 0.06, 0.05, 0.25), "grass"),
     "sand": ((0.11, 0.17, 0.22, 0.25), (0.11, 0.17, 0.22, 0.25), "none"),
@@ -118,7 +118,7 @@ SIGNATURES: dict[str, tuple[tuple[float, ...], tuple[float, ...], str]] = {
     "snow": ((0.62, 0.63, 0.62, 0.52), (0.55, 0.56, 0.55, 0.45), "none"),
     "marsh": ((0.03, 0.05, 0.05, 0.12), (0.02, 0.05, 0.03, 0.30), "wet"),
     "saline": ((0.20, 0.22, 0.23, 0.20), (0.20, 0.22, 0.23, 0.20), "none"),
-    "water": ((0.03, 0.035, 0.02, 0.012), (0.028, 0.038, 0.024, 0.02), "grass"),
+    "water": ((0.03, 0.026, 0.02, 0.012), (0.028, 0.03, 0.024, 0.02), "grass"),
 }
 CODE_SIGNATURE = {
     **{code: "urban" for code in (111, 112, 121, 122, 123, 124, 131, 132, 133)},
@@ -352,12 +352,12 @@ def _texture(rng: np.random.Generator, signature: str, size: int) -> np.ndarray:
     power-law fields (see `textures`), plus crowns and gaps under forest."""
     if signature in ("broadleaf", "conifer", "mixed", "orchard"):  # crowns and gaps
         crowns = 1 + 0.03 * _smooth_noise(rng, size, 1.0)
-        return crowns * textures.lognormal_texture(rng, size, 0.12, -2.4)
+        return crowns * textures.lognormal_texture(rng, size, 0.095, -2.0)
     if signature in ("water", "saline"):
         return textures.lognormal_texture(rng, size, 0.08, -3.0)
     if signature in ("sand", "rock", "sparse", "burnt", "snow"):
-        return textures.lognormal_texture(rng, size, 0.15, -2.4)
-    return textures.lognormal_texture(rng, size, 0.10, -2.4)
+        return textures.lognormal_texture(rng, size, 0.12, -2.0)
+    return textures.lognormal_texture(rng, size, 0.08, -2.0)
 
 
 def render_site(
@@ -377,7 +377,7 @@ def render_site(
         code_map[mask] = code
         signature = CODE_SIGNATURE[code]
         low, high, cycle = SIGNATURES[signature]
-        spread = np.array([0.1, 0.1, 0.1, 0.15])  # within-class variation, widest in NIR
+        spread = np.array([0.2, 0.2, 0.2, 0.1])  # within-class variation: soil colour, age
         low = np.array(low) * rng.normal(1, spread)
         high = np.array(high) * rng.normal(1, spread)
         if cycle == "crop":
@@ -395,12 +395,12 @@ def render_site(
         reflectance[:, :, mask] = layer[:, :, mask]
     _add_snow(rng, reflectance, regions, months, plan.lat)
     # Relief and soil moisture: a site-wide power-law field, stronger in the visible bands.
-    relief = textures.power_law_noise(rng, size, -2.45)
-    strength = np.array([0.22, 0.17, 0.24, 0.05]) * rng.uniform(0.5, 1.5)
+    relief = textures.power_law_noise(rng, size, -2.5)
+    strength = np.array([0.27, 0.22, 0.23, 0.034]) * rng.uniform(0.5, 1.5)
     lift = np.exp(strength[:, None, None] * relief[None])
     reflectance *= (lift / lift.mean(axis=(1, 2), keepdims=True)).astype(np.float32)[None]
     reflectance *= rng.normal(1, 0.05, (len(dates), 4, 1, 1)).astype(np.float32)  # illumination
-    noise = np.array([0.002, 0.0012, 0.001, 0.0015], dtype=np.float32)[None, :, None, None]
+    noise = np.array([0.0012, 0.0007, 0.00055, 0.0025], dtype=np.float32)[None, :, None, None]
     reflectance += noise * rng.standard_normal(reflectance.shape, dtype=np.float32)  # sensor
     qa = _add_clouds(rng, reflectance, size)
     return np.clip(reflectance, 0, 1), qa, code_map  # relief can lift snow past 1
@@ -414,7 +414,7 @@ def _fields(rng, size, low, high, doy, lat) -> np.ndarray:
     ids, inverse = np.unique(parcel, return_inverse=True)
     inverse = inverse.reshape(size, size)
     greens = np.stack([_crop_phenology(doy, lat, rng) for _ in ids], axis=1)  # (T, parcels)
-    brightness = rng.uniform(0.85, 1.15, len(ids))
+    brightness = rng.uniform(0.7, 1.3, len(ids))
     green = greens[:, inverse]  # (T, H, W)
     layer = (
         low[None, :, None, None] * (1 - green[:, None]) + high[None, :, None, None] * green[:, None]
@@ -447,8 +447,8 @@ def _add_snow(rng, reflectance, regions, months, lat) -> None:
         return
     open_land = ~np.isin(regions, [CLASSES.index("water"), CLASSES.index("forest")])
     for t in np.flatnonzero(np.isin(months, (12, 1, 2, 3))):
-        if rng.random() < 0.6:
-            cover = np.clip(_smooth_noise(rng, regions.shape[0], 4) + rng.uniform(0, 1.5), 0, 1)
+        if rng.random() < 0.5:
+            cover = np.clip(_smooth_noise(rng, regions.shape[0], 4.5) + rng.uniform(0, 1.5), 0, 1)
             cover = (cover * open_land)[None]
             reflectance[t] = reflectance[t] * (1 - cover) + SNOW[:, None, None] * cover
 
