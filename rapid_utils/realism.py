@@ -376,8 +376,8 @@ def path_offsets(top_of_atmosphere: ChipSet, surface: ChipSet,
     subtraction, here run backwards to lift surface reflectance to an approximate L1C.
     """
     def dark(chipset: ChipSet) -> np.ndarray:
-        pixels = np.moveaxis(chipset.images, 1, 0).reshape(chipset.images.shape[1], -1)
-        return np.nanpercentile(pixels, quantile, axis=1)
+        images = chipset.images
+        return pooled_quantiles(images.reshape(*images.shape[:2], -1), [quantile])[0]
 
     return np.maximum(dark(top_of_atmosphere) - dark(surface), 0.0)
 
