@@ -30,7 +30,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from rapid_utils import geo
-from rapid_utils.corpus import layout, textures
+from rapid_utils.corpus import appearance, layout, textures
 from rapid_utils.io import atomic_path, write_json_atomic
 from rapid_utils.labels import CLASSES, CLC_CODES, SHARE_COLUMNS
 
@@ -96,65 +96,6 @@ CODE_WEIGHTS = {
     "wetlands": {411: 3, 412: 2, 421: 1, 422: 0.3, 423: 1},
     "water": {511: 1, 512: 4, 521: 0.5, 522: 0.5, 523: 2},
 }
-
-# Reflectance (blue, green, red, nir) in a dormant and a full-canopy state, and the seasonal
-# cycle that moves between them. Values follow typical surface reflectance of each cover;
-# these, the texture, relief, noise and snow constants of version 4 were calibrated on the
-# real chips' statistics (`realism`, README "The embedded corpus against real imagery").
-SOIL = (0.045, 0.075, 0.095, 0.20)
-CANOPY = (0.016, 0.05, 0.026, 0.50)
-SIGNATURES: dict[str, tuple[tuple[float, ...], tuple[float, ...], str]] = {
-    "urban": ((0.065, 0.095, 0.11, 0.14), (0.065, 0.095, 0.11, 0.14), "none"),
-    "crop": (SOIL, CANOPY, "crop"),
-    "grass": ((0.035, 0.06, 0.05, 0.24), (0.02, 0.065, 0.03, 0.42), "grass"),
-    "orchard": ((0.05, 0.08, 0.10, 0.22), (0.025, 0.06, 0.03, 0.35), "deciduous"),
-    "broadleaf": ((0.03, 0.045, 0.045, 0.20), (0.016, 0.045, 0.024, 0.44), "deciduous"),
-    "conifer": ((0.016, 0.022, 0.02, 0.18), (0.016, 0.028, 0.02, 0.27), "evergreen"),
-    "mixed": ((0.02, 0.035, 0.028, 0.20), (0.016, 0.045, 0.022, 0.34), "deciduous"),
-    "shrub": ((0.05, 0.07, 0.095, 0.17), (0.04, 0.06, 0.07, 0.21), "grass"),
-    "steppe": ((0.05, 0.075, 0.085, 0.18), (0.035, 0.06, 0.05, 0.25), "grass"),
-    "sand": ((0.11, 0.17, 0.22, 0.25), (0.11, 0.17, 0.22, 0.25), "none"),
-    "rock": ((0.08, 0.10, 0.12, 0.16), (0.08, 0.10, 0.12, 0.16), "none"),
-    "sparse": ((0.07, 0.09, 0.11, 0.16), (0.05, 0.08, 0.08, 0.20), "grass"),
-    "burnt": ((0.03, 0.04, 0.05, 0.08), (0.04, 0.05, 0.06, 0.12), "grass"),
-    "snow": ((0.62, 0.63, 0.62, 0.52), (0.55, 0.56, 0.55, 0.45), "none"),
-    "marsh": ((0.03, 0.05, 0.05, 0.12), (0.02, 0.05, 0.03, 0.30), "wet"),
-    "saline": ((0.20, 0.22, 0.23, 0.20), (0.20, 0.22, 0.23, 0.20), "none"),
-    "water": ((0.03, 0.026, 0.02, 0.012), (0.028, 0.03, 0.024, 0.02), "grass"),
-}
-CODE_SIGNATURE = {
-    **{code: "urban" for code in (111, 112, 121, 122, 123, 124, 131, 132, 133)},
-    141: "grass",
-    142: "grass",
-    **{code: "crop" for code in (211, 212, 213, 241, 242)},
-    221: "orchard",
-    222: "orchard",
-    223: "orchard",
-    244: "orchard",
-    231: "grass",
-    243: "grass",
-    311: "broadleaf",
-    312: "conifer",
-    313: "mixed",
-    321: "steppe",
-    322: "shrub",
-    323: "shrub",
-    324: "shrub",
-    331: "sand",
-    332: "rock",
-    333: "sparse",
-    334: "burnt",
-    335: "snow",
-    411: "marsh",
-    412: "marsh",
-    421: "marsh",
-    422: "saline",
-    423: "marsh",
-    **{code: "water" for code in (511, 512, 521, 522, 523)},
-}
-ROAD = np.array([0.07, 0.08, 0.09, 0.11])
-CLOUD = np.array([0.38, 0.38, 0.39, 0.41])
-SNOW = np.array([0.70, 0.70, 0.68, 0.58])
 
 
 @dataclass(frozen=True)
@@ -352,14 +293,14 @@ def _crop_phenology(doy: np.ndarray, lat: float, rng: np.random.Generator) -> np
 def _texture(rng: np.random.Generator, signature: str, size: int) -> np.ndarray:
     """Multiplicative brightness pattern (median ~1) typical of a cover's spatial structure:
     power-law fields (see `textures`), plus crowns and gaps under forest."""
-    if signature in ("broadleaf", "conifer", "mixed", "orchard"):  # crowns and gaps
-        crowns = 1 + 0.03 * _smooth_noise(rng, size, 1.0)
-        return crowns * textures.lognormal_texture(rng, size, 0.095, -2.0)
-    if signature in ("water", "saline"):
-        return textures.lognormal_texture(rng, size, 0.08, -3.0)
-    if signature in ("sand", "rock", "sparse", "burnt", "snow"):
-        return textures.lognormal_texture(rng, size, 0.12, -2.0)
-    return textures.lognormal_texture(rng, size, 0.08, -2.0)
+    if signature in appearance.CANOPY_SIGNATURES:  # crowns and gaps
+        crowns = 1 + appearance.CROWN_STRENGTH * _smooth_noise(rng, size, 1.0)
+        return crowns * textures.lognormal_texture(rng, size, *appearance.CANOPY_TEXTURE)
+    if signature in appearance.SMOOTH_SIGNATURES:
+        return textures.lognormal_texture(rng, size, *appearance.SMOOTH_TEXTURE)
+    if signature in appearance.OPEN_SIGNATURES:
+        return textures.lognormal_texture(rng, size, *appearance.OPEN_TEXTURE)
+    return textures.lognormal_texture(rng, size, *appearance.DEFAULT_TEXTURE)
 
 
 def render_site(
@@ -377,11 +318,10 @@ def render_site(
         mask = regions == class_index
         code = _pick_code(rng, poster_class, plan.lat)
         code_map[mask] = code
-        signature = CODE_SIGNATURE[code]
-        low, high, cycle = SIGNATURES[signature]
-        spread = np.array([0.2, 0.2, 0.2, 0.1])  # within-class variation: soil colour, age
-        low = np.array(low) * rng.normal(1, spread)
-        high = np.array(high) * rng.normal(1, spread)
+        signature = appearance.CODE_SIGNATURE[code]
+        low, high, cycle = appearance.SIGNATURES[signature]
+        low = np.array(low) * rng.normal(1, appearance.WITHIN_CLASS_SPREAD)
+        high = np.array(high) * rng.normal(1, appearance.WITHIN_CLASS_SPREAD)
         if cycle == "crop":
             layer = _fields(rng, size, low, high, doy, plan.lat)
         else:
@@ -392,17 +332,18 @@ def render_site(
             layer = _street_grid(rng, size, layer, dense=code in (111, 121, 123))
         if poster_class == "wetlands":  # open water patches inside the marsh
             pools = _smooth_noise(rng, size, 2.0) > rng.uniform(0.5, 1.2)
-            water = np.array(SIGNATURES["water"][0])[None, :, None]
+            water = np.array(appearance.SIGNATURES["water"][0])[None, :, None]
             layer = np.where(pools[None, None], water[..., None], layer)
         reflectance[:, :, mask] = layer[:, :, mask]
     _add_snow(rng, reflectance, regions, months, plan.lat)
     # Relief and soil moisture: a site-wide power-law field, stronger in the visible bands.
-    relief = textures.power_law_noise(rng, size, -2.5)
-    strength = np.array([0.27, 0.22, 0.23, 0.034]) * rng.uniform(0.5, 1.5)
+    relief = textures.power_law_noise(rng, size, appearance.RELIEF_SLOPE)
+    strength = np.array(appearance.RELIEF_STRENGTH) * rng.uniform(*appearance.RELIEF_SCALE)
     lift = np.exp(strength[:, None, None] * relief[None])
     reflectance *= (lift / lift.mean(axis=(1, 2), keepdims=True)).astype(np.float32)[None]
-    reflectance *= rng.normal(1, 0.05, (len(dates), 4, 1, 1)).astype(np.float32)  # illumination
-    noise = np.array([0.0012, 0.0007, 0.00055, 0.0025], dtype=np.float32)[None, :, None, None]
+    illumination = rng.normal(1, appearance.ILLUMINATION_SD, (len(dates), 4, 1, 1))
+    reflectance *= illumination.astype(np.float32)
+    noise = np.array(appearance.SENSOR_NOISE, dtype=np.float32)[None, :, None, None]
     reflectance += noise * rng.standard_normal(reflectance.shape, dtype=np.float32)  # sensor
     qa = _add_clouds(rng, reflectance, size)
     return np.clip(reflectance, 0, 1), qa, code_map  # relief can lift snow past 1
@@ -416,14 +357,14 @@ def _fields(rng, size, low, high, doy, lat) -> np.ndarray:
     ids, inverse = np.unique(parcel, return_inverse=True)
     inverse = inverse.reshape(size, size)
     greens = np.stack([_crop_phenology(doy, lat, rng) for _ in ids], axis=1)  # (T, parcels)
-    brightness = rng.uniform(0.7, 1.3, len(ids))
+    brightness = rng.uniform(*appearance.PARCEL_BRIGHTNESS, len(ids))
     green = greens[:, inverse]  # (T, H, W)
     layer = (
         low[None, :, None, None] * (1 - green[:, None]) + high[None, :, None, None] * green[:, None]
     )
     layer = layer * brightness[inverse][None, None]
     border = np.minimum(u % width, v % height) < 1.0  # hedgerows and tracks
-    layer[:, :, border] = np.array(SIGNATURES["grass"][1])[None, :, None]
+    layer[:, :, border] = np.array(appearance.SIGNATURES["grass"][1])[None, :, None]
     return layer * (1 + 0.04 * _smooth_noise(rng, size, 1.5))[None, None]
 
 
@@ -437,9 +378,10 @@ def _street_grid(rng, size, layer, dense: bool) -> np.ndarray:
     layer = layer * roofs[None, None]
     if not dense:
         gardens = _smooth_noise(rng, size, 1.5) > 0.3
-        grass = (np.array(SIGNATURES["grass"][0]) + SIGNATURES["grass"][1]) / 2  # mown, dry
+        dormant, full, _ = appearance.SIGNATURES["grass"]
+        grass = (np.array(dormant) + full) / 2  # mown, dry
         layer[:, :, gardens] = grass[None, :, None]
-    layer[:, :, roads] = ROAD[None, :, None]
+    layer[:, :, roads] = appearance.ROAD[None, :, None]
     return layer
 
 
@@ -449,10 +391,11 @@ def _add_snow(rng, reflectance, regions, months, lat) -> None:
         return
     open_land = ~np.isin(regions, [CLASSES.index("water"), CLASSES.index("forest")])
     for t in np.flatnonzero(np.isin(months, (12, 1, 2, 3))):
-        if rng.random() < 0.5:
-            cover = np.clip(_smooth_noise(rng, regions.shape[0], 4.5) + rng.uniform(0, 1.5), 0, 1)
+        if rng.random() < appearance.SNOW_PROBABILITY:
+            noise = _smooth_noise(rng, regions.shape[0], appearance.SNOW_SMOOTHING_PX)
+            cover = np.clip(noise + rng.uniform(0, 1.5), 0, 1)
             cover = (cover * open_land)[None]
-            reflectance[t] = reflectance[t] * (1 - cover) + SNOW[:, None, None] * cover
+            reflectance[t] = reflectance[t] * (1 - cover) + appearance.SNOW[:, None, None] * cover
 
 
 def _add_clouds(rng, reflectance, size) -> np.ndarray:
@@ -468,7 +411,7 @@ def _add_clouds(rng, reflectance, size) -> np.ndarray:
             opacity = np.full((size, size), rng.uniform(0.05, 0.15))
         else:
             continue
-        reflectance[t] = reflectance[t] * (1 - opacity) + CLOUD[:, None, None] * opacity
+        reflectance[t] = reflectance[t] * (1 - opacity) + appearance.CLOUD[:, None, None] * opacity
         qa[t, 0] = np.round(opacity * 100).astype(np.uint8)
     return qa
 
