@@ -23,6 +23,7 @@ from rapid_utils.corpus.synthetic import (
     generate_corpus,
     plan_sites,
     render_site,
+    stored_values,
     synth_dates,
 )
 from rapid_utils.labels import CLC7, CLC_CODES, SHARE_COLUMNS
@@ -489,3 +490,8 @@ def test_invalid_settings_raise_value_error(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_corpus(out, **{**FAST, "workers": 1, **kwargs})
     assert not out.exists()
+
+
+def test_stored_values_leave_zero_for_nodata():
+    reflectance = np.array([-0.002, 0.0, 0.00004, 0.5, 7.0])
+    np.testing.assert_array_equal(stored_values(reflectance), [1, 1, 1, 5000, 65535])

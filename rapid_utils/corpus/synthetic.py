@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MARKER = "SYNTHETIC.json"
 # Bumped with every change of what the generator draws: a corpus written by another version
 # has other pixels for the same settings, so it is regenerated rather than kept.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 QA_BAND_NAMES = ("cloud_confidence",)
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
@@ -286,8 +286,8 @@ def _crop_phenology(doy: np.ndarray, lat: float, rng: np.random.Generator) -> np
     """One field's crop cycle: winter crops peak in May, summer crops in July; harvest after."""
     shift = 2.0 * (lat - 48.0)
     peak = (140 if rng.random() < 0.5 else 200) + shift + rng.normal(0, 12)
-    width = rng.uniform(28, 45)
-    return rng.uniform(0.45, 1.0) * np.exp(-(((doy - peak) / width) ** 2))
+    width = rng.uniform(*appearance.CROP_SEASON_DAYS)
+    return rng.uniform(*appearance.CROP_PEAK_GREENNESS) * np.exp(-(((doy - peak) / width) ** 2))
 
 
 def _texture(rng: np.random.Generator, signature: str, size: int) -> np.ndarray:
@@ -327,7 +327,9 @@ def render_site(
         else:
             green = _phenology(cycle, doy, plan.lat, rng)
             spectrum = low[None] * (1 - green[:, None]) + high[None] * green[:, None]
-            layer = spectrum[:, :, None, None] * _texture(rng, signature, size)[None, None]
+            gain = np.array(appearance.TEXTURE_BAND_GAIN)[:, None, None]
+            texture = _texture(rng, signature, size)[None] ** gain  # (4, H, W)
+            layer = spectrum[:, :, None, None] * texture[None]
         if poster_class == "artificial" and signature == "urban":
             layer = _street_grid(rng, size, layer, dense=code in (111, 121, 123))
         if poster_class == "wetlands":  # open water patches inside the marsh
@@ -437,8 +439,10 @@ def _write_raster(
 
 
 def stored_values(reflectance: np.ndarray) -> np.ndarray:
-    """Reflectance as the corpus stores it: times REFLECTANCE_SCALE, rounded, uint16."""
-    return np.clip(np.round(reflectance * layout.REFLECTANCE_SCALE), 0, 65535).astype(np.uint16)
+    """Reflectance as the corpus stores it: times REFLECTANCE_SCALE, rounded, uint16, at
+    least 1: 0 is left for nodata, as in Sentinel-2 products (sensor noise over dark water
+    would otherwise store 0s that a reader told `nodata=0` masks)."""
+    return np.clip(np.round(reflectance * layout.REFLECTANCE_SCALE), 1, 65535).astype(np.uint16)
 
 
 def label_shares(code_map: np.ndarray) -> dict[str, float]:
