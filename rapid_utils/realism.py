@@ -78,6 +78,7 @@ PIXELS_PER_CHIP = 256  # pixels drawn per chip for pooled quantiles (all of a sm
 TOLERANCE_LEVEL = 0.95
 DARK_OBJECT_QUANTILE = 2.0  # % of pixels: the dark objects of `path_offsets`
 CSV_NAME = "realism.csv"
+REAL_SPLITS_CSV_NAME = "realism_real_against_real.csv"  # `real_against_real`, every split
 COLUMNS = ("statistic", "band", "class", "embedded", "real", "distance", "tolerance", "within",
            "unit", "reference", "n_embedded", "n_real")
 ALL = "all"  # the `class` of unconditional rows and the `band` of rows over all bands
@@ -382,22 +383,35 @@ def path_offsets(top_of_atmosphere: ChipSet, surface: ChipSet,
     return np.maximum(dark(top_of_atmosphere) - dark(surface), 0.0)
 
 
+def band_rows(embedded: ChipSet, pool: ChipSet, seed: int = 0) -> pd.DataFrame:
+    """Pooled band quantiles of surface reflectance against the L2A pool."""
+    return pd.concat(_quantile_rows("reflectance", pixel_sample(embedded.images, seed=seed),
+                                    pixel_sample(pool.images, seed=seed), layout.BANDS,
+                                    "reflectance", pool.name, seed=seed), ignore_index=True)
+
+
+def ndvi_rows(embedded: ChipSet, labelled: ChipSet, offsets: np.ndarray, reference: str,
+              seed: int = 0) -> pd.DataFrame:
+    """Per-class NDVI quantiles against labelled chips, the embedded chips first shifted by
+    per-band `offsets` (4,) (`path_offsets` to lift surface reflectance to L1C)."""
+    shifted = embedded.images + np.asarray(offsets)[None, :, None, None]
+    embedded_ndvi = pixel_sample(ndvi(shifted), seed=seed)
+    real_ndvi = pixel_sample(ndvi(labelled.images), seed=seed)
+    rows = [row for name in shared_classes(embedded, labelled)
+            for row in _quantile_rows("ndvi", embedded_ndvi[embedded.classes == name],
+                                      real_ndvi[labelled.classes == name], ["ndvi"], "NDVI",
+                                      reference, name, seed)]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(COLUMNS))
+
+
 def spectral_rows(embedded: ChipSet, pool: ChipSet, labelled: ChipSet, seed: int = 0
                   ) -> pd.DataFrame:
     """Band quantiles against the L2A pool; per-class NDVI quantiles against labelled chips,
     the embedded chips (surface reflectance) first lifted to L1C by `path_offsets`."""
-    rows = _quantile_rows("reflectance", pixel_sample(embedded.images, seed=seed),
-                          pixel_sample(pool.images, seed=seed), layout.BANDS, "reflectance",
-                          pool.name, seed=seed)
-    lifted = embedded.images + path_offsets(labelled, pool)[None, :, None, None]
-    embedded_ndvi = pixel_sample(ndvi(lifted), seed=seed)
-    real_ndvi = pixel_sample(ndvi(labelled.images), seed=seed)
     reference = f"{labelled.name}; embedded + L1C path offsets"
-    for name in shared_classes(embedded, labelled):
-        rows += _quantile_rows("ndvi", embedded_ndvi[embedded.classes == name],
-                               real_ndvi[labelled.classes == name], ["ndvi"], "NDVI",
-                               reference, name, seed)
-    return pd.concat(rows, ignore_index=True)
+    return pd.concat([band_rows(embedded, pool, seed),
+                      ndvi_rows(embedded, labelled, path_offsets(labelled, pool), reference,
+                                seed)], ignore_index=True)
 
 
 def spatial_rows(embedded: ChipSet, pool: ChipSet, seed: int = 0) -> pd.DataFrame:
@@ -411,6 +425,49 @@ def spatial_rows(embedded: ChipSet, pool: ChipSet, seed: int = 0) -> pd.DataFram
     rows.append(_median_rows("heterogeneity", heterogeneity(embedded.images),
                              heterogeneity(pool.images), "std / mean", pool.name, seed))
     return pd.concat(rows, ignore_index=True)
+
+
+def real_against_real(labelled: ChipSet, pool: ChipSet, n_sample: int, n_splits: int = 10,
+                      seed: int = 0) -> pd.DataFrame:
+    """The band, NDVI and spatial rows that real imagery itself scores, per random split
+    (column `split`): `n_sample` pool chips (at most half) and half of each labelled class
+    are measured as if they were embedded chips against the real chips left over (NDVI
+    unshifted: both of its sides are L1C).
+
+    A generator indistinguishable from real imagery would score about this many rows within
+    their tolerance; the spread over splits is the chance spread of that count. The class-
+    signal rows are left out (a CNN per split would be slow).
+    """
+    n_sample = min(n_sample, len(pool.images) // 2)
+    tables = []
+    for split in range(n_splits):
+        rng = np.random.default_rng([seed, split])
+        in_sample = np.zeros(len(pool.images), dtype=bool)
+        in_sample[rng.choice(len(pool.images), n_sample, replace=False)] = True
+        labelled_sample = np.zeros(len(labelled.images), dtype=bool)
+        for name in np.unique(labelled.classes.astype(str)):
+            members = np.flatnonzero(labelled.classes == name)
+            labelled_sample[rng.choice(members, len(members) // 2, replace=False)] = True
+        sample, reference = pool.subset(in_sample), pool.subset(~in_sample)
+        table = pd.concat([band_rows(sample, reference, seed),
+                           ndvi_rows(labelled.subset(labelled_sample),
+                                     labelled.subset(~labelled_sample), np.zeros(4),
+                                     labelled.name, seed),
+                           spatial_rows(sample, reference, seed)], ignore_index=True)
+        tables.append(table[list(COLUMNS)].astype({"within": bool}).assign(split=split))
+    return pd.concat(tables, ignore_index=True)
+
+
+def within_counts(measured: pd.DataFrame, real_splits: pd.DataFrame) -> pd.DataFrame:
+    """Rows within tolerance on the statistics both tables hold: the embedded corpus's count
+    (`source` "embedded") and each split's of `real_against_real` ("real against real")."""
+    keys = ["statistic", "band", "class"]
+    shared = measured.merge(real_splits[keys].drop_duplicates(), on=keys)
+    counts = real_splits.groupby("split")["within"].agg(within="sum", rows="size").reset_index()
+    embedded = pd.DataFrame({"source": ["embedded"], "split": [pd.NA],
+                             "within": [int(shared["within"].sum())], "rows": [len(shared)]})
+    return pd.concat([embedded, counts.assign(source="real against real")],
+                     ignore_index=True)[["source", "split", "within", "rows"]]
 
 
 # --------------------------------------------------------------------------- class signal
@@ -552,12 +609,14 @@ def measure_realism(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, seed: i
     return table[list(COLUMNS)].astype({"within": bool})
 
 
-def write_realism_csv(table: pd.DataFrame, directory: str | Path) -> Path:
-    """Write the realism table as `directory/realism.csv`, atomically; return its path."""
+def write_realism_csv(table: pd.DataFrame, directory: str | Path, name: str = CSV_NAME
+                      ) -> Path:
+    """Write a realism table (COLUMNS, perhaps more) as `directory/name`, atomically; return
+    its path."""
     missing = sorted(set(COLUMNS) - set(table.columns))
     if missing:
         raise ValueError(f"the realism table lacks the column(s) {missing}")
-    path = Path(directory) / CSV_NAME
+    path = Path(directory) / name
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return path

@@ -28,6 +28,7 @@ NOTEBOOKS = {
         "phenology_sites": 1,
         "stats_sites": 4,
         "realism_sites": 30,  # rendered at 200 px in memory
+        "realism_real_splits": 2,
     },
     "02_label_mapping": {"label_fractions": [0.1, 0.5, 1.0]},
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -224,3 +225,53 @@ def test_measurement_on_the_real_chips(tiny_corpus: Path) -> None:
     check_table(table)
     median = table[table["statistic"] == "reflectance_q50"].set_index("band")["real"]
     assert 0.005 < median["blue"] < median["nir"] < 0.6  # surface reflectance, vegetated
+
+
+def noise_chipset(classes: list[str], seed: int, side: int = 8) -> realism.ChipSet:
+    """Chips of one distribution: reflectance 0.05-0.45, NIR above red (vegetated NDVI)."""
+    images = np.random.default_rng(seed).uniform(0.05, 0.25, (len(classes), 4, side, side))
+    images[:, 3] += 0.2
+    return realism.ChipSet("noise", images, np.array(classes, object), 10.0, side)
+
+
+def test_real_against_real_measures_disjoint_halves_of_the_real_chips() -> None:
+    labelled = noise_chipset(["forest"] * 8 + ["water"] * 6, seed=1)
+    pool = noise_chipset([""] * 30, seed=2)
+    splits = realism.real_against_real(labelled, pool, n_sample=12, n_splits=3, seed=0)
+    assert sorted(splits["split"].unique()) == [0, 1, 2]
+    one = splits[splits["split"] == 0]
+    assert set(one["class"]) == {"all", "forest", "water"} and not one["statistic"].str.startswith(
+        ("imagestats", "cnn", "spatial")).any()
+    unconditional = one[one["class"] == realism.ALL]
+    assert (unconditional["n_embedded"] == 12).all() and (unconditional["n_real"] == 18).all()
+    forest = one[one["class"] == "forest"]
+    assert (forest["n_embedded"] == 4).all() and (forest["n_real"] == 4).all()
+    assert splits.equals(realism.real_against_real(labelled, pool, 12, n_splits=3, seed=0))
+    assert not splits["distance"].equals(
+        realism.real_against_real(labelled, pool, 12, n_splits=3, seed=1)["distance"])
+    capped = realism.real_against_real(labelled, pool, n_sample=100, n_splits=1)
+    assert (capped.loc[capped["class"] == realism.ALL, "n_embedded"] == 15).all()  # half at most
+
+
+def test_identical_real_chips_are_within_on_every_row() -> None:
+    chip = noise_chipset(["forest"], seed=3).images
+    labelled = realism.ChipSet("same", np.repeat(chip, 6, axis=0), np.array(["forest"] * 6, object),
+                               10.0, 8)
+    pool = dataclasses.replace(labelled, classes=np.array([""] * 6, object))
+    splits = realism.real_against_real(labelled, pool, n_sample=3, n_splits=2)
+    assert (splits["distance"] == 0).all() and splits["within"].all()
+
+
+def test_within_counts_compare_the_embedded_corpus_on_the_real_splits_rows() -> None:
+    keys = ("reflectance_q50", "ndvi_q50", "cnn_accuracy")
+    measured = pd.concat([realism.compare(name, np.array([0.5]), np.array([0.4]),
+                                          np.array([tolerance]), [realism.ALL])
+                          for name, tolerance in zip(keys, (0.2, 0.01, 0.5), strict=True)])
+    splits = pd.concat([measured.iloc[:2].assign(within=within, split=k)
+                        for k, within in enumerate(([True, True], [True, False], [False, False]))])
+    counts = realism.within_counts(measured, splits)
+    assert counts["source"].tolist() == ["embedded"] + ["real against real"] * 3
+    assert counts["within"].tolist() == [1, 2, 1, 0]  # the CNN row is not counted
+    assert (counts["rows"] == 2).all()
+    figure = plots.plot_within_counts(counts)
+    assert figure.axes[0].get_xlabel().endswith("(of 2: band, NDVI and spatial rows)")

@@ -19,7 +19,11 @@ from rapid_utils.plots.corpus import (
     plot_sample_locations,
     plot_split_sizes,
 )
-from rapid_utils.plots.realism import plot_realism_chips, plot_realism_statistics
+from rapid_utils.plots.realism import (
+    plot_realism_chips,
+    plot_realism_statistics,
+    plot_within_counts,
+)
 from rapid_utils.plots.results import (
     FIG5_SCENARIOS,
     SCENARIO_COLORS,

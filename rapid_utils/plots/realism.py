@@ -147,3 +147,24 @@ def plot_realism_statistics(table: pd.DataFrame) -> Figure:
     fig.suptitle(f"Embedded corpus against real Sentinel-2 at 10 m: {n_within} of "
                  f"{len(table)} statistics within tolerance", fontsize=11)
     return fig
+
+
+def plot_within_counts(counts: pd.DataFrame) -> Figure:
+    """How many statistics lie within tolerance: a histogram of the real-against-real splits'
+    counts (what real imagery itself scores) with the embedded corpus's count marked
+    (`realism.within_counts`)."""
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    real = counts[counts["source"] == "real against real"]
+    embedded = counts[counts["source"] == "embedded"].iloc[0]
+    n_rows = int(embedded["rows"])
+    ax.hist(real["within"], bins=np.arange(-0.5, n_rows + 1.5), color="0.55",
+            label=f"real against real ({len(real)} random splits)")
+    ax.axvline(embedded["within"], color="tab:red", linewidth=2,
+               label=f"embedded: {int(embedded['within'])}")
+    ax.set_xlim(0, n_rows + 0.5)
+    ax.set_xlabel(f"statistics within tolerance (of {n_rows}: band, NDVI and spatial rows)")
+    ax.set_ylabel("splits")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Statistics within tolerance: embedded and real against real", fontsize=10)
+    return fig
