@@ -38,13 +38,18 @@ replacement - statistic of all real chips|, with n the embedded chip count (of t
 per-class rows): how far a sample of the embedded corpus's size falls from the real value by
 chance alone. For the accuracies, the per-chip out-of-fold correctness is resampled (the
 models are not retrained). `within`: distance <= tolerance.
+
+What a count of rows within means: the real reference is a sample too, so even real chips
+measured against other real chips (`real_against_real`) leave some rows outside; and the
+embedded count moves with the sites drawn. `within_counts` sets the embedded counts of
+several render seeds beside the real-against-real splits' counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -427,6 +432,14 @@ def spatial_rows(embedded: ChipSet, pool: ChipSet, seed: int = 0) -> pd.DataFram
     return pd.concat(rows, ignore_index=True)
 
 
+def appearance_rows(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, seed: int = 0
+                    ) -> pd.DataFrame:
+    """The band, NDVI and spatial rows: how the chips look, without the class-signal rows
+    (their classifiers are the slow part); what `within_counts` counts."""
+    return pd.concat([spectral_rows(embedded, pool, labelled, seed),
+                      spatial_rows(embedded, pool, seed)], ignore_index=True)
+
+
 def real_against_real(labelled: ChipSet, pool: ChipSet, n_sample: int, n_splits: int = 10,
                       seed: int = 0) -> pd.DataFrame:
     """The band, NDVI and spatial rows that real imagery itself scores, per random split
@@ -458,17 +471,21 @@ def real_against_real(labelled: ChipSet, pool: ChipSet, n_sample: int, n_splits:
     return pd.concat(tables, ignore_index=True)
 
 
-def within_counts(measured: pd.DataFrame, real_splits: pd.DataFrame) -> pd.DataFrame:
-    """Rows within tolerance on the statistics both tables hold: the embedded corpus's count
-    (`source` "embedded") and each split's of `real_against_real` ("real against real")."""
+def within_counts(embedded: Mapping[int, pd.DataFrame], real_splits: pd.DataFrame
+                  ) -> pd.DataFrame:
+    """Rows within tolerance on the statistics `real_splits` holds: the count of each embedded
+    table (render seed -> realism rows; source "embedded", `split` the render seed) and of
+    each split of `real_against_real` (source "real against real")."""
     keys = ["statistic", "band", "class"]
-    shared = measured.merge(real_splits[keys].drop_duplicates(), on=keys)
+    statistics = real_splits[keys].drop_duplicates()
+    counted = [(seed, table.merge(statistics, on=keys)) for seed, table in embedded.items()]
+    embedded_counts = pd.DataFrame({
+        "source": "embedded", "split": [seed for seed, _ in counted],
+        "within": [int(shared["within"].sum()) for _, shared in counted],
+        "rows": [len(shared) for _, shared in counted]})
     counts = real_splits.groupby("split")["within"].agg(within="sum", rows="size").reset_index()
-    embedded = pd.DataFrame({"source": ["embedded"], "split": [pd.NA],
-                             "within": [int(shared["within"].sum())], "rows": [len(shared)]})
-    return pd.concat([embedded, counts.assign(source="real against real")],
+    return pd.concat([embedded_counts, counts.assign(source="real against real")],
                      ignore_index=True)[["source", "split", "within", "rows"]]
-
 
 # --------------------------------------------------------------------------- class signal
 
@@ -602,8 +619,7 @@ def measure_realism(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, seed: i
     if len(sides) != 1:
         raise ValueError(f"chips of different sides {sorted(sides)} px: crop the real chips to "
                          "the embedded side (real_chips(..., side=embedded.side))")
-    table = pd.concat([spectral_rows(embedded, pool, labelled, seed),
-                       spatial_rows(embedded, pool, seed),
+    table = pd.concat([appearance_rows(embedded, labelled, pool, seed),
                        class_signal_rows(embedded, labelled, seed, cnn_epochs)],
                       ignore_index=True)
     return table[list(COLUMNS)].astype({"within": bool})

@@ -29,6 +29,7 @@ NOTEBOOKS = {
         "stats_sites": 4,
         "realism_sites": 30,  # rendered at 200 px in memory
         "realism_real_splits": 2,
+        "realism_render_seeds": [3],
     },
     "02_label_mapping": {"label_fractions": [0.1, 0.5, 1.0]},
 }

@@ -262,16 +262,21 @@ def test_identical_real_chips_are_within_on_every_row() -> None:
     assert (splits["distance"] == 0).all() and splits["within"].all()
 
 
-def test_within_counts_compare_the_embedded_corpus_on_the_real_splits_rows() -> None:
+def test_within_counts_compare_each_render_seed_on_the_real_splits_rows() -> None:
     keys = ("reflectance_q50", "ndvi_q50", "cnn_accuracy")
     measured = pd.concat([realism.compare(name, np.array([0.5]), np.array([0.4]),
                                           np.array([tolerance]), [realism.ALL])
                           for name, tolerance in zip(keys, (0.2, 0.01, 0.5), strict=True)])
+    other_seed = measured.iloc[:2].assign(within=[False, False])  # no class-signal rows
     splits = pd.concat([measured.iloc[:2].assign(within=within, split=k)
                         for k, within in enumerate(([True, True], [True, False], [False, False]))])
-    counts = realism.within_counts(measured, splits)
-    assert counts["source"].tolist() == ["embedded"] + ["real against real"] * 3
-    assert counts["within"].tolist() == [1, 2, 1, 0]  # the CNN row is not counted
+    counts = realism.within_counts({0: measured, 3: other_seed}, splits)
+    assert counts["source"].tolist() == ["embedded"] * 2 + ["real against real"] * 3
+    assert counts["split"].tolist() == [0, 3, 0, 1, 2]  # render seeds, then split numbers
+    assert counts["within"].tolist() == [1, 0, 2, 1, 0]  # the CNN row is not counted
     assert (counts["rows"] == 2).all()
     figure = plots.plot_within_counts(counts)
     assert figure.axes[0].get_xlabel().endswith("(of 2: band, NDVI and spatial rows)")
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "embedded, render seed 0: 1" in legend
+    assert "embedded, further render seeds: 0" in legend
