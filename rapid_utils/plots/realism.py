@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from rapid_utils.corpus import layout
 from rapid_utils.plots.common import CLASS_COLORS
@@ -170,6 +171,7 @@ def plot_within_counts(counts: pd.DataFrame) -> Figure:
     ax.set_xlim(0, n_rows + 0.5)
     ax.set_xlabel(f"statistics within tolerance (of {n_rows}: band, NDVI and spatial rows)")
     ax.set_ylabel("splits")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Statistics within tolerance: embedded and real against real", fontsize=10)
     return fig
