@@ -487,6 +487,7 @@ def within_counts(embedded: Mapping[int, pd.DataFrame], real_splits: pd.DataFram
     return pd.concat([embedded_counts, counts.assign(source="real against real")],
                      ignore_index=True)[["source", "split", "within", "rows"]]
 
+
 # --------------------------------------------------------------------------- class signal
 
 
