@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/byol_throughput.py
 	$(BIN)/python benchmarks/augment_kornia.py
 	$(BIN)/python benchmarks/store_throughput.py
+	$(BIN)/python benchmarks/realism_tolerances.py
 
 clean:
 	rm -rf runs data/synthetic-*

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,17 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from rapid_utils import evaluation, labels, paths
+from rapid_utils.chip_statistics import (
+    QUANTILES,
+    bootstrap_quantile_tolerance,
+    bootstrap_tolerance,
+    gradient_magnitude,
+    heterogeneity,
+    ndvi,
+    pixel_sample,
+    pooled_quantiles,
+    spectral_slopes,
+)
 from rapid_utils.corpus import chips, layout, synthetic
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, corpus_size, sample_chips
@@ -78,9 +89,6 @@ LABELLED_BANDS = (2, 3, 4, 8)  # Blue, Green, Red, NIR in EuroSAT's 13-band orde
 L2A_BANDS = ("B02", "B03", "B04", "B08")
 CLASS_MAP_FILE = "eurosat-to-poster.yaml"
 REAL_GSD_M = 10.0
-QUANTILES = (5, 25, 50, 75, 95)
-PIXELS_PER_CHIP = 256  # pixels drawn per chip for pooled quantiles (all of a smaller chip)
-TOLERANCE_LEVEL = 0.95
 DARK_OBJECT_QUANTILE = 2.0  # % of pixels: the dark objects of `path_offsets`
 CSV_NAME = "realism.csv"
 REAL_SPLITS_CSV_NAME = "realism_real_against_real.csv"  # `real_against_real`, every split
@@ -252,87 +260,7 @@ def example_pairs(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, per_row: 
     return pairs
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def ndvi(images: np.ndarray) -> np.ndarray:
-    """Per-pixel NDVI (N, S, S) of (N, 4, S, S) reflectance; NaN where NIR + red is 0."""
-    red, nir = images[:, layout.BANDS.index("red")], images[:, layout.BANDS.index("nir")]
-    total = nir + red
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total != 0, (nir - red) / total, np.nan)
-
-
-def pixel_sample(values: np.ndarray, per_chip: int = PIXELS_PER_CHIP, seed: int = 0
-                 ) -> np.ndarray:
-    """(N, ..., P) seeded random pixels of each chip of (N, ..., S, S) values (the same
-    positions in every band of a chip), so that every chip weighs the same in pooled quantiles."""
-    flat = values.reshape(*values.shape[:-2], -1)
-    n_pixels = flat.shape[-1]
-    keys = np.random.default_rng(seed).random((values.shape[0], n_pixels))
-    chosen = np.argsort(keys, axis=1)[:, :min(per_chip, n_pixels)]
-    chosen = chosen.reshape(chosen.shape[0], *([1] * (flat.ndim - 2)), chosen.shape[1])
-    return np.take_along_axis(flat, chosen, axis=-1)
-
-
-def pooled_quantiles(values: np.ndarray, quantiles: Sequence[float] = QUANTILES) -> np.ndarray:
-    """Quantiles (%) of (N, C, P) or (N, P) values, pooled over chips and pixels: (Q, C) or (Q,)."""
-    if values.ndim == 2:
-        return np.nanpercentile(values, quantiles)
-    pooled = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
-    return np.nanpercentile(pooled, quantiles, axis=1)
-
-
-def spectral_slopes(images: np.ndarray) -> np.ndarray:
-    """Log-log slope of each image's radially averaged power spectrum, (..., S, S) -> (...).
-
-    Mean removed (NaN pixels set to it) and a Hann window applied against edge leakage;
-    power is averaged in rings of integer radius 1 ... S/2 (frequency in cycles per pixel)
-    and a line is fitted to log10 power against log10 frequency. White noise gives about 0;
-    natural images about -2 to -3.
-    """
-    side = images.shape[-1]
-    centred = images - np.nanmean(images, axis=(-2, -1), keepdims=True)
-    centred = np.nan_to_num(centred) * np.outer(np.hanning(side), np.hanning(side))
-    power = np.abs(np.fft.fft2(centred)) ** 2
-    frequency = np.fft.fftfreq(side)
-    ring = np.rint(np.hypot(*np.meshgrid(frequency, frequency)) * side).astype(int).ravel()
-    rings = np.arange(1, side // 2 + 1)
-    members = (ring[:, None] == rings[None]).astype(float)  # (S*S, K)
-    radial = power.reshape(*power.shape[:-2], -1) @ members / members.sum(axis=0)
-    x = np.log10(rings / side)
-    y = np.log10(np.maximum(radial, np.finfo(float).tiny))
-    x_centred = x - x.mean()
-    return ((y - y.mean(axis=-1, keepdims=True)) @ x_centred) / (x_centred @ x_centred)
-
-
-def gradient_magnitude(images: np.ndarray) -> np.ndarray:
-    """Per-pixel gradient magnitude of (..., S, S) images, in their units per pixel."""
-    d_y, d_x = np.gradient(images, axis=(-2, -1))
-    return np.hypot(d_y, d_x)
-
-
-def heterogeneity(images: np.ndarray) -> np.ndarray:
-    """Within-image std / mean of (..., S, S) images (NaN-aware; NaN where the mean is 0)."""
-    mean = np.nanmean(images, axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mean != 0, np.nanstd(images, axis=(-2, -1)) / mean, np.nan)
-
-
-def bootstrap_tolerance(real: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
-                        n_chips: int, n_draws: int = 200, seed: int = 0,
-                        level: float = TOLERANCE_LEVEL) -> np.ndarray:
-    """The `level` quantile of |statistic(n_chips real chips drawn with replacement) -
-    statistic(all real chips)|: the distance a real sample of that size reaches by chance.
-
-    `real` holds one entry per chip along its first axis; `statistic` maps such an array to
-    an array of statistics, and the tolerance has its shape.
-    """
-    rng = np.random.default_rng(seed)
-    full = statistic(real)
-    draws = np.stack([statistic(real[rng.integers(0, len(real), n_chips)])
-                      for _ in range(n_draws)])
-    return np.quantile(np.abs(draws - full), level, axis=0)
+# --------------------------------------------------------------------------- table rows
 
 
 def compare(statistic: str, embedded: np.ndarray, real: np.ndarray, tolerance: np.ndarray,
@@ -354,7 +282,7 @@ def _quantile_rows(name: str, embedded: np.ndarray, real: np.ndarray, bands: Seq
                    unit: str, reference: str, class_name: str = ALL, seed: int = 0
                    ) -> list[pd.DataFrame]:
     """Pooled-quantile rows; tolerances first, from the real chips alone."""
-    tolerance = bootstrap_tolerance(real, pooled_quantiles, len(embedded), seed=seed)
+    tolerance = bootstrap_quantile_tolerance(real, len(embedded), seed=seed)
     real_value, embedded_value = pooled_quantiles(real), pooled_quantiles(embedded)
     return [compare(f"{name}_q{q:02d}", embedded_value[k], real_value[k], tolerance[k], bands,
                     class_name, unit, reference, len(embedded), len(real))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rapid_utils import realism
+from rapid_utils import chip_statistics
 from rapid_utils.corpus import textures
 
 
@@ -13,7 +13,7 @@ from rapid_utils.corpus import textures
 def test_power_law_noise_has_its_spectral_slope(slope: float) -> None:
     rng = np.random.default_rng(0)
     fields = np.stack([textures.power_law_noise(rng, 64, slope) for _ in range(16)])
-    assert np.median(realism.spectral_slopes(fields)) == pytest.approx(slope, abs=0.15)
+    assert np.median(chip_statistics.spectral_slopes(fields)) == pytest.approx(slope, abs=0.15)
     assert np.allclose(fields.mean(axis=(1, 2)), 0, atol=1e-9)
     assert np.allclose(fields.std(axis=(1, 2)), 1, atol=1e-6)
 

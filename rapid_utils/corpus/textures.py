@@ -1,10 +1,11 @@
 """Power-law (fractal) textures for the synthetic corpus.
 
 Real imagery has power spectra that fall as a power of spatial frequency, with log-log
-slopes near -2.5 in every band (see `realism.spectral_slopes`): most of its variation sits in
-large structures (soil moisture, relief, stands, parcels) and little in single pixels. Gaussian
-smoothed noise has no such spectrum, so the generator draws its brightness patterns here. Kept
-apart from `synthetic.py` so that module stays about what a site holds, not how noise is made.
+slopes near -2.5 in every band (see `chip_statistics.spectral_slopes`): most of its variation
+sits in large structures (soil moisture, relief, stands, parcels) and little in single pixels.
+Gaussian smoothed noise has no such spectrum, so the generator draws its brightness patterns
+here. Kept apart from `synthetic.py` so that module stays about what a site holds, not how
+noise is made.
 """
 
 from __future__ import annotations
