@@ -122,8 +122,9 @@ def bootstrap_quantile_tolerance(real: np.ndarray, n_chips: int, n_draws: int = 
     for band in range(per_band.shape[1]):
         values = per_band[:, band].reshape(-1)
         present = ~np.isnan(values)
-        order = np.argsort(values[present], kind="stable")
-        ordered, ordered_chip = values[present][order], chip_of_pixel[present][order]
+        kept, kept_chip = values[present], chip_of_pixel[present]
+        order = np.argsort(kept, kind="stable")
+        ordered, ordered_chip = kept[order], kept_chip[order]
         for k, counts in enumerate(draws):
             ranks = np.cumsum(counts[ordered_chip])  # ranks[j]: pooled pixels <= ordered[j]
             if ranks.size == 0 or ranks[-1] == 0:
