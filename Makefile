@@ -33,7 +33,8 @@ lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 
 # torch threads with and without a competing process; BYOL training throughput and peak memory, ours next to lightly's; our views next to kornia's (when installed); packed store vs GeoTIFFs
-# (packing, decoding, training, memory). A few minutes each on a laptop CPU.
+# (packing, decoding, training, memory); realism's bootstrap tolerances; fine-tuning's AdamW step (for-loop vs fused).
+# A few minutes each on a laptop CPU.
 bench: setup
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/job_times.py --profile $(PROFILE)
@@ -41,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/augment_kornia.py
 	$(BIN)/python benchmarks/store_throughput.py
 	$(BIN)/python benchmarks/realism_tolerances.py
+	$(BIN)/python benchmarks/optimizer_step.py
 
 clean:
 	rm -rf runs data/synthetic-*

@@ -302,6 +302,35 @@ def test_missing_imagenet_weights_fail_before_training(data: dict, tmp_path: Pat
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_takes_the_for_loop_step(name: str) -> None:
+    """The fused kernels follow torch's for-loop update rule, to float rounding, over steps."""
+    torch.manual_seed(0)
+    reference = models.build_model("resnet18", 4, 7, "random")
+    fused = models.build_model("resnet18", 4, 7, "random")
+    fused.load_state_dict(reference.state_dict())
+    initial = {name: param.detach().clone() for name, param in reference.named_parameters()}
+    config = train.FinetuneConfig(optimizer=name, lr=1e-2)
+    optimizer = finetuning._build_optimizer(list(fused.parameters()), config)
+    assert optimizer.defaults["fused"] is True
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+    looped = kind(reference.parameters(), lr=1e-2, weight_decay=config.weight_decay,
+                  foreach=False, **extra)
+    for _ in range(3):
+        # the same gradients for both, so rounding differences cannot grow through the model
+        for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        looped.step()
+        optimizer.step()
+    moved = max((a - b).abs().max().item() for a, b in zip(
+        reference.parameters(), initial.values(), strict=True))
+    assert moved > 1e-3  # the steps did move the weights
+    for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_results_name() -> None:
     config = train.FinetuneConfig(init="byol:/some/dir/checkpoint.pt", label_fraction=0.01)
     assert train.results_name(config) == "finetune_init-byol_frac-0.01_seed-0.json"

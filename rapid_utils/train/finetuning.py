@@ -176,6 +176,22 @@ def _trainable(model: nn.Module, linear_probe: bool) -> Iterator[nn.Parameter]:
     return (param for param in model.parameters() if param.requires_grad)
 
 
+def _build_optimizer(params: Sequence[nn.Parameter],
+                     config: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9) over `params`, with torch's fused kernels.
+
+    Fused: one pass over each parameter tensor (CPU and CUDA) instead of the for-loop's dozen
+    elementwise operations. On a 2-core CPU the for-loop AdamW step was a quarter to a third of a
+    ResNet-18 fine-tuning step (`benchmarks/optimizer_step.py`). The update rule is the same;
+    float rounding differs, so a run is not bit-identical to one made before the switch.
+    """
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                 fused=True)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9,
+                           weight_decay=config.weight_decay, fused=True)
+
+
 def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
               unreadable: UnreadableLog | None = None,
               context: distributed.Context | None = None) -> dict:
@@ -309,13 +325,7 @@ def finetune(
         for name, index in (("val", val_index), ("test", test_index))
     }
 
-    params = list(_trainable(model, config.linear_probe))
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
-        )
+    optimizer = _build_optimizer(list(_trainable(model, config.linear_probe)), config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, config.epochs * len(train_loader))
     )
