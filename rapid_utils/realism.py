@@ -92,6 +92,7 @@ REAL_GSD_M = 10.0
 DARK_OBJECT_QUANTILE = 2.0  # % of pixels: the dark objects of `path_offsets`
 CSV_NAME = "realism.csv"
 REAL_SPLITS_CSV_NAME = "realism_real_against_real.csv"  # `real_against_real`, every split
+RENDER_SEEDS_CSV_NAME = "realism_render_seeds.csv"  # `appearance_rows` of further render seeds
 COLUMNS = ("statistic", "band", "class", "embedded", "real", "distance", "tolerance", "within",
            "unit", "reference", "n_embedded", "n_real")
 ALL = "all"  # the `class` of unconditional rows and the `band` of rows over all bands

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 from matplotlib.figure import Figure
 
-from rapid_utils import exploration, labels, paths, plots, splits
+from rapid_utils import exploration, labels, paths, plots, realism, splits
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -226,3 +226,19 @@ def test_notebooks_run_end_to_end(
     assert json.loads((runs / paths.BAND_STATS_FILE).read_text())["bands"] == list(layout.BANDS)
     table = pd.read_csv(runs / paths.SPLITS_FILE)
     assert sorted(table["sample_id"]) == sorted(index["sample_id"])
+    realism_tables = {realism.CSV_NAME, realism.REAL_SPLITS_CSV_NAME,
+                      realism.RENDER_SEEDS_CSV_NAME}
+    written = {path.name for path in figures.iterdir()}
+    if not realism.real_s2_dir().is_dir():  # the notebook skips realism, and says so
+        assert not realism_tables & written
+        return
+    assert realism_tables <= written
+
+    def statistics(table: pd.DataFrame) -> set[tuple]:
+        return set(table[["statistic", "band", "class"]].itertuples(index=False))
+
+    further = pd.read_csv(figures / realism.RENDER_SEEDS_CSV_NAME)
+    assert set(further["render_seed"]) == {3}  # the test's realism_render_seeds
+    real_splits = pd.read_csv(figures / realism.REAL_SPLITS_CSV_NAME)
+    # the rows the counts compare (a draw of 30 sites may lack a class, so not all of them)
+    assert statistics(further) and statistics(further) <= statistics(real_splits)
