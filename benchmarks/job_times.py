@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
               "writes it after every job")
         return 0
     times = pd.read_csv(path)
-    print(f"{args.profile} batch, written {times['written'].iloc[-1]} ({path})")
+    on = f", on {times['machine'].iloc[-1]}" if "machine" in times else ""  # since 2026-12-03
+    print(f"{args.profile} batch, written {times['written'].iloc[-1]}{on} ({path})")
     print(times[["job", "status", "seconds"]].to_string(index=False))
     notebooks = times.assign(notebook=times["job"].str.split(" ").str[0])
     print(notebooks.groupby("notebook", sort=False)["seconds"].agg(["count", "sum"]).to_string())

@@ -365,11 +365,13 @@ JOB_TIMES_FILE = "job_times.csv"
 
 
 def write_job_times(outcomes: list[NotebookRun], path: Path) -> None:
-    """The batch's jobs so far as CSV: job, status, seconds, and when this file was written."""
+    """The batch's jobs so far as CSV: job, status, seconds, when this file was written, and
+    the machine (the same batch takes other times on other CPUs)."""
     table = pd.DataFrame({"job": [o.name for o in outcomes],
                           "status": [o.status for o in outcomes],
                           "seconds": [round(o.seconds, 1) for o in outcomes]})
     table["written"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    table["machine"] = train.machine()
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 

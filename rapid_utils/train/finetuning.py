@@ -31,6 +31,7 @@ from rapid_utils.train.plumbing import (
     autocast,
     changed_fields,
     git_commit,
+    machine,
     make_loader,
     mean_over_processes,
     model_outputs,
@@ -415,6 +416,7 @@ def finetune(
             "unreadable_samples": unreadable.reasons,  # replaced by other samples, with why
             "classes": list(class_names),
             "versions": versions(),
+            "machine": machine(),
             "git_commit": git_commit(),
             "complete": True,
         })

@@ -1,9 +1,11 @@
 """What both training loops share: seeds, loaders, devices and DDP, unreadable samples,
-model outputs over a loader, config comparison and the versions a run records."""
+model outputs over a loader, config comparison and the versions and machine a run records."""
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import random
 import subprocess
 from dataclasses import asdict, fields
@@ -244,3 +246,23 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "rapid_utils": rapid_utils.__version__,
     }
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU a run ran on, e.g. 'AMD EPYC, 2 CPUs, torch kernels AVX2'.
+
+    Recorded beside times and results: the same commit runs at other speeds on other CPUs, and
+    torch picks its CPU kernels (AVX2, AVX512) by the CPU, so float rounding, and results in
+    their last digits, can differ between machines. `cpuinfo` is where Linux names the CPU
+    model; elsewhere (or where it names none) the platform's processor name is given.
+    """
+    model = platform.processor() or platform.machine()
+    try:  # on Linux platform.processor() says only 'x86_64'
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} CPUs, "
+            f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
