@@ -23,7 +23,7 @@ import papermill
 import yaml
 from jupyter_client import KernelManager
 
-from rapid_utils import models, paths, results, study, train
+from rapid_utils import models, paths, provenance, results, study, train
 from rapid_utils.corpus import chips, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
@@ -371,7 +371,7 @@ def write_job_times(outcomes: list[NotebookRun], path: Path) -> None:
                           "status": [o.status for o in outcomes],
                           "seconds": [round(o.seconds, 1) for o in outcomes]})
     table["written"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    table["machine"] = train.machine()
+    table["machine"] = provenance.machine()
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 

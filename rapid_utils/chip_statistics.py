@@ -20,12 +20,17 @@ TOLERANCE_LEVEL = 0.95
 N_DRAWS = 200  # bootstrap draws per tolerance
 
 
-def ndvi(images: np.ndarray) -> np.ndarray:
-    """Per-pixel NDVI (N, S, S) of (N, 4, S, S) reflectance; NaN where NIR + red is 0."""
-    red, nir = images[:, layout.BANDS.index("red")], images[:, layout.BANDS.index("nir")]
+def ndvi_of(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
+    """Per-pixel NDVI, (nir - red) / (nir + red), of same-shaped arrays; NaN where either band
+    is NaN or their sum is 0. The one formula: `ndvi` and `exploration.ndvi` both use it."""
     total = nir + red
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total != 0, (nir - red) / total, np.nan)
+
+
+def ndvi(images: np.ndarray) -> np.ndarray:
+    """Per-pixel NDVI (N, S, S) of (N, 4, S, S) reflectance; NaN where NIR + red is 0."""
+    return ndvi_of(images[:, layout.BANDS.index("red")], images[:, layout.BANDS.index("nir")])
 
 
 def pixel_sample(values: np.ndarray, per_chip: int = PIXELS_PER_CHIP, seed: int = 0

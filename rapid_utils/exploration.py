@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from rapid_utils import labels
+from rapid_utils.chip_statistics import ndvi_of
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import DateSelection, read_site, sample_chips
 
@@ -99,9 +100,7 @@ def sample_band_values(
 
 def ndvi(series: xr.DataArray) -> xr.DataArray:
     """Per-pixel NDVI, (nir - red) / (nir + red); NaN where either band is NaN or both are 0."""
-    red, nir = series.sel(band="red"), series.sel(band="nir")
-    total = nir + red
-    return ((nir - red) / total.where(total != 0)).rename("ndvi")
+    return xr.apply_ufunc(ndvi_of, series.sel(band="red"), series.sel(band="nir")).rename("ndvi")
 
 
 def site_time_profile(series: xr.DataArray) -> pd.DataFrame:

@@ -25,10 +25,10 @@ import torch
 import torchvision
 from torch import nn
 
-import rapid_utils
 from rapid_utils.bandstats import normalise
 from rapid_utils.corpus import layout
 from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
+from rapid_utils.provenance import versions
 
 BAND_ORDER = ("blue", "green", "red", "nir")
 """The input channels the ImageNet adaptation assumes, in this order."""
@@ -273,11 +273,6 @@ class Normalisation:
         return normalise(x, mean, std, None if nodata is None else x == nodata)
 
 
-def _versions() -> dict[str, str]:
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "safetensors": safetensors.__version__, "rapid_utils": rapid_utils.__version__}
-
-
 def _describe(path: Path, checkpoint: dict) -> dict:
     """encoder.json's content (less the weights' sha256) from a BYOL checkpoint at `path`."""
     provenance = checkpoint.get("provenance") or {}
@@ -317,7 +312,7 @@ def _describe(path: Path, checkpoint: dict) -> dict:
         "checkpoint_epoch": checkpoint.get("epoch"),
         "pretraining": config,
         "last_epoch": history[-1] if history else None,
-        "versions": _versions(),  # of the exporting environment; checkpoints record none
+        "versions": versions(),  # of the exporting environment; checkpoints record none
     }
 
 
@@ -372,7 +367,7 @@ def save_classifier(model: nn.Module, out_dir: str | Path, arch: str,
         "class_names": list(class_names),
         **normalisation.describe(),
         **provenance,
-        "versions": _versions(),
+        "versions": versions(),
     }
     return _write_described(model, description, Path(out_dir), CLASSIFIER_WEIGHTS,
                             CLASSIFIER_DESCRIPTION)

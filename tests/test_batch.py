@@ -15,7 +15,7 @@ import papermill
 import pytest
 import torch
 
-from rapid_utils import batch, cli, docs, messages, paths, results, study, train
+from rapid_utils import batch, cli, docs, messages, paths, provenance, results, study
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -62,7 +62,7 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     times = pd.read_csv(paths.runs_dir("ci") / batch.JOB_TIMES_FILE)
     assert times["job"].tolist() == [run.name for run in outcomes]
     assert (times.loc[times["status"] == "done", "seconds"] > 0).all()
-    assert set(times["machine"]) == {train.machine()}
+    assert set(times["machine"]) == {provenance.machine()}
     imagenet = by_name["04_finetuning [imagenet-100%, seed 0]"]
     assert imagenet.status == "skipped" and "imagenet_weights_path" in imagenet.error
     for run in outcomes:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rapid_utils import datasets, distributed, io, metrics, models, splits, train
+from rapid_utils import datasets, distributed, io, metrics, models, provenance, splits, train
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
@@ -202,8 +202,9 @@ def test_finetune_results_file(data: dict, tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == results
     assert results["complete"] is True
     assert {"parameters", "per_epoch", "final", "seed", "versions", "git_commit"} <= set(results)
-    assert set(results["versions"]) == {"torch", "torchvision", "numpy", "rapid_utils"}
-    assert results["machine"] == train.machine()
+    assert set(results["versions"]) == {"torch", "torchvision", "numpy", "safetensors",
+                                          "rapid_utils"}
+    assert results["machine"] == provenance.machine()
     assert results["parameters"]["n_labelled"] == len(data["train_index"])
     curves = results["per_epoch"]
     for key in ("train_loss", "val_accuracy", "lr"):
@@ -629,15 +630,3 @@ def test_too_many_unreadable_reads_stop_the_run_with_the_list() -> None:
     log.note({"label": torch.zeros(150), "unreadable": [""] * 150})
     log.check()  # 2 of 200 is 1 %: within the share
     assert log.reasons == {"a": "corrupt", "b": "missing"}
-
-
-def test_machine_names_the_cpu_model_count_and_torchs_kernels(tmp_path: Path,
-                                                              monkeypatch) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: fpu\n")
-    monkeypatch.setattr(plumbing.os, "cpu_count", lambda: 3)
-    kernels = torch.backends.cpu.get_cpu_capability()
-    assert plumbing.machine(cpuinfo) == f"Test CPU 9000, 3 CPUs, torch kernels {kernels}"
-    # without a model name (no such file, or an ARM cpuinfo): the platform's processor name
-    named = plumbing.machine(tmp_path / "absent")
-    assert named.endswith(f", 3 CPUs, torch kernels {kernels}") and "Test CPU" not in named

@@ -30,7 +30,6 @@ from rapid_utils.train.finetuning import (
 from rapid_utils.train.plumbing import (
     UNREADABLE_SHARE,
     UnreadableLog,
-    machine,
     make_loader,
     seed_everything,
 )

@@ -23,6 +23,7 @@ from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import file_sha256, write_json_atomic
 from rapid_utils.messages import report_progress
+from rapid_utils.provenance import git_commit, machine, versions
 from rapid_utils.train.plumbing import (
     LOADER_FIELDS,
     UnreadableLog,
@@ -30,15 +31,12 @@ from rapid_utils.train.plumbing import (
     augment_generator,
     autocast,
     changed_fields,
-    git_commit,
-    machine,
     make_loader,
     mean_over_processes,
     model_outputs,
     raw_batches,
     seed_everything,
     to_device,
-    versions,
     wrap_ddp,
 )
 

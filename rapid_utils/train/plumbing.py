@@ -1,24 +1,18 @@
 """What both training loops share: seeds, loaders, devices and DDP, unreadable samples,
-model outputs over a loader, config comparison and the versions and machine a run records."""
+model outputs over a loader and config comparison."""
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import random
-import subprocess
 from dataclasses import asdict, fields
-from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-import rapid_utils
 from rapid_utils import distributed
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.datasets import EpochSampler, keep_batch
@@ -225,44 +219,3 @@ def model_outputs(
                   else [[date] for date in batch["date"]])
     model.train(was_training)
     return torch.cat(outputs), torch.cat(targets), dates
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def versions() -> dict[str, str]:
-    return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "rapid_utils": rapid_utils.__version__,
-    }
-
-
-def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU a run ran on, e.g. 'AMD EPYC, 2 CPUs, torch kernels AVX2'.
-
-    Recorded beside times and results: the same commit runs at other speeds on other CPUs, and
-    torch picks its CPU kernels (AVX2, AVX512) by the CPU, so float rounding, and results in
-    their last digits, can differ between machines. `cpuinfo` is where Linux names the CPU
-    model; elsewhere (or where it names none) the platform's processor name is given.
-    """
-    model = platform.processor() or platform.machine()
-    try:  # on Linux platform.processor() says only 'x86_64'
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} CPUs, "
-            f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
