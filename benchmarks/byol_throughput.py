@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from rapid_utils import augment, byol, models
+from rapid_utils import augment, byol, models, provenance
 from rapid_utils.io import write_json_atomic
 
 IMPLEMENTATIONS = ("ours", "reference")
@@ -299,7 +299,7 @@ def _machine(device: str) -> dict:
 
     facts = {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "machine": provenance.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = _machine(args.device)
     print(f"\nBYOL training step, {args.arch}, 4 bands, {args.device} "
-          f"({machine['cpu_count']} cores, {machine['torch_threads']} torch threads"
+          f"({machine['machine']}, {machine['torch_threads']} torch threads"
           + (f", {machine['gpu']}" if args.device == "cuda" else "") + "); "
           f"ours: byol.LARS, reference: {optimizer_reference}; "
           f"{args.warmup} warm-up + {args.iters} timed steps per implementation and order")

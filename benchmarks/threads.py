@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rapid_utils import byol, distributed, models
+from rapid_utils import byol, distributed, models, provenance
 from rapid_utils.io import write_json_atomic
 
 COMPETITORS = ("none", "spin", "torch")
@@ -110,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait()
     baseline = next(r["seconds_per_step"] for r in rows
                     if r["competitor"] == "none" and r["n_threads"] == default)
-    print(f"BYOL step, resnet18, batch {BATCH}, {SIZE} px, {default} cores; "
+    print(f"BYOL step, resnet18, batch {BATCH}, {SIZE} px, {provenance.machine()}; "
           f"ratio to {default} threads alone (measured in this run)")
     print(f"{'competitor':<11}{'threads':<24}{'s/step':>8}{'ratio':>8}")
     for row in rows:
         row["ratio_to_baseline"] = row["seconds_per_step"] / baseline
         print(f"{row['competitor']:<11}{row['threads']:<24}{row['seconds_per_step']:>8.3f}"
               f"{row['ratio_to_baseline']:>8.2f}")
-    write_json_atomic(args.out, {"rows": rows, "cores": default, "iters": args.iters})
+    write_json_atomic(args.out, {"rows": rows, "cores": default, "iters": args.iters,
+                                 "machine": provenance.machine()})
     return 0
 
 
