@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,18 @@ def embedded_chips(root: str | Path, index: pd.DataFrame | None = None, n_sites:
     return ChipSet("embedded", images, classes, layout.PIXEL_SIZE_M, corpus_size(root))
 
 
+def render_sites(n_sites: int, seed: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(reflectance (4, size, size) as stored, CLC code map) of `n_sites` seeded sites at 3 m,
+    one seeded monthly date each: what `rendered_chips` measures, with each pixel's code."""
+    plans = synthetic.plan_sites(n_sites, seed, size)
+    dates = synthetic.synth_dates("monthly")
+    picked = np.random.default_rng([seed, 17]).integers(len(dates), size=len(plans))
+    for plan, k in zip(plans, picked, strict=True):
+        reflectance, _, code_map = synthetic.render_site(plan, [dates[k]], size)
+        stored = synthetic.stored_values(reflectance[0])
+        yield stored.astype(np.float32) / layout.REFLECTANCE_SCALE, code_map
+
+
 def rendered_chips(n_sites: int = 200, seed: int = 0, size: int = layout.SITE_SIZE_PX
                    ) -> ChipSet:
     """`n_sites` seeded sites drawn by the generator in memory at `size` px (3 m), one seeded
@@ -172,14 +184,9 @@ def rendered_chips(n_sites: int = 200, seed: int = 0, size: int = layout.SITE_SI
     sites of the real RapidAI4EO size (200 px, 600 m) whatever size a profile's corpus has.
     A site's class is its dominant poster class, as the index counts it from the drawn map.
     """
-    plans = synthetic.plan_sites(n_sites, seed, size)
-    dates = synthetic.synth_dates("monthly")
-    picked = np.random.default_rng([seed, 17]).integers(len(dates), size=len(plans))
     images, classes = [], []
-    for plan, k in zip(plans, picked, strict=True):
-        reflectance, _, code_map = synthetic.render_site(plan, [dates[k]], size)
-        stored = synthetic.stored_values(reflectance[0])
-        images.append(stored.astype(np.float32) / layout.REFLECTANCE_SCALE)
+    for image, code_map in render_sites(n_sites, seed, size):
+        images.append(image)
         shares = pd.DataFrame([synthetic.label_shares(code_map)])
         classes.append(labels.CLASSES[labels.dominant_class(shares).iloc[0]])
     return ChipSet("embedded (rendered)", resample_to_gsd(np.stack(images), layout.PIXEL_SIZE_M),
