@@ -17,7 +17,13 @@ import xarray as xr
 from rapid_utils import labels
 from rapid_utils.chip_statistics import ndvi_of
 from rapid_utils.corpus import layout
-from rapid_utils.corpus.reader import DateSelection, read_site, sample_chips
+from rapid_utils.corpus.reader import (
+    NO_QA_MASK,
+    DateSelection,
+    QAMask,
+    read_site,
+    sample_chips,
+)
 
 if TYPE_CHECKING:  # datasets imports torch; exploration and plots do not need it
     from rapid_utils.datasets import BandStats
@@ -59,17 +65,11 @@ def pick_sites_by_class(
 
 
 def read_monthly_series(
-    root: str | Path, sample_ids: Sequence[str], qa_mask: bool = False,
-    qa_band: int | str | None = None,
+    root: str | Path, sample_ids: Sequence[str], qa: QAMask = NO_QA_MASK,
 ) -> dict[str, xr.DataArray]:
-    """Monthly reflectance series (time, band, y, x) of a few sites, keyed by sample_id.
-
-    `qa_band` picks PF-QA's cloud-mask band when `qa_mask` is set (see `read_site`).
-    """
-    return {
-        sid: read_site(Path(root), sid, dates="monthly", qa_mask=qa_mask, qa_band=qa_band)
-        for sid in sample_ids
-    }
+    """Monthly reflectance series (time, band, y, x) of a few sites, keyed by sample_id;
+    pixels PF-QA flags under `qa` are NaN (by default none, see `read_site`)."""
+    return {sid: read_site(Path(root), sid, dates="monthly", qa=qa) for sid in sample_ids}
 
 
 def sample_band_values(
@@ -119,18 +119,15 @@ def class_time_profiles(
     seed: int = 0,
     min_share: float = 0.6,
     dates: DateSelection = "monthly",
-    qa_mask: bool = True,
-    qa_band: int | str | None = None,
+    qa: QAMask = NO_QA_MASK,
 ) -> pd.DataFrame:
     """Tidy time profiles of up to `n_per_class` seeded sites per poster class.
 
     Only sites whose dominant class covers at least `min_share` take part, so a profile
     describes its class rather than a mixture; classes without such sites are absent.
     One row per site and date: sample_id, class, time, month, blue, green, red, nir
-    (mean reflectance, 0-1) and ndvi (mean of per-pixel NDVI). Cloudy pixels flagged in
-    PF-QA are left out when `qa_mask` is set; `qa_band` picks PF-QA's cloud-mask band (a
-    1-based number or description, see `read_site`), needed when the raster's band
-    descriptions do not tell it apart.
+    (mean reflectance, 0-1) and ndvi (mean of per-pixel NDVI). Pixels PF-QA flags under
+    `qa` are left out (by default none: Planet Fusion is gap-filled, see `read_site`).
     """
     rng = np.random.default_rng(seed)
     share = dominant_share(index)
@@ -139,8 +136,7 @@ def class_time_profiles(
     for label, members in candidates.groupby("label", sort=True):
         ids = members["sample_id"].to_numpy()[rng.permutation(len(members))[:n_per_class]]
         for sample_id in sorted(ids):
-            series = read_site(Path(root), sample_id, dates=dates, qa_mask=qa_mask,
-                               qa_band=qa_band)
+            series = read_site(Path(root), sample_id, dates=dates, qa=qa)
             profile = site_time_profile(series)
             profile.insert(0, "class", labels.CLASSES[int(label)])
             profile.insert(0, "sample_id", sample_id)

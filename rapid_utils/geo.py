@@ -9,7 +9,6 @@ from pyproj import Transformer
 
 # Longitude/latitude window used for the sample map and for placing synthetic sites.
 EUROPE_EXTENT: tuple[float, float, float, float] = (-11.0, 32.0, 35.0, 71.0)  # W, E, S, N
-TILE_SIZE_M = 25_000  # synthetic convention: `{E}E-{N}N` counts 25 km UTM blocks
 
 
 def utm_zone(lon: float) -> int:
@@ -35,11 +34,6 @@ def to_utm(lon: float, lat: float, epsg: int) -> tuple[float, float]:
 def to_lonlat(x: np.ndarray, y: np.ndarray, epsg: int) -> tuple[np.ndarray, np.ndarray]:
     """Unproject UTM coordinates to WGS84 lon/lat."""
     return _transformer(epsg, 4326).transform(x, y)
-
-
-def tile_name(easting: float, northing: float) -> str:
-    """Tile label such as `18E-242N` from UTM coordinates (25 km blocks; synthetic convention)."""
-    return f"{int(easting // TILE_SIZE_M)}E-{int(northing // TILE_SIZE_M)}N"
 
 
 def footprint_lonlat(

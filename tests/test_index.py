@@ -15,7 +15,7 @@ from rapid_utils import datasets, labels
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, CorpusNotFoundError, available_dates
-from rapid_utils.labels import SHARE_COLUMNS, LabelError
+from rapid_utils.labels import SHARE_COLUMNS
 
 INDEX_COLUMNS = ["sample_id", "utmz", "tile", "lon", "lat", "geometry"]
 
@@ -30,6 +30,11 @@ def read_table(root: Path) -> pd.DataFrame:
 
 def write_table(root: Path, table: pd.DataFrame) -> None:
     table.to_csv(root / layout.LABELS_CSV, index=False, compression="gzip")
+
+
+def label_feature(content: dict) -> dict:
+    """The Feature of a label file's content, written bare or as a one-feature collection."""
+    return content if content["type"] == "Feature" else content["features"][0]
 
 
 def skipped(index: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +60,7 @@ def test_index_columns_and_rows(index, tiny_corpus, tiny_settings):
     assert index.attrs["skipped"].empty
     assert index.attrs["root"] == str(tiny_corpus)
     for row in index.itertuples():
-        utmz, tile, _ = row.sample_id.split("_")
+        utmz, tile, _ = row.sample_id.split("_", 2)  # the rest holds an underscore too
         assert row.utmz == utmz
         assert row.tile == f"{utmz}_{tile}"
         assert row.geometry["type"] == "Polygon"
@@ -145,7 +150,7 @@ def test_unknown_key_in_label_file(corpus_copy):
     victim = site_ids(corpus_copy)[5]
     path = layout.label_path(corpus_copy, victim)
     content = json.loads(path.read_text())
-    content["features"][0]["properties"]["clc_999"] = 0.0
+    label_feature(content)["properties"]["clc_999"] = 0.0
     path.write_text(json.dumps(content))
     index = build_index(corpus_copy, progress=False)
     assert victim not in index["sample_id"].tolist()
@@ -174,13 +179,18 @@ def test_unreadable_label_files_are_skipped(corpus_copy, content, reason):
     assert reason in skipped(index).loc[victim, "reason"]
 
 
-def test_bare_feature_label_file_is_accepted(corpus_copy):
+@pytest.mark.parametrize("form", ["Feature", "FeatureCollection"])
+def test_bare_features_and_collections_index_alike(index, corpus_copy, form):
+    paths = sorted((corpus_copy / "labels").glob("*/*/labels_*.geojson"))
+    assert {json.loads(p.read_text())["type"] for p in paths} == {"Feature", "FeatureCollection"}
     shutil.rmtree(corpus_copy / "resources")
-    victim = site_ids(corpus_copy)[0]
-    path = layout.label_path(corpus_copy, victim)
-    path.write_text(json.dumps(json.loads(path.read_text())["features"][0]))
-    index = build_index(corpus_copy, progress=False)
-    assert len(index) == 24
+    for path in paths:  # every file in one form
+        feature = label_feature(json.loads(path.read_text()))
+        content = feature if form == "Feature" else {"type": form, "features": [feature]}
+        path.write_text(json.dumps(content))
+    walked = build_index(corpus_copy, progress=False)
+    assert walked.attrs["skipped"].empty
+    pd.testing.assert_frame_equal(walked, index, rtol=1e-9)
 
 
 def test_shares_not_adding_up_in_resources(corpus_copy):
@@ -198,8 +208,8 @@ def test_label_files_listing_only_present_classes(index, corpus_copy):
     shutil.rmtree(corpus_copy / "resources")
     for path in (corpus_copy / "labels").glob("*/*/labels_*.geojson"):
         content = json.loads(path.read_text())
-        properties = content["features"][0]["properties"]
-        content["features"][0]["properties"] = {
+        properties = label_feature(content)["properties"]
+        label_feature(content)["properties"] = {
             k: v for k, v in properties.items() if not (k.startswith("clc_") and v == 0)
         }
         path.write_text(json.dumps(content))
@@ -229,7 +239,7 @@ def test_non_numeric_and_negative_shares_are_skipped(corpus_copy, walk):
         for sid, (column, value) in bad.items():
             path = layout.label_path(corpus_copy, sid)
             content = json.loads(path.read_text())
-            content["features"][0]["properties"][column] = value
+            label_feature(content)["properties"][column] = value
             path.write_text(json.dumps(content))
     else:
         table = read_table(corpus_copy).astype({"clc_311": object})
@@ -246,13 +256,37 @@ def test_non_numeric_and_negative_shares_are_skipped(corpus_copy, walk):
     assert reasons.loc[ids[2], "path"] == str(source)
 
 
-def test_unknown_column_in_resources(corpus_copy):
-    table = read_table(corpus_copy)
-    table["clc_999"] = 0.0
-    write_table(corpus_copy, table)
-    with pytest.raises(LabelError, match="clc_999") as info:
+def unusable_table_cases() -> list:
+    """(how to spoil the label table, what the message says of it)."""
+    return [
+        (lambda t: t.assign(clc_999=0.0), "unknown CORINE column(s) 'clc_999'"),
+        (lambda t: t.rename(columns={"sample_id": "id"}), "no 'sample_id' column"),
+        (lambda t: t.rename(columns=lambda c: c.replace("clc_", "CLC")), "no 'clc_XXX' share"),
+    ]
+
+
+@pytest.mark.parametrize(("spoil", "why"), unusable_table_cases())
+def test_unusable_label_table_falls_back_to_the_label_files(index, corpus_copy, caplog, spoil,
+                                                             why):
+    write_table(corpus_copy, spoil(read_table(corpus_copy)))
+    with caplog.at_level(logging.WARNING):
+        walked = build_index(corpus_copy, progress=False)
+    pd.testing.assert_frame_equal(walked, index, rtol=1e-9)  # the same sites and shares
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert str(corpus_copy / layout.LABELS_CSV) in message and why in message
+    assert "it has the columns" in message and "expected 'sample_id'" in message
+    assert "per-site label files" in message
+
+
+@pytest.mark.parametrize(("spoil", "why"), unusable_table_cases())
+def test_unusable_label_table_without_label_files_is_refused(corpus_copy, spoil, why):
+    write_table(corpus_copy, spoil(read_table(corpus_copy)))
+    shutil.rmtree(corpus_copy / "labels")
+    with pytest.raises(CorpusError) as info:
         build_index(corpus_copy, progress=False)
-    assert str(corpus_copy / layout.LABELS_CSV) in str(info.value)
+    message = str(info.value)
+    assert str(corpus_copy / layout.LABELS_CSV) in message and why in message
+    assert "clc_111 ... clc_523" in message and "no labels/ folder" in message
 
 
 def test_malformed_and_duplicate_rows_in_resources(corpus_copy):
@@ -270,16 +304,11 @@ def test_malformed_and_duplicate_rows_in_resources(corpus_copy):
     assert reasons.loc[reasons["reason"] == "duplicate row", "sample_id"].tolist() == [duplicate]
 
 
-def test_missing_sample_id_column(corpus_copy):
-    write_table(corpus_copy, read_table(corpus_copy).rename(columns={"sample_id": "id"}))
-    with pytest.raises(CorpusError, match="sample_id") as info:
-        build_index(corpus_copy, progress=False)
-    assert str(corpus_copy / layout.LABELS_CSV) in str(info.value)
-
-
-def test_unreadable_label_table(corpus_copy):
+def test_unreadable_label_table(index, corpus_copy):
     (corpus_copy / layout.LABELS_CSV).write_bytes(b"\x1f\x8b garbage")
-    with pytest.raises(CorpusError) as info:
+    pd.testing.assert_frame_equal(build_index(corpus_copy, progress=False), index, rtol=1e-9)
+    shutil.rmtree(corpus_copy / "labels")
+    with pytest.raises(CorpusError, match="cannot read label table") as info:
         build_index(corpus_copy, progress=False)
     assert str(corpus_copy / layout.LABELS_CSV) in str(info.value)
 

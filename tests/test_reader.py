@@ -14,20 +14,24 @@ import rasterio
 from rapid_utils import exploration
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.reader import (
+    NO_QA_MASK,
     BandCountError,
     CorpusError,
     DateNotFoundError,
     QABandError,
+    QAMask,
     RasterReadError,
     RasterSizeError,
     available_dates,
     corpus_size,
     read_raster,
+    read_raster_counted,
     read_site,
     select_dates,
     verify_sites,
 )
-from rapid_utils.corpus.synthetic import MARKER, synth_dates
+from rapid_utils.corpus.synthetic import INT16_NODATA, MARKER, synth_dates
+from rapid_utils.labels import SHARE_COLUMNS
 
 MONTHLY = synth_dates("monthly")
 JULY = dt.date(2018, 7, 2)  # the first Planet Fusion date of July 2018
@@ -71,22 +75,21 @@ def site(tiny_corpus) -> str:
 
 
 def test_read_site_round_trip(tiny_corpus, site):
-    series = read_site(tiny_corpus, site, qa_mask=False)
+    series = read_site(tiny_corpus, site)
     assert series.dims == ("time", "band", "y", "x")
     assert series.shape == (24, 4, 32, 32)
     assert series.dtype == np.float32
     assert series["band"].values.tolist() == ["blue", "green", "red", "nir"]
     assert series.name == "reflectance"
     assert series.attrs["sample_id"] == site
-    assert not np.isnan(series.values).any()
     times = pd.DatetimeIndex(series["time"].values)
     assert list(times.date) == MONTHLY
     for t, date in enumerate(MONTHLY):
         path = layout.raster_path(tiny_corpus, site, date)
         assert path.stem == times[t].date().isoformat()
-        np.testing.assert_allclose(
-            series.values[t], read_raw(path).astype(np.float32) / 10_000, rtol=1e-6
-        )
+        raw = read_raw(path)  # int16: the fill is missing, other negatives read as 0
+        expected = np.where(raw == INT16_NODATA, np.nan, np.maximum(raw, 0) / 10_000)
+        np.testing.assert_allclose(series.values[t], expected, rtol=1e-6)
 
 
 def test_read_site_georeferencing(tiny_corpus, site):
@@ -151,128 +154,115 @@ def test_select_dates():
 
 # --- QA masking ---------------------------------------------------------------------------
 
+CLOUD_BAND, DAYS_BAND = 3, 1  # as Planet's specification and the generator have them
+
+
+def qa_raster(cloud: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """A 3-band int16 PF-QA: days to observation in band 1, 0 in band 2, cloud mask in 3."""
+    return np.stack([days, np.zeros_like(days), cloud]).astype(np.int16)
+
 
 @pytest.fixture
-def cloudy_site(corpus_copy) -> tuple[Path, str, np.ndarray]:
-    """A site whose July 2018 QA says: cloud (90) at a block, 50 and 49 at two pixels."""
+def cloudy_site(corpus_copy) -> tuple[Path, str, np.ndarray, np.ndarray]:
+    """A site whose July 2018 QA has a cloud block (60 px) and pixels far from an observation
+    (-40 days in rows 0-1, 12 days in row 31); every other date is observed and clear."""
     site = site_ids(corpus_copy)[0]
-    for date in MONTHLY:  # no haze or cloud from the generator on any date
-        path = layout.raster_path(corpus_copy, site, date, layout.PF_QA)
-        rewrite(path, np.zeros((1, 32, 32), dtype=np.uint8))
-    qa = np.zeros((1, 32, 32), dtype=np.uint8)
-    qa[0, 4:10, 20:30] = 90
-    qa[0, 0, 0] = 50
-    qa[0, 31, 31] = 49
-    rewrite(layout.raster_path(corpus_copy, site, JULY, layout.PF_QA), qa)
-    return corpus_copy, site, qa[0]
+    clear = np.zeros((32, 32), dtype=np.int16)
+    for date in MONTHLY:
+        rewrite(layout.raster_path(corpus_copy, site, date, layout.PF_QA), qa_raster(clear, clear))
+    cloud, days = clear.copy(), clear.copy()
+    cloud[4:10, 20:30] = 1
+    days[:2] = -40
+    days[31] = 12
+    rewrite(layout.raster_path(corpus_copy, site, JULY, layout.PF_QA), qa_raster(cloud, days))
+    return corpus_copy, site, cloud.astype(bool), days
 
 
-def test_qa_mask_sets_cloudy_pixels_to_nan(cloudy_site):
-    root, site, qa = cloudy_site
+def july_nan(root: Path, site: str, qa: QAMask) -> np.ndarray:
+    """Which pixels of the site's July chip `read_site` leaves NaN (the same in every band)."""
+    july = read_site(root, site, dates=[JULY], qa=qa).values[0]
+    assert (np.isnan(july) == np.isnan(july[:1])).all()
+    return np.isnan(july[0])
+
+
+def test_by_default_nothing_is_masked_and_no_qa_is_read(cloudy_site, caplog):
+    root, site, _, _ = cloudy_site
+    for path in (layout.site_dir(root, site) / layout.PF_QA).glob("*.tif"):
+        path.unlink()  # a download without PF-QA reads the same
     series = read_site(root, site)
+    assert not np.isnan(series.values).any()
+    assert "PF-QA" not in caplog.text  # nothing to warn about: QA is not asked for
+    assert not QAMask().active and QAMask() == NO_QA_MASK
+
+
+def test_cloud_band_masks_its_cloudy_pixels(cloudy_site):
+    root, site, cloud, _ = cloudy_site
+    series = read_site(root, site, qa=QAMask(cloud_band=CLOUD_BAND))
     july = series.sel(time=str(JULY)).values
-    expected = qa >= 50
-    assert expected.sum() == 61
-    for band in range(4):
-        np.testing.assert_array_equal(np.isnan(july[band]), expected)
-    others = series.drop_sel(time=str(JULY)).values
-    assert not np.isnan(others).any()
+    np.testing.assert_array_equal(np.isnan(july[0]), cloud)
+    assert not np.isnan(series.drop_sel(time=str(JULY)).values).any()
+    # a 0/1 mask against a threshold above 1 masks nothing: the threshold is the user's
+    assert not july_nan(root, site, QAMask(cloud_band=CLOUD_BAND, cloud_threshold=2)).any()
 
 
-def test_qa_mask_off_and_threshold(cloudy_site):
-    root, site, qa = cloudy_site
-    raw = read_raw(layout.raster_path(root, site, JULY)).astype(np.float32) / 10_000
-    unmasked = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
-    assert not np.isnan(unmasked).any()
-    np.testing.assert_allclose(unmasked, raw, rtol=1e-6)
-    strict = read_site(root, site, dates=[JULY], qa_threshold=95).values[0]
-    assert not np.isnan(strict).any()
-    loose = read_site(root, site, dates=[JULY], qa_threshold=1).values[0]
-    np.testing.assert_array_equal(np.isnan(loose[0]), qa >= 1)
+def test_days_to_observation_limit(cloudy_site):
+    root, site, cloud, days = cloudy_site
+    far = july_nan(root, site, QAMask(max_days=30))
+    np.testing.assert_array_equal(far, np.abs(days) > 30)
+    assert far.sum() == 64  # rows 0-1, whichever side of the date the observation is
+    np.testing.assert_array_equal(july_nan(root, site, QAMask(max_days=10)), np.abs(days) > 10)
+    both = july_nan(root, site, QAMask(cloud_band=CLOUD_BAND, max_days=30))
+    np.testing.assert_array_equal(both, cloud | (np.abs(days) > 30))
 
 
-def test_qa_band_out_of_range(tiny_corpus, site):
-    with pytest.raises(BandCountError, match="qa_band=2") as info:
-        read_site(tiny_corpus, site, dates=[JULY], qa_band=2)
-    assert str(layout.raster_path(tiny_corpus, site, JULY, layout.PF_QA)) in str(info.value)
-
-
-# The real PF-QA has 9 bands; which one is the cloud mask is read from the band descriptions.
-NINE_QA = ("gap_fill_days", "snow", "cloud_shadow", "cloud_confidence", "haze", "water",
-           "sensor", "terrain", "spare")
-
-
-def nine_band_qa(cloud: np.ndarray, band: int) -> np.ndarray:
-    """A 9-band QA raster: `cloud` in band `band` (1-based), the other bands all 100."""
-    qa = np.full((9, *cloud.shape), 100, dtype=np.uint8)
-    qa[band - 1] = cloud
-    return qa
-
-
-def test_nine_band_qa_masks_on_the_cloud_band(cloudy_site):
-    root, site, cloud = cloudy_site
-    path = layout.raster_path(root, site, JULY, layout.PF_QA)
-    rewrite(path, nine_band_qa(cloud, 4), descriptions=NINE_QA)
-    july = read_site(root, site, dates=[JULY]).values[0]
-    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)  # band 1 (all 100) ignored
-    by_number = read_site(root, site, dates=[JULY], qa_band=4).values[0]
-    np.testing.assert_array_equal(by_number, july)
-
-
-@pytest.mark.parametrize(
-    ("descriptions", "found"),
-    [
-        ((None,) * 9, "none of its 9 bands"),
-        (("cloud_confidence", "cloud_probability", *NINE_QA[1:3], *NINE_QA[4:]), "2 of its 9"),
-    ],
-)
-def test_ambiguous_qa_raster_is_refused(cloudy_site, descriptions, found):
-    root, site, cloud = cloudy_site
-    path = layout.raster_path(root, site, JULY, layout.PF_QA)
-    rewrite(path, nine_band_qa(cloud, 2), descriptions=descriptions)
-    with pytest.raises(QABandError) as info:
-        read_site(root, site, dates=[JULY])
+def test_qa_band_out_of_range_names_the_file_and_its_bands(cloudy_site):
+    root, site, _, _ = cloudy_site
+    with pytest.raises(QABandError, match="no single QA band 4") as info:
+        read_site(root, site, dates=[JULY], qa=QAMask(cloud_band=4))
     message = str(info.value)
-    assert str(path) in message
-    assert found in message
-    assert "qa_band" in message
+    assert str(layout.raster_path(root, site, JULY, layout.PF_QA)) in message
+    assert "3 (no description)" in message and "qa_band" in message
     assert isinstance(info.value, CorpusError)
-    # the user's choice settles it, by number or by description
-    chosen = read_site(root, site, dates=[JULY], qa_band=2).values[0]
-    np.testing.assert_array_equal(np.isnan(chosen[0]), cloud >= 50)
-    if descriptions[1] is not None:
-        named = read_site(root, site, dates=[JULY], qa_band="Cloud_Probability").values[0]
-        np.testing.assert_array_equal(named, chosen)
 
 
-def test_exploration_passes_qa_band_through(cloudy_site):
-    root, site, cloud = cloudy_site
-    for date in MONTHLY:  # nine undescribed QA bands at every date: ambiguous unless told
-        path = layout.raster_path(root, site, date, layout.PF_QA)
-        clouds = cloud if date == JULY else np.zeros_like(cloud)
-        rewrite(path, nine_band_qa(clouds, 2), descriptions=(None,) * 9)
-    with pytest.raises(QABandError):
-        exploration.read_monthly_series(root, [site], qa_mask=True)
-    series = exploration.read_monthly_series(root, [site], qa_mask=True, qa_band=2)[site]
-    july = series.sel(time=np.datetime64(JULY)).values
-    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)
-
-
-def test_qa_band_by_unknown_description(cloudy_site):
-    root, site, cloud = cloudy_site
+def test_qa_bands_by_description(cloudy_site):
+    root, site, cloud, days = cloudy_site
     path = layout.raster_path(root, site, JULY, layout.PF_QA)
-    rewrite(path, nine_band_qa(cloud, 4), descriptions=NINE_QA)
-    with pytest.raises(QABandError, match="qa_band='clouds'") as info:
-        read_site(root, site, dates=[JULY], qa_band="clouds")
-    assert "cloud_confidence" in str(info.value)  # the descriptions it has are listed
+    rewrite(path, qa_raster(cloud, days), descriptions=("days_to_obs", None, "Cloud_Mask"))
+    named = july_nan(root, site, QAMask(cloud_band="cloud_mask", max_days=30,
+                                        days_band="DAYS_TO_OBS"))
+    np.testing.assert_array_equal(named, cloud | (np.abs(days) > 30))
+    with pytest.raises(QABandError, match="'clouds'") as info:
+        read_site(root, site, dates=[JULY], qa=QAMask(cloud_band="clouds"))
+    assert "'Cloud_Mask'" in str(info.value)  # the descriptions it has are listed
 
 
-def test_one_band_qa_needs_no_description(cloudy_site):
-    root, site, cloud = cloudy_site
-    path = layout.raster_path(root, site, JULY, layout.PF_QA)
-    rewrite(path, cloud[None], descriptions=("whatever",))
-    july = read_site(root, site, dates=[JULY]).values[0]
-    np.testing.assert_array_equal(np.isnan(july[0]), cloud >= 50)
+@pytest.mark.parametrize("bad", [
+    {"cloud_band": 0}, {"cloud_band": ""}, {"cloud_band": True}, {"cloud_threshold": np.nan},
+    {"cloud_threshold": "1"}, {"max_days": -1}, {"max_days": 2.5}, {"days_band": None},
+])
+def test_bad_qa_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="QA"):
+        QAMask(**bad)
+
+
+def test_qa_settings_from_flat_parameters():
+    assert not QAMask.from_parameters("", 1, "").active  # the profiles' "mask nothing"
+    assert QAMask.from_parameters(3, 1, 30) == QAMask(cloud_band=3, max_days=30)
+    assert QAMask.from_parameters("cloud", 50, "").cloud_band == "cloud"
+
+
+def test_exploration_passes_the_qa_mask_through(cloudy_site):
+    root, site, cloud, _ = cloudy_site
+    series = exploration.read_monthly_series(root, [site], qa=QAMask(cloud_band=CLOUD_BAND))
+    july = series[site].sel(time=np.datetime64(JULY)).values
+    np.testing.assert_array_equal(np.isnan(july[0]), cloud)
+    index = pd.DataFrame({"sample_id": [site], "label": [0], **{c: [1.0 if c == "clc_111"
+                          else 0.0] for c in SHARE_COLUMNS}})
+    masked = exploration.class_time_profiles(root, index, dates=[JULY],
+                                             qa=QAMask(cloud_band=CLOUD_BAND))
+    plain = exploration.class_time_profiles(root, index, dates=[JULY])
+    assert not masked["blue"].equals(plain["blue"])  # cloudy pixels left out of the mean
 
 
 # --- damaged files ------------------------------------------------------------------------
@@ -363,10 +353,10 @@ def test_site_without_imagery(tiny_corpus):
 
 def test_nodata_tag_becomes_nan(damaged):
     root, site, path = damaged
-    data = read_raw(path)
+    data = np.maximum(read_raw(path), 1)  # no 0, fill or negative value of its own
     data[:, 3:6, 7:9] = 0
     rewrite(path, data, nodata=0)
-    july = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
+    july = read_site(root, site, dates=[JULY]).values[0]
     expected = np.zeros((32, 32), dtype=bool)
     expected[3:6, 7:9] = True
     for band in range(4):
@@ -375,15 +365,15 @@ def test_nodata_tag_becomes_nan(damaged):
 
 def test_nodata_override(damaged):
     root, site, path = damaged
-    data = read_raw(path)
+    data = np.maximum(read_raw(path), 1).astype(np.uint16)
     data[2, 10, 10] = 65535  # one band of one pixel; the file has no nodata tag
-    rewrite(path, data)
+    rewrite(path, data, nodata=None)
     with rasterio.open(path) as src:
         assert src.nodata is None
-    plain = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
+    plain = read_site(root, site, dates=[JULY]).values[0]
     assert not np.isnan(plain).any()
     assert plain[2, 10, 10] == pytest.approx(6.5535)
-    masked = read_site(root, site, dates=[JULY], qa_mask=False, nodata=65535).values[0]
+    masked = read_site(root, site, dates=[JULY], nodata=65535).values[0]
     assert np.isnan(masked).sum() == 1
     assert np.isnan(masked[2, 10, 10])
 
@@ -412,7 +402,7 @@ def test_wrong_size_raster_is_refused(damaged, product):
     path = layout.raster_path(root, site, JULY, product)
     rewrite(path, read_raw(path)[:, :16, :16])  # the same origin, a quarter of the site
     with pytest.raises(RasterSizeError) as info:
-        read_site(root, site)
+        read_site(root, site, qa=QAMask(cloud_band=3))  # PF-QA is read when a mask asks
     message = str(info.value)
     assert str(path) in message
     assert "16 x 16 px" in message and "32 x 32" in message
@@ -433,30 +423,38 @@ def test_size_parameter_overrides_the_corpus_size(damaged):
         read_site(root, site, dates=[JULY], size=64)
 
 
-def test_int16_pf_sr_is_read_as_uint16(damaged):
+def test_int16_pf_sr_only_the_declared_nodata_is_missing(damaged):
+    """Real surface reflectance can be slightly negative (water, shadow): a negative value is
+    a measurement, read as 0 and counted; only the file's nodata value is missing."""
     root, site, path = damaged
-    stored = read_raw(path)
+    stored = np.maximum(read_raw(path), 1)
     data = stored.astype(np.int16)
     data[:, 0, 0:3] = -9999  # the file's nodata value
-    data[2, 5, 5] = -3  # no reflectance is negative: not a measurement
+    data[2, 5, 5] = -3  # a dark pixel
+    data[0, 7, 7] = -32768  # the usual fill, but not this file's: a (very) negative value
     rewrite(path, data, nodata=-9999)
-    values = read_raster(path)
+    values, clipped = read_raster_counted(path)
     assert values.dtype == np.uint16
-    expected = np.zeros(data.shape, dtype=bool)
-    expected[:, 0, 0:3] = True
-    expected[2, 5, 5] = True
-    np.testing.assert_array_equal(values.mask, expected)
-    np.testing.assert_array_equal(values.data[~expected], stored[~expected])
-    np.testing.assert_array_equal(values.data[expected], 0)
-    july = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
-    np.testing.assert_array_equal(np.isnan(july), expected)
+    assert clipped == 2
+    missing = np.zeros(data.shape, dtype=bool)
+    missing[:, 0, 0:3] = True
+    np.testing.assert_array_equal(values.mask, missing)
+    assert values.data[2, 5, 5] == 0 and values.data[0, 7, 7] == 0
+    kept = ~missing & (data >= 0)
+    np.testing.assert_array_equal(values.data[kept], stored[kept])
+    np.testing.assert_array_equal(values.data[missing], 0)
+    np.testing.assert_array_equal(read_raster(path).data, values.data)
+    july = read_site(root, site, dates=[JULY]).values[0]
+    np.testing.assert_array_equal(np.isnan(july), missing)
+    assert july[2, 5, 5] == 0
 
 
 def test_float_pf_sr_with_nan_nodata_tag(damaged):
     root, site, path = damaged
-    stored = read_raw(path)
+    stored = np.maximum(read_raw(path), 1)
     data = stored.astype(np.float32)
     data[1, 3:5, 3:5] = np.nan
+    data[2, 6, 6] = -0.5  # negative: clipped to 0, not missing
     rewrite(path, data, nodata=float("nan"))
     with rasterio.open(path) as src:
         assert np.isnan(src.nodata)
@@ -464,8 +462,10 @@ def test_float_pf_sr_with_nan_nodata_tag(damaged):
     assert values.dtype == np.float32
     assert values.mask.sum() == 4 and values.mask[1, 3:5, 3:5].all()
     assert np.isfinite(values.data).all()  # masked pixels hold 0, never NaN
-    np.testing.assert_array_equal(values.data[~values.mask], stored[~values.mask])
-    july = read_site(root, site, dates=[JULY], qa_mask=False).values[0]
+    assert values.data[2, 6, 6] == 0
+    kept = ~values.mask & (data >= 0)
+    np.testing.assert_array_equal(values.data[kept], stored[kept])
+    july = read_site(root, site, dates=[JULY]).values[0]
     np.testing.assert_array_equal(np.isnan(july), values.mask)
 
 
@@ -480,30 +480,36 @@ def test_verify_sites_clean(tiny_corpus):
 
 def test_verify_sites_reports_each_problem(corpus_copy):
     ids = site_ids(corpus_copy)
-    truncated, bands, nodata, clean, no_imagery = ids[:5]
-    dates = {truncated: MONTHLY[2], bands: MONTHLY[5], nodata: MONTHLY[9]}
+    truncated, bands, nodata, clean, no_imagery, few_nodata = ids[:6]
+    dates = {truncated: MONTHLY[2], bands: MONTHLY[5], few_nodata: MONTHLY[9]}
     paths = {sid: layout.raster_path(corpus_copy, sid, date) for sid, date in dates.items()}
     paths[truncated].write_bytes(paths[truncated].read_bytes()[:200])
     rewrite(paths[bands], read_raw(paths[bands])[:3])
-    data = read_raw(paths[nodata])
-    data[:, :2, :2] = 0
-    rewrite(paths[nodata], data, nodata=0)
+    data = read_raw(paths[few_nodata])
+    data[:, :2, :2] = INT16_NODATA
+    rewrite(paths[few_nodata], data)
+    for date in MONTHLY[:3]:  # three of 24 dates empty: 12.5 % of the site, over the 10 %
+        path = layout.raster_path(corpus_copy, nodata, date)
+        rewrite(path, np.full_like(read_raw(path), INT16_NODATA))
     shutil.rmtree(layout.site_dir(corpus_copy, no_imagery))
 
     report = verify_sites(
-        corpus_copy, [truncated, bands, nodata, clean, no_imagery], progress=False
+        corpus_copy, [truncated, bands, nodata, clean, no_imagery, few_nodata], progress=False
     )
     assert report["sample_id"].tolist() == [truncated, bands, nodata, no_imagery]
     rows = report.set_index("sample_id")
-    for sid in (truncated, bands, nodata):
+    for sid in (truncated, bands):
         assert rows.loc[sid, "path"] == str(paths[sid])
         assert str(paths[sid]) in rows.loc[sid, "problem"]
     assert "truncated" in rows.loc[truncated, "problem"]
     assert "3 bands" in rows.loc[bands, "problem"]
-    assert "nodata" in rows.loc[nodata, "problem"]
-    assert "0.4%" in rows.loc[nodata, "problem"]  # 4 of 1024 pixels
+    assert rows.loc[nodata, "path"] == str(layout.site_dir(corpus_copy, nodata))
+    assert "nodata" in rows.loc[nodata, "problem"] and "10%" in rows.loc[nodata, "problem"]
     assert no_imagery in rows.loc[no_imagery, "problem"]
     assert clean not in report["sample_id"].tolist()
+    assert few_nodata not in report["sample_id"].tolist()  # a few nodata pixels are normal
+    lenient = verify_sites(corpus_copy, [nodata], progress=False, max_nodata_share=0.2)
+    assert lenient.empty
 
 
 def test_july_is_a_corpus_date():

@@ -39,11 +39,16 @@ def stats(tiny_corpus: Path) -> datasets.BandStats:
 
 
 def assert_same_chips(packed_store: store.PackedStore, corpus: Path) -> None:
+    """Every packed chip holds the GeoTIFF's values and its nodata pixels (the store's nodata
+    value in place of the file's, which uint16 may not hold)."""
     for sample_id in packed_store.index()["sample_id"]:
-        chips = packed_store.read(sample_id, range(len(packed_store.dates)))
-        for t, date in enumerate(packed_store.dates):
+        for date in packed_store.dates:
             geotiff = read_raster(layout.raster_path(corpus, sample_id, date))
-            np.testing.assert_array_equal(chips[t], geotiff.data, err_msg=f"{sample_id} {date}")
+            chip = packed_store.read_chip(sample_id, date)
+            message = f"{sample_id} {date}"
+            np.testing.assert_array_equal(chip.mask, np.ma.getmaskarray(geotiff), message)
+            np.testing.assert_array_equal(chip.data[~chip.mask], geotiff.data[~chip.mask],
+                                          message)
 
 
 def test_pack_round_trips_every_value(packed: Path, tiny_corpus: Path) -> None:
@@ -70,10 +75,16 @@ def test_store_opens_in_xarray_with_its_variables(packed: Path, tiny_corpus: Pat
     default = splits.assign_splits(pd.DataFrame({"sample_id": ids, "label": ds["label"].values}),
                                    by="site", seed=0)
     training = default.to_numpy() == "train"
-    pixels = ds["reflectance"].values[training].astype(np.float64)
-    np.testing.assert_allclose(ds.attrs["band_mean"], pixels.mean(axis=(0, 1, 3, 4)), rtol=1e-9)
-    np.testing.assert_allclose(ds.attrs["band_std"], pixels.std(axis=(0, 1, 3, 4)), rtol=1e-6)
-    everything = ds["reflectance"].values.astype(np.float64).mean(axis=(0, 1, 3, 4))
+    assert ds.attrs["nodata"] == store.SIGNED_NODATA_IN_STORE  # int16's -32768, as uint16
+    reflectance = ds["reflectance"].values
+    valid = reflectance != ds.attrs["nodata"]
+    assert 0 < (~valid).mean() < 0.01  # the generator's few nodata rows, left out below
+    pixels = np.ma.MaskedArray(reflectance.astype(np.float64), mask=~valid)
+    np.testing.assert_allclose(ds.attrs["band_mean"], pixels[training].mean(axis=(0, 1, 3, 4)),
+                               rtol=1e-9)
+    np.testing.assert_allclose(ds.attrs["band_std"], pixels[training].std(axis=(0, 1, 3, 4)),
+                               rtol=1e-6)
+    everything = pixels.mean(axis=(0, 1, 3, 4))
     assert not np.allclose(ds.attrs["band_mean"], everything, rtol=1e-9)
 
 
@@ -246,6 +257,42 @@ def test_interrupted_pack_resumes_and_repacks_a_torn_sample(tiny_corpus: Path, t
     assert_same_chips(resumed, tiny_corpus)
     assert (xr.open_zarr(out, consolidated=False)["checksum"].values
             == xr.open_zarr(packed, consolidated=False)["checksum"].values).all()
+
+
+def test_int16_corpus_packs_negatives_as_0_and_skips_mostly_empty_sites(
+        corpus_copy: Path, tmp_path: Path, caplog) -> None:
+    """Only the declared nodata is missing: negative measurements are packed as 0 and counted,
+    a site with a few nodata pixels is packed, one more than `max_nodata_share` nodata is not."""
+    ids = build_index(corpus_copy, progress=False)["sample_id"].tolist()
+    dark, empty = ids[3], ids[6]
+    dates = layout.monthly(layout.pf_dates())
+    path = layout.raster_path(corpus_copy, dark, dates[0])
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    assert data.dtype == np.int16 and profile["nodata"] == -32768
+    data = np.maximum(data, 1)
+    data[3, 4:6, 4:6] = -7  # four dark pixels
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    for date in dates[:3]:  # 3 of 24 dates empty: 12.5 % of the site
+        path = layout.raster_path(corpus_copy, empty, date)
+        with rasterio.open(path) as src:
+            profile, data = src.profile, src.read()
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.full_like(data, -32768))
+    out = tmp_path / "s.zarr"
+    with caplog.at_level("INFO"):
+        report = store.pack(corpus_copy, out, scheduler="synchronous", progress=False)
+    packed_store = store.PackedStore(out)
+    assert report.skipped["sample_id"].tolist() == [empty]
+    assert "nodata/NaN, more than the 10% allowed" in report.skipped["reason"][0]
+    assert report.clipped_negative >= 4 and "clipped to 0" in caplog.text
+    chip = packed_store.read_chip(dark, dates[0])
+    assert (chip.data[3, 4:6, 4:6] == 0).all() and not chip.mask[3, 4:6, 4:6].any()
+    assert_same_chips(packed_store, corpus_copy)
+    lenient = store.pack(corpus_copy, tmp_path / "lenient.zarr", scheduler="synchronous",
+                         progress=False, max_nodata_share=0.2)
+    assert lenient.skipped.empty
 
 
 def test_corrupt_sample_is_skipped_and_recorded(corpus_copy: Path, tmp_path: Path,

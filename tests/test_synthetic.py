@@ -18,17 +18,21 @@ from rapid_utils import geo
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import (
     GENERATOR_VERSION,
+    INT16_NODATA,
     MARKER,
+    QA_BANDS,
     SitePlan,
     generate_corpus,
     plan_sites,
+    qa_layers,
     render_site,
     stored_values,
     synth_dates,
 )
 from rapid_utils.labels import CLC7, CLC_CODES, SHARE_COLUMNS
 
-SAMPLE_ID = re.compile(r"^(\d{1,2})N_(\d+)E-(\d+)N_(\d+)$")
+# the real form, e.g. 33N_16E-243N_39_05: zone, 24 km tile, column and row of a 600 m cell
+SAMPLE_ID = re.compile(r"^(\d{1,2})N_(\d+)E-(\d+)N_(\d{2})_(\d{2})$")
 WEST, EAST, SOUTH, NORTH = -11.0, 32.0, 35.0, 71.0
 
 
@@ -37,7 +41,10 @@ def site_ids(root: Path) -> list[str]:
 
 
 def label_properties(root: Path, sample_id: str) -> dict:
+    """A site's label Feature, written bare or as a one-feature collection."""
     content = json.loads(layout.label_path(root, sample_id).read_text())
+    if content["type"] == "Feature":
+        return content
     assert content["type"] == "FeatureCollection"
     assert len(content["features"]) == 1
     return content["features"][0]
@@ -65,7 +72,7 @@ def test_layout_of_generated_corpus(tiny_corpus, tiny_settings):
     for sample_id in ids:
         match = SAMPLE_ID.match(sample_id)
         assert match, sample_id
-        utmz, tile, _ = sample_id.split("_")
+        utmz, tile, _ = sample_id.split("_", 2)
         folder = tiny_corpus / "imagery" / utmz / tile / sample_id
         for product in ("PF-SR", "PF-QA"):
             names = sorted(p.name for p in (folder / product).iterdir())
@@ -77,15 +84,19 @@ def test_layout_of_generated_corpus(tiny_corpus, tiny_settings):
     )
 
 
-def test_sample_ids_parse_and_number_within_tile(tiny_corpus):
-    ids = site_ids(tiny_corpus)
-    per_tile = collections.defaultdict(list)
-    for sample_id in ids:
+def test_sample_ids_name_the_600_m_cell_of_each_site(tiny_corpus):
+    """`{utmz}_{tile}_{col}_{row}`: the site's south-west corner lies in tile (E, N) of 24 km
+    and, inside it, in column `col` (east) and row `row` (north) of 600 m cells."""
+    for sample_id in site_ids(tiny_corpus):
         sid = layout.SampleId.parse(sample_id)
         assert str(sid) == sample_id
-        per_tile[(sid.utmz, sid.tile)].append(int(sid.n))
-    for numbers in per_tile.values():
-        assert sorted(numbers) == list(range(len(numbers)))
+        col, row = (int(part) for part in sid.rest.split("_"))
+        assert 0 <= col < 40 and 0 <= row < 40
+        with rasterio.open(layout.raster_path(tiny_corpus, sample_id, synth_dates()[0])) as src:
+            left, bottom = src.bounds.left, src.bounds.bottom
+        east, north = (int(n) for n in re.findall(r"\d+", sid.tile))
+        assert (left - east * 24_000) // 600 == col
+        assert (bottom - north * 24_000) // 600 == row
 
 
 def test_monthly_dates_are_first_pf_date_of_each_month():
@@ -127,31 +138,53 @@ def test_reflectance_rasters(tiny_corpus):
         for date in (dates[0], dates[17]):
             with rasterio.open(layout.raster_path(tiny_corpus, sample_id, date)) as src:
                 assert src.count == 4
-                assert src.dtypes == ("uint16",) * 4
+                assert src.dtypes == ("int16",) * 4  # the real product's, most likely
+                assert src.nodata == INT16_NODATA
                 assert src.crs.to_epsg() == 32600 + utmz
                 assert src.res == (3.0, 3.0)
                 assert (src.width, src.height) == (32, 32)
                 assert src.descriptions == ("blue", "green", "red", "nir")
-                data = src.read()
+                data = src.read(masked=True)
             # reflectance x 10000: plausible surface reflectance, never empty (a site under
             # fresh snow, SNOW ~0.67 on average, is the brightest there is)
             assert 0 < data.mean() < 7000
             assert data.max() <= 10000
+            assert data.mask.mean() < 0.1  # at most a row of nodata
 
 
 def test_qa_rasters(tiny_corpus):
+    """PF-QA as Planet's specification describes it: 3 bands without descriptions, band 1
+    signed days to the nearest observation, band 3 a 0/1 cloud mask."""
     dates = synth_dates()
-    seen_max = 0
+    cloudy_pixels, days_seen = 0, set()
     for sample_id in site_ids(tiny_corpus):
         for date in dates:
             with rasterio.open(layout.raster_path(tiny_corpus, sample_id, date, "PF-QA")) as src:
-                assert src.count == 1
-                assert src.dtypes == ("uint8",)
-                assert src.descriptions == ("cloud_confidence",)
-                qa = src.read(1)
-            assert qa.max() <= 100
-            seen_max = max(seen_max, int(qa.max()))
-    assert seen_max > 0  # some haze or cloud somewhere in 24 x 24 dates
+                assert src.count == 3
+                assert src.dtypes == ("int16",) * 3
+                assert src.descriptions == (None, None, None)
+                qa = src.read()
+            days, cloud = qa[QA_BANDS["days_to_observation"] - 1], qa[QA_BANDS["cloud_mask"] - 1]
+            assert set(np.unique(cloud)) <= {0, 1}
+            assert (np.abs(days[cloud == 1]) > 0).all()  # no observation under a cloud
+            cloudy_pixels += int(cloud.sum())
+            days_seen |= set(np.unique(days).tolist())
+    assert cloudy_pixels > 0  # some cloud somewhere in 24 sites x 24 dates
+    assert 0 in days_seen and min(days_seen) < 0 < max(days_seen)
+
+
+def test_qa_layers_follow_the_cloud_opacity():
+    opacity = np.zeros((40, 1, 4, 4), dtype=np.uint8)
+    opacity[3, 0, :2] = 80  # a cloud patch over half of date 3
+    opacity[5] = 10  # thin haze: not a cloud
+    qa = qa_layers(opacity, np.random.default_rng(0))
+    assert qa.shape == (40, 3, 4, 4) and qa.dtype == np.int16
+    cloud = qa[:, QA_BANDS["cloud_mask"] - 1]
+    assert cloud.sum() == 8 and cloud[3, :2].all()
+    days = qa[:, QA_BANDS["days_to_observation"] - 1]
+    assert (np.abs(days[3, :2]) >= 10).all()
+    assert (days == days[:, :1, :1]).all(axis=(1, 2))[np.arange(40) != 3].all()  # one per date
+    assert (qa[:, 1] == 0).all()
 
 
 def test_raster_footprint_matches_label_polygon(tiny_corpus):
@@ -168,6 +201,9 @@ def test_raster_footprint_matches_label_polygon(tiny_corpus):
 
 
 def test_label_files(tiny_corpus):
+    forms = {json.loads(layout.label_path(tiny_corpus, sid).read_text())["type"]
+             for sid in site_ids(tiny_corpus)}
+    assert forms == {"Feature", "FeatureCollection"}  # both forms, as real files may be
     for sample_id in site_ids(tiny_corpus):
         feature = label_properties(tiny_corpus, sample_id)
         props = feature["properties"]
@@ -223,11 +259,12 @@ def test_sites_lie_on_european_land(tiny_corpus, tiny_settings):
     for plan in plans:
         assert plan.epsg == geo.utm_epsg(plan.lon, plan.lat)
         assert plan.sample_id.startswith(f"{plan.epsg - 32600}N_")
-        # the planned point lies inside its snapped footprint
+        # the planned point lies inside its snapped footprint, and that inside one 600 m cell
         x, y = geo.to_utm(plan.lon, plan.lat, plan.epsg)
         extent = tiny_settings["size"] * layout.PIXEL_SIZE_M
         assert plan.left <= x < plan.left + extent
         assert plan.top - extent <= y < plan.top
+        assert plan.left // 600 == (plan.left + extent - 1) // 600
 
 
 @pytest.mark.parametrize(
@@ -286,9 +323,10 @@ def test_footprints_do_not_overlap(tiny_corpus):
     keys = [(p.epsg, p.left, p.top) for p in plans]
     assert len(set(keys)) == len(keys)
     assert len({p.sample_id for p in plans}) == len(plans)
-    # site-grid snapping: corners are multiples of the site extent
-    extent = 32 * layout.PIXEL_SIZE_M
-    assert all(p.left % extent == 0 and p.top % extent == 0 for p in plans)
+    # corners on the 3 m pixel grid; at most one site in a 600 m cell
+    assert all(p.left % 3 == 0 and p.top % 3 == 0 for p in plans)
+    cells = [(p.epsg, p.left // 600, p.top // 600) for p in plans]
+    assert len(set(cells)) == len(cells)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -348,7 +386,8 @@ def test_render_site_shapes_and_ranges():
     assert reflectance.dtype == np.float32
     assert qa.shape == (3, 1, 16, 16) and qa.dtype == np.uint8
     assert code_map.shape == (16, 16)
-    assert reflectance.min() >= 0
+    assert reflectance.min() > -0.05  # sensor noise leaves dark pixels slightly negative
+    assert reflectance.max() <= 1
     assert qa.max() <= 100
 
 
@@ -495,3 +534,26 @@ def test_invalid_settings_raise_value_error(tmp_path, kwargs, message):
 def test_stored_values_leave_zero_for_nodata():
     reflectance = np.array([-0.002, 0.0, 0.00004, 0.5, 7.0])
     np.testing.assert_array_equal(stored_values(reflectance), [1, 1, 1, 5000, 65535])
+
+
+def test_int16_stored_values_keep_negatives_and_leave_the_fill():
+    reflectance = np.array([-4.0, -0.002, 0.0, 0.5, 7.0])
+    stored = stored_values(reflectance, "int16")
+    assert stored.dtype == np.int16
+    np.testing.assert_array_equal(stored, [INT16_NODATA + 1, -20, 0, 5000, 32767])
+
+
+def test_int16_corpus_has_negative_pixels_and_nodata_rows(tmp_path):
+    """What the `ci` profile reads every run: some dark pixels below 0 and a few dates whose
+    top row is nodata, each flagged by the -32768 tag."""
+    root = generate_corpus(tmp_path / "c", n_sites=30, seed=0, size=16, workers=1,
+                           progress=False)
+    negative = nodata_rows = 0
+    for path in root.glob("imagery/*/*/*/PF-SR/*.tif"):
+        with rasterio.open(path) as src:
+            data = src.read()
+        negative += int(((data < 0) & (data != INT16_NODATA)).sum())
+        nodata_rows += int((data[:, 0] == INT16_NODATA).all())
+        assert ((data == INT16_NODATA).sum(axis=(0, 2)) > 0).sum() <= 1  # the top row only
+    assert negative > 0
+    assert nodata_rows > 0

@@ -1,8 +1,11 @@
 """The corpus index: one row per usable site, with its location and CLC label shares.
 
-Built from `resources/` when the corpus has it (fast, one file for all sites), otherwise by
-walking `labels/` and `imagery/`. Sites that cannot be used are skipped, counted and logged;
-the table of skipped sites and reasons is kept in `index.attrs["skipped"]`.
+Built from `resources/` when the corpus has a usable label table (fast, one file for all
+sites), otherwise by walking `labels/` and `imagery/`. The table's columns are checked once:
+one that cannot be used (no `sample_id`, no or unknown `clc_` columns) is named with what was
+found and expected, and the per-site label files are read instead. Sites that cannot be used
+are skipped, counted and logged; the table of skipped sites and reasons is kept in
+`index.attrs["skipped"]`.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ def build_index(
             f"no corpus folder at {root}: point the parameter to a RapidAI4EO download, "
             f"or generate the embedded corpus with `rapid-utils synth --out {root}`"
         )
-    if (root / layout.LABELS_CSV).is_file():
-        shares, geometries, skipped = _from_resources(root)
+    table = _usable_label_table(root)
+    if table is not None:
+        shares, geometries, skipped = _from_resources(root, table)
     elif (root / "labels").is_dir():
         shares, geometries, skipped = _from_label_files(root, progress)
     else:
@@ -59,7 +63,8 @@ def build_index(
         )
     fractions, problems = labels.normalise_shares(shares, tolerance=share_tolerance)
     bad = problems != ""
-    skipped += [(sid, _label_source(root, sid), reason) for sid, reason in problems[bad].items()]
+    skipped += [(sid, _label_source(root, sid, table is not None), reason)
+                for sid, reason in problems[bad].items()]
     fractions = fractions[~bad]
     dates = None
     if check_imagery:
@@ -80,9 +85,9 @@ def build_index(
     return index
 
 
-def _label_source(root: Path, sample_id: str) -> str:
+def _label_source(root: Path, sample_id: str, from_table: bool) -> str:
     """The file a site's label shares came from: the resources table or its own label file."""
-    if (root / layout.LABELS_CSV).is_file():
+    if from_table:
         return str(root / layout.LABELS_CSV)
     return str(layout.label_path(root, sample_id))
 
@@ -113,21 +118,50 @@ def dates_of(index: pd.DataFrame) -> dict[str, list[dt.date]] | None:
             for sid, text in zip(index["sample_id"], index["dates"], strict=True)}
 
 
-def _from_resources(root: Path) -> tuple[pd.DataFrame, dict, list]:
+def _usable_label_table(root: Path) -> pd.DataFrame | None:
+    """The corpus's label table when it exists and its columns can be used; else None, with a
+    warning naming what it found when the per-site label files can be read instead."""
     path = root / layout.LABELS_CSV
+    if not path.is_file():
+        return None
+    problem = ""
     try:
         # only an empty cell is a missing share (0); text such as "n/a" is refused, not zeroed
         table = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False, na_values=[""])
     except (OSError, ValueError, EOFError) as error:
-        raise CorpusError(f"cannot read label table {path}: {error}") from error
-    if "sample_id" not in table.columns:
-        raise CorpusError(f"{path} has no 'sample_id' column; is it the RapidAI4EO label table?")
-    share_columns = [c for c in table.columns if c.startswith("clc_")]
-    try:
-        for column in share_columns:
+        problem = f"cannot read label table {path}: {error}"
+    else:
+        problem = _label_table_problem(path, list(table.columns))
+    if not problem:
+        return table
+    if not (root / "labels").is_dir():
+        raise CorpusError(f"{problem}; {root} has no labels/ folder to read instead")
+    log.warning("%s; reading the per-site label files under %s instead", problem, root / "labels")
+    return None
+
+
+def _label_table_problem(path: Path, columns: list[str]) -> str:
+    """Why a label table's columns cannot be used ("" when they can)."""
+    unknown = []
+    for column in (c for c in columns if c.startswith("clc_")):
+        try:
             labels.parse_share_column(column)
-    except labels.LabelError as error:
-        raise labels.LabelError(f"{path}: {error}") from error
+        except labels.LabelError:
+            unknown.append(column)
+    shares = [c for c in columns if c.startswith("clc_")]
+    if "sample_id" in columns and shares and not unknown:
+        return ""
+    shown = ", ".join(repr(c) for c in columns[:12]) + (" ..." if len(columns) > 12 else "")
+    why = ("no 'sample_id' column" if "sample_id" not in columns
+           else "no 'clc_XXX' share column" if not shares
+           else f"unknown CORINE column(s) {', '.join(map(repr, unknown[:5]))}")
+    return (f"label table {path} cannot be used ({why}): it has the columns {shown}; expected "
+            "'sample_id' and share columns among clc_111 ... clc_523 (the 44 CLC level-3 codes)")
+
+
+def _from_resources(root: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, dict, list]:
+    path = root / layout.LABELS_CSV
+    share_columns = [c for c in table.columns if c.startswith("clc_")]
     skipped = []
     bad_ids = [sid for sid in table["sample_id"] if not _valid_sample_id(sid)]
     skipped += [(sid, str(path), "malformed sample_id") for sid in bad_ids]

@@ -3,12 +3,15 @@
 Both paths check every file at the boundary (readable, band count, size, nodata) and raise a
 `CorpusError` subclass that names the file and what to do, instead of a deep stack trace.
 The file's encoding is settled here, once (see `read_raster`): whatever the dtype (the real
-product's, uint16 or int16, is unconfirmed) and nodata tag (a value, NaN or none), callers get
-unsigned or float32 values and a mask of the pixels that hold no measurement.
+product's is most likely int16 with a -32768 fill) and nodata tag (a value, NaN or none),
+callers get unsigned or float32 values and a mask of the pixels that hold no measurement. Only
+the declared nodata value (or NaN) is missing; other negative values, which real surface
+reflectance has over water and in shadow, are clipped to 0 and counted.
 
-PF-QA holds 9 bands in the real product, and which of them is the cloud mask is not
-published. The band is chosen by its description (`QA_CLOUD_WORD`, see `read_site`); a QA
-raster where that does not single out one band is refused, never masked on a guessed band.
+PF-QA has several bands, possibly without descriptions: band 1 the signed number of days to
+the nearest real observation (0: observed that day), a cloud mask in another (band 3 in the
+Planet Fusion specification). Planet Fusion is gap-filled, so by default nothing is masked and
+no QA file is read; `QAMask` says what to mask when a study wants it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +37,6 @@ from rapid_utils.corpus import layout
 log = logging.getLogger(__name__)
 
 DateSelection = str | Sequence[dt.date | str]
-
-# A PF-QA band is the cloud mask when its description contains QA_CLOUD_WORD and not
-# QA_OTHER_WORD (case-insensitive): "cloud_confidence" or "Cloud probability" qualify,
-# "cloud_shadow" does not. The real product's band descriptions are unconfirmed.
-QA_CLOUD_WORD = "cloud"
-QA_OTHER_WORD = "shadow"
 
 
 class CorpusError(Exception):
@@ -62,7 +60,7 @@ class RasterSizeError(CorpusError):
 
 
 class QABandError(CorpusError):
-    """A PF-QA raster whose cloud-mask band cannot be told apart: set `qa_band`."""
+    """A PF-QA band asked for that the raster does not have."""
 
 
 class DateNotFoundError(CorpusError):
@@ -71,6 +69,65 @@ class DateNotFoundError(CorpusError):
 
 class NodataError(CorpusError):
     """A raster with too many nodata or NaN pixels to be used."""
+
+
+# A site whose chips are more than this share nodata is skipped (packing, `verify_sites`):
+# a few missing rows at a scene edge are normal, a mostly empty site teaches nothing.
+MAX_NODATA_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class QAMask:
+    """Which pixels PF-QA takes out (NaN in `read_site`). The default takes out none.
+
+    `cloud_band`: the cloud mask's band, a 1-based number or a band description; None for no
+    cloud masking. A pixel is cloudy where that band is at or above `cloud_threshold` (1 for
+    a 0/1 mask). `max_days`: also take out pixels more than this many days from a real
+    observation (|band `days_band`|); None for no limit. Planet Fusion is gap-filled, so most
+    studies mask nothing.
+    """
+
+    cloud_band: int | str | None = None
+    cloud_threshold: float = 1
+    max_days: int | None = None
+    days_band: int | str = 1
+
+    def __post_init__(self) -> None:
+        for name in ("cloud_band", "days_band"):
+            band = getattr(self, name)
+            if band is None and name == "cloud_band":
+                continue
+            if isinstance(band, bool) or not (
+                (isinstance(band, int | np.integer) and band >= 1)
+                or (isinstance(band, str) and band.strip())
+            ):
+                raise ValueError(f"QA {name} must be a 1-based band number or a band "
+                                 f"description, got {band!r}")
+        if isinstance(self.cloud_threshold, bool) or not (
+            isinstance(self.cloud_threshold, int | float) and np.isfinite(self.cloud_threshold)
+        ):
+            raise ValueError(f"QA cloud_threshold must be a number, got {self.cloud_threshold!r}")
+        if self.max_days is not None and (
+            isinstance(self.max_days, bool) or not isinstance(self.max_days, int | np.integer)
+            or self.max_days < 0
+        ):
+            raise ValueError(f"QA max_days must be a whole number of days >= 0 or None, got "
+                             f"{self.max_days!r}")
+
+    @classmethod
+    def from_parameters(cls, qa_band: int | str | None = None, qa_threshold: float = 1,
+                        qa_max_days: int | None = None) -> QAMask:
+        """From a profile's or notebook's flat parameters; "" means None, as in YAML files."""
+        return cls(None if qa_band == "" else qa_band, qa_threshold,
+                   None if qa_max_days == "" else qa_max_days)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is masked (and so whether PF-QA is read at all)."""
+        return self.cloud_band is not None or self.max_days is not None
+
+
+NO_QA_MASK = QAMask()
 
 
 def available_dates(root: Path, sample_id: str, product: str = layout.PF_SR) -> list[dt.date]:
@@ -141,10 +198,20 @@ def read_raster(
     `size` (pixels), when given, refuses a raster that is not `size` x `size`.
     The encoding is settled here: unsigned integers come back as stored (uint16 PF-SR, with
     nodata pixels keeping their stored value); signed integers (int16 PF-SR) as the unsigned
-    type of the same width, negative values masked (no reflectance is below 0: a negative
-    value is a sentinel); floats as float32 with NaN masked. In the last two, masked pixels
-    hold 0, so no NaN or negative value reaches the caller.
+    type of the same width; floats as float32. In the last two only the declared nodata (and
+    NaN) is masked and holds 0, and other negative values are clipped to 0 (`read_raster_counted`
+    counts them), so no NaN or negative value reaches the caller.
     """
+    return read_raster_counted(path, expected_bands, nodata, size)[0]
+
+
+def read_raster_counted(
+    path: Path,
+    expected_bands: int | None = len(layout.BANDS),
+    nodata: float | None = None,
+    size: int | None = None,
+) -> tuple[np.ma.MaskedArray, int]:
+    """`read_raster`, and the number of negative values it clipped to 0 (for packing logs)."""
     with _open(path, expected_bands, size) as src:
         data = src.read(masked=True)
     return _settled(data, nodata)
@@ -179,82 +246,65 @@ def _open(
         ) from error
 
 
-def _settled(data: np.ma.MaskedArray, nodata: float | None) -> np.ma.MaskedArray:
-    """Values in one encoding per kind of dtype, and the mask of every nodata pixel."""
+def _settled(data: np.ma.MaskedArray, nodata: float | None) -> tuple[np.ma.MaskedArray, int]:
+    """Values in one encoding per kind of dtype, the mask of every nodata pixel, and the count
+    of negative measurements clipped to 0."""
     values = data.data
     mask = np.ma.getmaskarray(data)
     if nodata is not None and not np.isnan(nodata):  # a NaN override: NaN is masked anyway
         mask = mask | (values == nodata)
+    if np.issubdtype(values.dtype, np.unsignedinteger):
+        return np.ma.MaskedArray(values, mask=mask), 0
     if np.issubdtype(values.dtype, np.floating):
         mask = mask | np.isnan(values)
-        return np.ma.MaskedArray(np.where(mask, 0, values).astype(np.float32), mask=mask)
-    if np.issubdtype(values.dtype, np.signedinteger):
-        mask = mask | (values < 0)
-        unsigned = np.dtype(f"u{values.dtype.itemsize}")
-        return np.ma.MaskedArray(np.where(mask, 0, values).astype(unsigned), mask=mask)
-    return np.ma.MaskedArray(values, mask=mask)
+        settled_dtype = np.dtype(np.float32)
+    else:
+        settled_dtype = np.dtype(f"u{values.dtype.itemsize}")
+    negative = (values < 0) & ~mask
+    kept = np.where(mask | negative, 0, values).astype(settled_dtype)
+    return np.ma.MaskedArray(kept, mask=mask), int(negative.sum())
 
 
-def _qa_band_index(
-    path: Path, descriptions: Sequence[str | None], qa_band: int | str | None
-) -> int:
-    """0-based index of the cloud-mask band of a QA raster; refused when it is unclear.
+def check_nodata_share(nodata_pixels: int, all_pixels: int, max_share: float,
+                       sample_id: str) -> None:
+    """Refuse a site whose chips are more than `max_share` nodata (`NodataError`)."""
+    if all_pixels and nodata_pixels / all_pixels > max_share:
+        raise NodataError(f"site {sample_id} is {nodata_pixels / all_pixels:.1%} nodata/NaN, "
+                          f"more than the {max_share:.0%} allowed (max_nodata_share)")
 
-    `qa_band`: a 1-based number, a band description (case-insensitive), or None to pick the
-    only band, or else the one band whose description names clouds (`QA_CLOUD_WORD`).
-    """
+
+def _qa_band_index(path: Path, descriptions: Sequence[str | None], band: int | str) -> int:
+    """0-based index of a QA band given as a 1-based number or a description; refused (with
+    the raster's bands listed) when the raster has no such band."""
     n_bands = len(descriptions)
-    if isinstance(qa_band, int | np.integer) and not isinstance(qa_band, bool):
-        if not 1 <= qa_band <= n_bands:
-            raise BandCountError(f"{path} has {n_bands} bands; qa_band={qa_band}")
-        return int(qa_band) - 1
-    if qa_band is not None and not isinstance(qa_band, str):
-        raise TypeError(f"qa_band must be a band number, a description or None, got {qa_band!r}")
-    if qa_band is None and n_bands == 1:
-        return 0
-    wanted = qa_band.strip().lower() if isinstance(qa_band, str) else None
-    matches = [
-        i
-        for i, d in enumerate(descriptions)
-        if (d and d.strip().lower() == wanted) or (wanted is None and _names_cloud_mask(d))
-    ]
-    if len(matches) == 1:
-        return matches[0]
+    if isinstance(band, str):
+        wanted = band.strip().lower()
+        matches = [i for i, d in enumerate(descriptions) if d and d.strip().lower() == wanted]
+        if len(matches) == 1:
+            return matches[0]
+    elif 1 <= band <= n_bands:
+        return int(band) - 1
     listing = ", ".join(
         f"{i} {d!r}" if d else f"{i} (no description)" for i, d in enumerate(descriptions, 1)
     )
-    how = (
-        "Set qa_band to the cloud-mask band's number (1-based) or its description, e.g. "
-        f"read_site(..., qa_band={matches[0] + 1 if matches else 1}), or qa_mask=False to "
-        "read without cloud masking"
-    )
-    if wanted is not None:
-        described = f"{len(matches)} bands are" if matches else "no band is"
-        raise QABandError(
-            f"{path}: {described} described as qa_band={qa_band!r}; its bands: {listing}. {how}"
-        )
-    found = f"none of its {n_bands} bands has" if not matches else (
-        f"{len(matches)} of its {n_bands} bands ("
-        + ", ".join(f"{i + 1} {descriptions[i]!r}" for i in matches)
-        + ") have"
-    )
     raise QABandError(
-        f"cannot tell which band of {path} is the cloud mask: {found} a description with "
-        f"{QA_CLOUD_WORD!r} (and not {QA_OTHER_WORD!r}); its bands: {listing}. {how}"
+        f"{path} has no single QA band {band!r}; its {n_bands} bands: {listing}. Set qa_band "
+        "(and the days band) to a band number from 1 to the count, or qa_band to empty and "
+        "qa_max_days to empty to read without QA masking (Planet Fusion is gap-filled)"
     )
 
 
-def _names_cloud_mask(description: str | None) -> bool:
-    """Whether a QA band's description marks it as the cloud mask (see QA_CLOUD_WORD)."""
-    text = (description or "").lower()
-    return QA_CLOUD_WORD in text and QA_OTHER_WORD not in text
-
-
-def _read_qa(path: Path, qa_band: int | str | None, size: int | None) -> np.ndarray:
-    """The cloud-mask band (y, x) of a PF-QA raster, read alone (the others are not needed)."""
+def _read_qa_mask(path: Path, qa: QAMask, size: int | None) -> np.ndarray:
+    """Pixels (y, x) of a PF-QA raster that `qa` takes out; only the bands it needs are read."""
     with _open(path, None, size) as src:
-        band = _qa_band_index(path, src.descriptions, qa_band)
-        return src.read(band + 1)
+        masked = np.zeros((src.height, src.width), dtype=bool)
+        if qa.cloud_band is not None:
+            band = _qa_band_index(path, src.descriptions, qa.cloud_band)
+            masked |= src.read(band + 1) >= qa.cloud_threshold
+        if qa.max_days is not None:
+            band = _qa_band_index(path, src.descriptions, qa.days_band)
+            masked |= np.abs(src.read(band + 1).astype(np.int64)) > qa.max_days
+    return masked
 
 
 def sample_chips(
@@ -305,19 +355,14 @@ def read_site(
     root: Path,
     sample_id: str,
     dates: DateSelection = "monthly",
-    qa_mask: bool = True,
-    qa_band: int | str | None = None,
-    qa_threshold: float = 50,
+    qa: QAMask = NO_QA_MASK,
     nodata: float | None = None,
     size: int | None = None,
 ) -> xr.DataArray:
     """A site's Planet Fusion series as reflectance (0-1) in an xarray (time, band, y, x).
 
-    Pixels that are nodata/NaN, or whose PF-QA cloud band is at or above `qa_threshold`
-    (cloud confidence, percent), become NaN when `qa_mask` is set. The cloud band is
-    `qa_band`: a 1-based number or a band description; by default the only band of a
-    1-band QA raster, or else the one band whose description contains "cloud" (not
-    "shadow"); a QA raster where no single band qualifies is refused (`QABandError`).
+    Nodata/NaN pixels become NaN, and so do the pixels PF-QA flags under `qa` (by default
+    none: Planet Fusion is gap-filled, and no QA file is read).
     Every raster must be `size` x `size` px (default: `corpus_size(root)`).
     Georeferencing (CRS, transform, x/y in metres) comes along through rioxarray.
     """
@@ -331,13 +376,13 @@ def read_site(
         path = layout.raster_path(root, sample_id, date, layout.PF_SR)
         values = read_raster(path, nodata=nodata, size=size)  # checked before rioxarray opens it
         reflectance = np.where(values.mask, np.nan, values.data / layout.REFLECTANCE_SCALE)
-        if qa_mask:
+        if qa.active:
             qa_path = layout.raster_path(root, sample_id, date, layout.PF_QA)
             if qa_path.exists():
-                cloudy = _read_qa(qa_path, qa_band, size) >= qa_threshold
-                reflectance = np.where(cloudy[None], np.nan, reflectance)
+                flagged = _read_qa_mask(qa_path, qa, size)
+                reflectance = np.where(flagged[None], np.nan, reflectance)
             else:
-                log.warning("no %s: %s of site %s is not cloud-masked", qa_path, date, sample_id)
+                log.warning("no %s: %s of site %s is not QA-masked", qa_path, date, sample_id)
         # rioxarray supplies coordinates and CRS; pixel values come from the checked read.
         with rioxarray.open_rasterio(path) as layer:
             layers.append(layer.copy(data=reflectance.astype(np.float32)))
@@ -354,12 +399,14 @@ def verify_sites(
     dates: DateSelection = "monthly",
     progress: bool = True,
     size: int | None = None,
+    max_nodata_share: float = MAX_NODATA_SHARE,
 ) -> pd.DataFrame:
     """Read every selected raster of the given sites; one row per problem found.
 
     Use it before long runs: the returned table (sample_id, path, problem) lists what to
     drop or fix, rather than a crash hours into training. Rasters must be `size` x `size`
-    px (default: `corpus_size(root)`).
+    px (default: `corpus_size(root)`); a site whose selected rasters are more than
+    `max_nodata_share` nodata is a problem (a few nodata pixels are not).
     """
     size = corpus_size(root) if size is None else size
     problems = []
@@ -371,12 +418,18 @@ def verify_sites(
         except CorpusError as error:
             problems.append((sample_id, str(layout.site_dir(root, sample_id)), str(error)))
             continue
+        nodata_pixels = all_pixels = 0
         for date in chosen:
             path = layout.raster_path(root, sample_id, date, layout.PF_SR)
             try:
                 values = read_raster(path, size=size)
-                if values.mask.any():
-                    raise NodataError(f"{path}: {values.mask.mean():.1%} nodata/NaN pixels")
             except CorpusError as error:
                 problems.append((sample_id, str(path), str(error)))
+                continue
+            nodata_pixels += int(values.mask.sum())
+            all_pixels += values.mask.size
+        try:
+            check_nodata_share(nodata_pixels, all_pixels, max_nodata_share, sample_id)
+        except NodataError as error:
+            problems.append((sample_id, str(layout.site_dir(root, sample_id)), str(error)))
     return pd.DataFrame(problems, columns=["sample_id", "path", "problem"])

@@ -50,10 +50,12 @@ from rapid_utils.bandstats import mean_std
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import SKIPPED_COLUMNS, _assemble, build_index
 from rapid_utils.corpus.reader import (
+    MAX_NODATA_SHARE,
     CorpusError,
     DateSelection,
     available_dates,
-    read_raster,
+    check_nodata_share,
+    read_raster_counted,
     select_dates,
 )
 
@@ -67,6 +69,9 @@ SCHEDULERS = ("threads", "processes", "synchronous")
 REFLECTANCE = "reflectance"
 SAMPLE_CHUNK = 4096  # per-sample variables: rows per chunk (small arrays, few objects)
 LEGACY_VARIABLES = ("split",)  # written by older stores, read by nothing: removed on resume
+# The store holds uint16; a signed corpus's negative nodata tag (int16 PF-SR: -32768) becomes
+# this value, which no int16 measurement (at most 32767) can take.
+SIGNED_NODATA_IN_STORE = 65535
 
 
 class StoreError(CorpusError):
@@ -274,6 +279,7 @@ class PackReport:
     repacked: int  # samples marked packed whose data failed verification
     skipped: pd.DataFrame = field(repr=False)  # every sample left out, with its reason
     seconds: float = 0.0
+    clipped_negative: int = 0  # negative measurements clipped to 0 in the samples written
 
 
 @dataclass(frozen=True)
@@ -298,6 +304,7 @@ def pack(
     storage_options: dict | None = None,
     block_size: int = 64,
     progress: bool = True,
+    max_nodata_share: float = MAX_NODATA_SHARE,
 ) -> PackReport:
     """Pack the corpus at `corpus` into the store `out` (a `.zarr` folder or fsspec URL).
 
@@ -309,7 +316,9 @@ def pack(
     An existing store is resumed and extended: samples already packed are verified against their
     checksums (unless `verify=False`), failed ones repacked, new corpus sites appended. Status is
     committed every `block_size` samples. Bad samples are skipped and recorded with their reason
-    in the store's `skipped` attribute.
+    in the store's `skipped` attribute; a few nodata pixels are kept (masked), a site more than
+    `max_nodata_share` nodata is skipped. Negative measurements are clipped to 0 and counted
+    (`PackReport.clipped_negative`, logged).
     """
     start = time.perf_counter()
     if not is_store(out):
@@ -320,6 +329,8 @@ def pack(
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if not 0 <= max_nodata_share <= 1:
+        raise ValueError(f"max_nodata_share must be a share from 0 to 1, got {max_nodata_share}")
     url = _normalise_url(out)
     options = storage_options or {}
     corpus = Path(corpus).expanduser().resolve()
@@ -356,25 +367,30 @@ def pack(
         recorded = {row["sample_id"]: row for row in group.attrs.get("skipped", [])}
         for _, row in index.attrs["skipped"].iterrows():
             recorded[row["sample_id"]] = row.to_dict()
-        written = 0
+        written = clipped = 0
         bar = tqdm(total=len(todo), desc=f"packing {Path(url).name}", unit="site",
                    disable=not progress)
         for first in range(0, len(todo), max(1, block_size)):
             rows = todo[first : first + max(1, block_size)]
             outcomes = compute([
-                dask.delayed(_pack_sample)(str(corpus), url, options, sample_ids[i], i, grid)
+                dask.delayed(_pack_sample)(str(corpus), url, options, sample_ids[i], i, grid,
+                                           max_nodata_share)
                 for i in rows
             ])
             _commit(group, outcomes, recorded)
             written += sum("reason" not in o for o in outcomes)
+            clipped += sum(o.get("clipped", 0) for o in outcomes)
             bar.update(len(rows))
         bar.close()
     _finalise(group)
     skipped = pd.DataFrame(list(recorded.values()), columns=SKIPPED_COLUMNS)
     if len(skipped):
         log.warning("%d sites not in the store; reasons in its 'skipped' attribute", len(skipped))
+    if clipped:
+        log.info("%s: %d negative reflectance values clipped to 0 in %d samples written",
+                 url, clipped, written)
     return PackReport(url, written, len(done) - len(failed), len(failed), skipped,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, clipped)
 
 
 def _commit(group: zarr.Group, outcomes: list[dict], recorded: dict[str, dict]) -> None:
@@ -467,7 +483,19 @@ def _reference_grid(
             f"{layout.REFLECTANCE_SCALE:g} (uint16). Train from the GeoTIFFs directly (the reader "
             "handles float rasters), or convert them to uint16 reflectance x 10000 first"
         )
-    return _Grid(tuple(sorted(chosen)), size or side, None if nodata is None else int(nodata))
+    return _Grid(tuple(sorted(chosen)), size or side, _store_nodata(nodata, first_raster))
+
+
+def _store_nodata(nodata: float | None, path: Path) -> int | None:
+    """The store's uint16 nodata for a corpus whose first raster is tagged `nodata`."""
+    if nodata is None:
+        return None
+    if nodata < 0:
+        return SIGNED_NODATA_IN_STORE
+    if nodata != int(nodata) or nodata > 65535:
+        raise CorpusError(f"{path} has nodata {nodata}, which uint16 cannot hold: pack a corpus "
+                          "whose nodata tag is an integer from 0 to 65535 or negative (int16)")
+    return int(nodata)
 
 
 def _template(index: pd.DataFrame, grid: _Grid) -> xr.Dataset:
@@ -564,33 +592,47 @@ def _check_compatible(group: zarr.Group, url: str, options: dict, dates: DateSel
     return _Grid(tuple(_store_dates(url, options)), int(attrs["size"]), attrs["nodata"])
 
 
-def _read_sample(corpus: Path, sample_id: str, grid: _Grid) -> np.ndarray:
-    """A site's chips (T, 4, size, size) uint16 on the store's grid; CorpusError if unusable."""
+def _read_sample(corpus: Path, sample_id: str, grid: _Grid,
+                 max_nodata_share: float) -> tuple[np.ndarray, int]:
+    """A site's chips (T, 4, size, size) uint16 on the store's grid, nodata pixels holding
+    the store's nodata, and the count of negative values clipped; CorpusError if unusable."""
     site = select_dates(available_dates(corpus, sample_id), list(grid.dates), sample_id)
     chips = np.empty((len(site), len(layout.BANDS), grid.size, grid.size), np.uint16)
+    clipped = nodata_pixels = 0
     for t, date in enumerate(site):
         path = layout.raster_path(corpus, sample_id, date)
-        chip = read_raster(path)
+        chip, negatives = read_raster_counted(path)
         if chip.dtype != np.uint16:
-            raise CorpusError(f"{path} holds {chip.dtype}, expected uint16 reflectance x 10000")
-        data, mask = chip.data, np.ma.getmaskarray(chip)
-        expected = data == grid.nodata if grid.nodata is not None else np.zeros_like(mask)
-        if not np.array_equal(mask, expected):
-            raise CorpusError(f"{path} has another nodata value than the store ({grid.nodata})")
-        height, width = data.shape[1:]
+            raise CorpusError(f"{path} holds {chip.dtype}, expected 16-bit integer reflectance "
+                              "x 10000 (uint16 or int16)")
+        height, width = chip.shape[1:]
         if min(height, width) < grid.size:
             raise CorpusError(f"{path} is {height} x {width} px, smaller than the store's "
                               f"{grid.size}")
         top, left = (height - grid.size) // 2, (width - grid.size) // 2
-        chips[t] = data[:, top : top + grid.size, left : left + grid.size]
-    return chips
+        window = chip[:, top : top + grid.size, left : left + grid.size]
+        data, mask = window.data, np.ma.getmaskarray(window)
+        if grid.nodata is None and mask.any():
+            raise CorpusError(f"{path} has nodata pixels, but the store has no nodata value "
+                              "(its first raster has no nodata tag): pack into a new store")
+        if grid.nodata is not None and (data[~mask] == grid.nodata).any():
+            raise CorpusError(f"{path} holds the store's nodata value {grid.nodata} as a "
+                              "measurement (its own nodata tag differs): pack it apart")
+        chips[t] = data if grid.nodata is None else np.where(mask, grid.nodata, data)
+        clipped += negatives
+        nodata_pixels += int(mask.sum())
+    try:
+        check_nodata_share(nodata_pixels, chips.size, max_nodata_share, sample_id)
+    except CorpusError as error:
+        raise CorpusError(f"{error}; not packed") from error
+    return chips, clipped
 
 
 def _pack_sample(corpus: str, url: str, options: dict, sample_id: str, row: int,
-                 grid: _Grid) -> dict:
+                 grid: _Grid, max_nodata_share: float = MAX_NODATA_SHARE) -> dict:
     """Read one site, write its chunks to the store; its statistics, or the skip reason."""
     try:
-        chips = _read_sample(Path(corpus), sample_id, grid)
+        chips, clipped = _read_sample(Path(corpus), sample_id, grid, max_nodata_share)
     except CorpusError as error:
         path = str(layout.site_dir(Path(corpus), sample_id) / layout.PF_SR)
         return {"row": row, "sample_id": sample_id, "path": _path_in(str(error), path),
@@ -607,6 +649,7 @@ def _pack_sample(corpus: str, url: str, options: dict, sample_id: str, row: int,
         "band_sum": np.where(valid, values, 0).sum(axis=(0, 2, 3)),
         "band_sumsq": np.where(valid, values**2, 0).sum(axis=(0, 2, 3)),
         "band_count": valid.sum(axis=(0, 2, 3)),
+        "clipped": clipped,
     }
 
 

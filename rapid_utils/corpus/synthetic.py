@@ -4,8 +4,12 @@ Every site is a mixture of land-cover regions drawn on a 3 m grid. Each region h
 level-3 code, a spectral signature (Blue, Green, Red, NIR surface reflectance), a spatial
 texture (fields, tree crowns, street grids, smooth water) and a seasonal cycle; dates add
 illumination changes, sensor noise, occasional haze or cloud (flagged in PF-QA) and winter
-snow in the north. The CLC shares are counted from the drawn map, so labels are true to
-the pixels by construction. Sites are generated independently from per-site seeds, so the
+snow in the north. Files take the form the evidence gives for the real ones (see
+`../shared/REAL_FORMAT.md` and `layout`): ids `{utmz}_{tile}_{col}_{row}`, int16 PF-SR with a
+-32768 nodata tag, slightly negative dark pixels and a few nodata rows, a 3-band PF-QA without
+band descriptions (`QA_BANDS`), and label files both as bare Features and as collections.
+The CLC shares are counted from the drawn map, so labels are true to the pixels by
+construction. Sites are generated independently from per-site seeds, so the
 corpus is the same for a given seed whatever the number of worker processes.
 """
 
@@ -39,8 +43,16 @@ log = logging.getLogger(__name__)
 MARKER = "SYNTHETIC.json"
 # Bumped with every change of what the generator draws: a corpus written by another version
 # has other pixels for the same settings, so it is regenerated rather than kept.
-GENERATOR_VERSION = 5
-QA_BAND_NAMES = ("cloud_confidence",)
+GENERATOR_VERSION = 6
+# PF-QA as the Planet Fusion specification describes it, written without band descriptions:
+# band 1 the signed days to the nearest real observation (0: observed that day, otherwise
+# gap-filled), band 3 a cloud mask (1: the observation was cloudy). What band 2 holds is not
+# documented in the sources we have; the generator writes 0 there.
+QA_BANDS = {"days_to_observation": 1, "cloud_mask": 3}
+QA_BAND_COUNT = 3
+DTYPES = ("int16", "uint16")
+INT16_NODATA = -32768  # the fill of int16 PF-SR (FoMo-Bench's published statistics)
+NODATA_ROW_PROBABILITY = 0.05  # int16 files: chance that a date's top pixel row is nodata
 
 # How often each poster class dominates a site (agriculture and forest common, wetlands rare).
 DOMINANT_PRIOR = {
@@ -121,6 +133,7 @@ class SynthSettings:
     size: int
     dates: tuple[str, ...]
     compress: str | None
+    dtype: str = "int16"
     generator_version: int = GENERATOR_VERSION
 
 
@@ -154,8 +167,10 @@ def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
     classes = list(DOMINANT_PRIOR)
     base_prior = np.array([DOMINANT_PRIOR[c] for c in classes])
     site_extent = size * layout.PIXEL_SIZE_M
+    # Sites sit in the real corpus's 600 m cells (a larger site in a block of them), so ids
+    # take the real form `{utmz}_{tile}_{col}_{row}` and no two sites overlap.
+    step = layout.SITE_CELL_M * int(np.ceil(site_extent / layout.SITE_CELL_M))
     taken: set[tuple[int, int, int]] = set()
-    per_tile: dict[str, int] = {}
     plans: list[SitePlan] = []
     attempts = 0
     while len(plans) < n_sites:
@@ -171,28 +186,28 @@ def plan_sites(n_sites: int, seed: int, size: int) -> list[SitePlan]:
             continue
         epsg = geo.utm_epsg(lon, lat)
         easting, northing = geo.to_utm(lon, lat, epsg)
-        # Snap to a site-sized grid so that no two sites overlap.
-        cell = (epsg, int(easting // site_extent), int(northing // site_extent))
+        cell = (epsg, int(easting // step), int(northing // step))
         if cell in taken:
             continue
         taken.add(cell)
-        left, top = cell[1] * site_extent, (cell[2] + 1) * site_extent
-        tile = geo.tile_name(left, top - site_extent)
-        utmz = f"{epsg - 32600}N"
-        number = per_tile.get(f"{utmz}_{tile}", 0)
-        per_tile[f"{utmz}_{tile}"] = number + 1
+        cell_left, cell_bottom = cell[1] * step, cell[2] * step
+        # inside its cell, the site sits on a grid of its own extent, over the planned point
+        left = min(cell_left + (easting - cell_left) // site_extent * site_extent,
+                   cell_left + step - site_extent)
+        bottom = min(cell_bottom + (northing - cell_bottom) // site_extent * site_extent,
+                     cell_bottom + step - site_extent)
         prior = base_prior * _latitude_weights(lat, classes)
         cluster_rng = np.random.default_rng([seed, 1, len(plans) % n_clusters])
         prior = prior * cluster_rng.gamma(2.0, 0.5, len(classes))  # regional character
         dominant = classes[rng.choice(len(classes), p=prior / prior.sum())]
         plans.append(
             SitePlan(
-                sample_id=f"{utmz}_{tile}_{number}",
+                sample_id=layout.cell_sample_id(f"{epsg - 32600}N", cell_left, cell_bottom),
                 lon=float(lon),
                 lat=float(lat),
                 epsg=epsg,
                 left=float(left),
-                top=float(top),
+                top=float(bottom + site_extent),
                 dominant=dominant,
                 seed=int(rng.integers(2**31)),
             )
@@ -306,7 +321,9 @@ def _texture(rng: np.random.Generator, signature: str, size: int) -> np.ndarray:
 def render_site(
     plan: SitePlan, dates: Sequence[dt.date], size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one site: reflectance (T, 4, H, W) float, QA (T, 1, H, W) uint8, CLC code map."""
+    """Draw one site: reflectance (T, 4, H, W) float, cloud opacity in percent (T, 1, H, W)
+    uint8, CLC code map. Reflectance is capped at 1 but not floored at 0: sensor noise leaves
+    some dark pixels slightly negative, as in real surface-reflectance products."""
     rng = np.random.default_rng(plan.seed)
     doy = np.array([d.timetuple().tm_yday + (d.year - 2018) * rng.normal(0, 5) for d in dates])
     months = np.array([d.month for d in dates])
@@ -348,7 +365,7 @@ def render_site(
     noise = np.array(appearance.SENSOR_NOISE, dtype=np.float32)[None, :, None, None]
     reflectance += noise * rng.standard_normal(reflectance.shape, dtype=np.float32)  # sensor
     qa = _add_clouds(rng, reflectance, size)
-    return np.clip(reflectance, 0, 1), qa, code_map  # relief can lift snow past 1
+    return np.minimum(reflectance, 1), qa, code_map  # relief can lift snow past 1
 
 
 def _fields(rng, size, low, high, doy, lat) -> np.ndarray:
@@ -401,7 +418,7 @@ def _add_snow(rng, reflectance, regions, months, lat) -> None:
 
 
 def _add_clouds(rng, reflectance, size) -> np.ndarray:
-    """Occasional haze or cloud per date; its opacity becomes the PF-QA confidence (0-100)."""
+    """Occasional haze or cloud per date; returns its opacity in percent (0-100)."""
     qa = np.zeros((reflectance.shape[0], 1, size, size), dtype=np.uint8)
     for t in range(reflectance.shape[0]):
         draw = rng.random()
@@ -419,7 +436,8 @@ def _add_clouds(rng, reflectance, size) -> np.ndarray:
 
 
 def _write_raster(
-    path: Path, data: np.ndarray, plan: SitePlan, compress: str | None, descriptions: Sequence[str]
+    path: Path, data: np.ndarray, plan: SitePlan, compress: str | None,
+    descriptions: Sequence[str] | None = None, nodata: float | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {
@@ -430,19 +448,42 @@ def _write_raster(
         "dtype": data.dtype.name,
         "crs": f"EPSG:{plan.epsg}",
         "transform": from_origin(plan.left, plan.top, layout.PIXEL_SIZE_M, layout.PIXEL_SIZE_M),
+        "nodata": nodata,
     }
     if compress:
         profile.update(compress=compress, predictor=2)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-        dst.descriptions = tuple(descriptions)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
 
 
-def stored_values(reflectance: np.ndarray) -> np.ndarray:
-    """Reflectance as the corpus stores it: times REFLECTANCE_SCALE, rounded, uint16, at
-    least 1: 0 is left for nodata, as in Sentinel-2 products (sensor noise over dark water
-    would otherwise store 0s that a reader told `nodata=0` masks)."""
-    return np.clip(np.round(reflectance * layout.REFLECTANCE_SCALE), 1, 65535).astype(np.uint16)
+def stored_values(reflectance: np.ndarray, dtype: str = "uint16") -> np.ndarray:
+    """Reflectance as the corpus stores it: times REFLECTANCE_SCALE, rounded.
+
+    uint16: at least 1, so 0 is left for nodata, as in Sentinel-2 products (sensor noise over
+    dark water would otherwise store 0s that a reader told `nodata=0` masks). int16: negative
+    values kept, as a surface-reflectance product stores them; -32768 is left for nodata.
+    """
+    scaled = np.round(reflectance * layout.REFLECTANCE_SCALE)
+    if dtype == "int16":
+        return np.clip(scaled, INT16_NODATA + 1, 32767).astype(np.int16)
+    return np.clip(scaled, 1, 65535).astype(np.uint16)
+
+
+def qa_layers(opacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """PF-QA (T, 3, H, W) int16 from the cloud opacity (T, 1, H, W, percent): per date a signed
+    number of days to the nearest real observation (0 on about a third of the dates; further
+    away under a cloud patch), 0 in band 2, and the cloud mask (opacity of 50 % or more)."""
+    n_dates = opacity.shape[0]
+    cloudy = opacity[:, 0] >= 50
+    qa = np.zeros((n_dates, QA_BAND_COUNT, *opacity.shape[2:]), dtype=np.int16)
+    observed = rng.random(n_dates) < 1 / 3
+    days = np.where(observed, 0, rng.integers(1, 16, n_dates) * rng.choice([-1, 1], n_dates))
+    gap = np.where(days < 0, -10, 10)[:, None, None]  # no observation under the cloud
+    qa[:, QA_BANDS["days_to_observation"] - 1] = days[:, None, None] + np.where(cloudy, gap, 0)
+    qa[:, QA_BANDS["cloud_mask"] - 1] = cloudy
+    return qa
 
 
 def label_shares(code_map: np.ndarray) -> dict[str, float]:
@@ -452,26 +493,28 @@ def label_shares(code_map: np.ndarray) -> dict[str, float]:
 
 
 def write_site(
-    root: Path, plan: SitePlan, dates: Sequence[dt.date], size: int, compress: str | None
+    root: Path, plan: SitePlan, dates: Sequence[dt.date], size: int, compress: str | None,
+    dtype: str = "int16",
 ) -> dict:
-    """Render and write one site's PF-SR, PF-QA and label files; return its label row."""
-    reflectance, qa, code_map = render_site(plan, dates, size)
-    stored = stored_values(reflectance)
+    """Render and write one site's PF-SR, PF-QA and label files; return its label feature.
+
+    Drawn apart from the pixels (their own seeded stream), so the imagery is the same in
+    either dtype: the QA layers, the int16 nodata rows, and whether the label file is a bare
+    Feature or a one-feature collection (about half each, as both forms occur).
+    """
+    reflectance, opacity, code_map = render_site(plan, dates, size)
+    stored = stored_values(reflectance, dtype)
+    files_rng = np.random.default_rng([plan.seed, 1])
+    qa = qa_layers(opacity, files_rng)
+    nodata = None
+    if dtype == "int16":
+        nodata = INT16_NODATA
+        stored[files_rng.random(len(dates)) < NODATA_ROW_PROBABILITY, :, 0, :] = INT16_NODATA
     for t, date in enumerate(dates):
-        _write_raster(
-            layout.raster_path(root, plan.sample_id, date, layout.PF_SR),
-            stored[t],
-            plan,
-            compress,
-            layout.BANDS,
-        )
-        _write_raster(
-            layout.raster_path(root, plan.sample_id, date, layout.PF_QA),
-            qa[t],
-            plan,
-            compress,
-            QA_BAND_NAMES,
-        )
+        _write_raster(layout.raster_path(root, plan.sample_id, date, layout.PF_SR), stored[t],
+                      plan, compress, layout.BANDS, nodata)
+        _write_raster(layout.raster_path(root, plan.sample_id, date, layout.PF_QA), qa[t],
+                      plan, compress)
     shares = label_shares(code_map)  # percentages (0-100); readers accept 0-1 too
     extent = size * layout.PIXEL_SIZE_M
     ring = geo.footprint_lonlat(
@@ -484,12 +527,14 @@ def write_site(
     }
     path = layout.label_path(root, plan.sample_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    bare = files_rng.random() < 0.5
+    path.write_text(json.dumps(feature if bare else
+                               {"type": "FeatureCollection", "features": [feature]}))
     return feature
 
 
-def _write_sites(root: Path, plans: list[SitePlan], dates, size, compress) -> list[dict]:
-    return [write_site(root, plan, dates, size, compress) for plan in plans]
+def _write_sites(root: Path, plans: list[SitePlan], dates, size, compress, dtype) -> list[dict]:
+    return [write_site(root, plan, dates, size, compress, dtype) for plan in plans]
 
 
 def generate_corpus(
@@ -501,9 +546,12 @@ def generate_corpus(
     compress: str | None = "deflate",
     workers: int = 2,
     progress: bool = True,
+    dtype: str = "int16",
 ) -> Path:
     """Write a synthetic corpus in the RapidAI4EO layout under `out` and return its path.
 
+    `dtype` 'int16' writes PF-SR as the real product most likely stores it (see the module
+    docstring); 'uint16' writes values of at least 1 with no nodata tag and no nodata rows.
     An existing complete corpus with the same settings is kept as it is. A folder left
     by an interrupted generation is regenerated; any other non-empty folder is refused,
     so nothing that is not ours is ever overwritten.
@@ -512,9 +560,11 @@ def generate_corpus(
         raise ValueError(f"n_sites must be at least 1, got {n_sites}")
     if not 8 <= size <= 1024:
         raise ValueError(f"size must be between 8 and 1024 px, got {size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     chosen_dates = synth_dates(dates)
     settings = SynthSettings(
-        n_sites, seed, size, tuple(d.isoformat() for d in chosen_dates), compress
+        n_sites, seed, size, tuple(d.isoformat() for d in chosen_dates), compress, dtype
     )
     root = Path(out)
     marker = root / MARKER
@@ -540,13 +590,13 @@ def generate_corpus(
     bar = tqdm(total=n_sites, desc="synthetic sites", unit="site", disable=not progress)
     if workers <= 1:
         for chunk in chunks:
-            features.extend(_write_sites(root, chunk, chosen_dates, size, compress))
+            features.extend(_write_sites(root, chunk, chosen_dates, size, compress, dtype))
             bar.update(len(chunk))
     else:
         context = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             jobs = [
-                pool.submit(_write_sites, root, chunk, chosen_dates, size, compress)
+                pool.submit(_write_sites, root, chunk, chosen_dates, size, compress, dtype)
                 for chunk in chunks
             ]
             for job, chunk in zip(jobs, chunks, strict=True):
