@@ -53,6 +53,11 @@ class CorpusCheckError(RuntimeError):
     """The profile's corpus (folder, chips or store) is missing or has no usable site."""
 
 
+class MissingResultsError(RuntimeError):
+    """Figures were asked for without training, and some fine-tuning results of the profile
+    are missing or stale."""
+
+
 def load_profile(profile: str, extra_files: tuple[str | Path, ...] = ()) -> dict[str, Any]:
     """Read `params/{profile}.yaml`, then update it with each extra YAML file in turn."""
     merged: dict[str, Any] = {}
@@ -121,6 +126,7 @@ def _synthetic_corpus(profile: str, values: dict[str, Any]) -> Path:
         seed=int(values["seed"]),
         size=int(values.get("synth_size", 64)),
         dates=values.get("synth_dates", "monthly"),
+        dtype=values.get("synth_dtype", "int16"),
         workers=int(values.get("workers", 2)),
     )
     if values.get("store") and "://" not in str(values["store"]):
@@ -338,15 +344,11 @@ class _ReuseCheck:
         if not existing.get("complete"):
             return Rerun("results file incomplete")
         values = notebook_values(job.notebook, job.parameters)
-        runs = Path(values["runs_dir"])
         try:
-            config = study.finetune_config(values, runs)
-            key = (values["store"] or values["corpus_dir"], str(runs), values["split_by"],
-                   int(values["split_seed"]), int(values["stats_sites"]))
+            key = study.study_arguments(values)
+            config = study.finetune_config(values, key[1])
             if key not in self._studies:
-                location = paths.data_location(key[0])
-                self._studies[key] = study.load_study(location, *key[1:],
-                                                      indexed=self._indexed.get(str(location)))
+                self._studies[key] = study.load_study(*key, indexed=self._indexed.get(str(key[0])))
             data = self._studies[key]
             provenance = train.finetune_provenance(config, data.sites("train"),
                                                    data.sites("val"), data.sites("test"),
@@ -358,6 +360,28 @@ class _ReuseCheck:
         if not stale:
             return None
         return Rerun(f"stale result: {'; '.join(stale)}", replace=True, announce=True)
+
+
+def _figures_jobs(profile: str, extra_files: tuple[str | Path, ...], jobs: list[Job],
+                  reuse: _ReuseCheck) -> list[Job]:
+    """The jobs of a figures-only batch: the fine-tuning jobs, each with a reusable result
+    (else `MissingResultsError` lists those without), then the figures notebook."""
+    finetuning = [job for job in jobs if job.scenario]
+    if not finetuning:
+        raise ProfileError(f"profile {profile!r} plans no fine-tuning scenario (scenarios: []), "
+                           "so there are no figures to draw from results")
+    missing = [(job, rerun) for job in finetuning if (rerun := reuse.why_rerun(job))]
+    if missing:
+        extra = "".join(f" --extra {path}" for path in extra_files)
+        listed = "".join(f"\n- {job.results_file} ({job.scenario}, seed "
+                         f"{job.parameters['seed']}): {rerun.reason}" for job, rerun in missing)
+        raise MissingResultsError(
+            f"{len(missing)} of the {len(finetuning)} fine-tuning results of profile "
+            f"{profile!r} are missing or stale, so no figure was drawn:{listed}\nMake them "
+            f"with `rapid-utils finetune --profile {profile}{extra} [--scenario KEY] "
+            f"[--seed N]` (under torchrun: README, \"Scaling up\"), or run `rapid-utils "
+            f"reproduce --profile {profile}{extra}` without --figures-only")
+    return [*finetuning, *(job for job in jobs if job.notebook == "05_figures")]
 
 
 JOB_TIMES_FILE = "job_times.csv"
@@ -387,7 +411,8 @@ def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
 
 
 def reproduce(
-    profile: str, extra_files: tuple[str | Path, ...] = (), force: bool = False
+    profile: str, extra_files: tuple[str | Path, ...] = (), force: bool = False,
+    figures_only: bool = False,
 ) -> list[NotebookRun]:
     """Run the whole study for a profile; executed notebooks land in `runs/{profile}/notebooks`.
 
@@ -396,7 +421,14 @@ def reproduce(
     `force`; a stale one is rerun, and the progress line says why. Scenarios that cannot run
     (ImageNet weights unavailable, BYOL pretraining failed) are skipped and recorded, with
     the reason, in the results folder's skipped.json.
+
+    `figures_only` trains nothing: every fine-tuning result the profile plans must be there
+    and reusable (made by an earlier batch, or by `rapid-utils finetune --profile`, e.g. under
+    torchrun), else `MissingResultsError` names the missing ones; then only the figures
+    notebook (05) runs.
     """
+    if force and figures_only:
+        raise ValueError("force retrains every result and figures_only trains none: choose one")
     values = load_profile(profile, extra_files)
     corpus = resolve_corpus(profile, values)
     data = paths.data_location(values["store"]) if values.get("store") else corpus
@@ -407,9 +439,13 @@ def reproduce(
         raise CorpusCheckError(f"the corpus of profile {profile!r} cannot be used, so no "
                                f"notebook was run: {error}") from error
     jobs = plan_jobs(profile, values, corpus)
+    reuse = _ReuseCheck(data, indexed)
+    if figures_only:
+        jobs = _figures_jobs(profile, extra_files, jobs, reuse)
     results_dir = paths.results_dir(paths.runs_dir(profile))
     skipped: dict[str, str] = {}
-    if any(results.SCENARIO_BY_KEY[j.scenario].init == "imagenet" for j in jobs if j.scenario):
+    if not figures_only and any(results.SCENARIO_BY_KEY[j.scenario].init == "imagenet"
+                                for j in jobs if j.scenario):
         reason = _imagenet_unavailable(values)
         if reason:
             skipped |= {j.scenario: reason for j in jobs
@@ -418,12 +454,12 @@ def reproduce(
 
     outcomes: list[NotebookRun] = []
     times_file = paths.runs_dir(profile) / JOB_TIMES_FILE
-    reuse = _ReuseCheck(data, indexed)
     start = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
                                 if job.scenario else "")
-        rerun = (reuse.why_rerun(job) if job.results_file and not force
+        # figures only: `_figures_jobs` found every result reusable
+        rerun = (reuse.why_rerun(job) if job.results_file and not (force or figures_only)
                  and job.scenario not in skipped else None)
         if job.scenario in skipped:
             outcome = NotebookRun(label, job.output, 0.0, skipped[job.scenario], "skipped")

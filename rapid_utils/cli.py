@@ -2,7 +2,9 @@
 pack a corpus, run the notebook batch, train, export pretrained weights.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
-`torchrun`; every field of their config dataclass is an option (`--batch-size 4096`).
+`torchrun`: with `--profile` exactly as the batch's notebooks 03 and 04 would (same settings,
+same files, so `reproduce --figures-only` draws their results), or with every field of their
+config dataclass as an option (`--batch-size 4096`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ import dataclasses
 import logging
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-from rapid_utils import batch, distributed, docs, download, models, paths, study, train
+from rapid_utils import batch, distributed, docs, download, models, paths, results, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
+from rapid_utils.messages import gist
 
 
 def _synth(args: argparse.Namespace) -> int:
     dates = args.dates if args.dates in ("monthly", "all") else args.dates.split(",")
     generate_corpus(args.out, n_sites=args.n_sites, seed=args.seed, size=args.size,
-                    dates=dates, workers=args.workers)
+                    dates=dates, workers=args.workers, dtype=args.dtype)
     return 0
 
 
@@ -61,7 +64,8 @@ def _download(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    runs = batch.reproduce(args.profile, tuple(args.extra), force=args.force)
+    runs = batch.reproduce(args.profile, tuple(args.extra), force=args.force,
+                           figures_only=args.figures_only)
     counts = {status: sum(r.status == status for r in runs)
               for status in ("done", "reused", "skipped", "failed")}
     logging.info("%d jobs in %.0f s: %s", len(runs), time.perf_counter() - start,
@@ -83,41 +87,102 @@ def _docs(args: argparse.Namespace) -> int:
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One option per field of a training config dataclass, with its default."""
+    """One option per field of a training config dataclass; a field left out keeps its
+    default (absent from the parsed options, so that `--profile` can refuse the given ones)."""
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
+        shown = {"default": argparse.SUPPRESS, "help": f"default: {field.default}"}
         if isinstance(field.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **shown)
         elif field.default is None:
-            parser.add_argument(flag, default=None)
+            parser.add_argument(flag, **shown)
         else:
-            parser.add_argument(flag, type=type(field.default), default=field.default)
+            parser.add_argument(flag, type=type(field.default), **shown)
 
 
-def _config(args: argparse.Namespace, config_class: type):
-    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+# The study options' defaults, and the init without --init (FinetuneConfig's).
+OPTION_DEFAULTS = {"store": "", "split_by": "site", "split_seed": 0, "stats_sites": 256,
+                   "init": "random"}
+STUDY_OPTIONS = ("corpus", "runs", "split_by", "split_seed", "stats_sites")
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", required=True,
-                        help="corpus root (real or embedded), or a chips spec YAML file")
-    parser.add_argument("--runs", required=True,
-                        help="runs folder: band_stats.json, byol/ checkpoints, results/")
-    parser.add_argument("--split-by", default="site", choices=("site", "tile"))
-    parser.add_argument("--split-seed", type=int, default=0,
-                        help="seed of the train/val/test split; keep it fixed across runs")
-    parser.add_argument("--stats-sites", type=int, default=256,
-                        help="training sites for band statistics when band_stats.json is missing")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads per process; 0: the cores no other process is busy on")
+    chosen = parser.add_argument_group(
+        "from a profile", "every training setting as `rapid-utils reproduce --profile` gives "
+        "it to notebooks 03 and 04, so that the batch reuses what this writes; the options "
+        "that set them are then refused (--threads aside)")
+    chosen.add_argument("--profile", default=None, help="params/{profile}.yaml")
+    chosen.add_argument("--extra", action="append", default=[],
+                        help="another YAML file overriding profile values (repeatable; give the "
+                        "batch the same files)")
+    given = parser.add_argument_group("settings, without --profile")
+    given.add_argument("--corpus", default=argparse.SUPPRESS,
+                       help="corpus root (real or embedded), or a chips spec YAML file")
+    given.add_argument("--runs", default=argparse.SUPPRESS,
+                       help="runs folder: band_stats.json, byol/ checkpoints, results/")
+    given.add_argument("--split-by", default=argparse.SUPPRESS, choices=("site", "tile"),
+                       help="default: site")
+    given.add_argument("--split-seed", type=int, default=argparse.SUPPRESS,
+                       help="seed of the train/val/test split (default 0); keep it fixed "
+                       "across runs")
+    given.add_argument("--stats-sites", type=int, default=argparse.SUPPRESS,
+                       help="training sites for band statistics when band_stats.json is "
+                       "missing (default 256)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process; 0: the cores no other process is busy "
+                        "on (default: the profile's threads, else 0)")
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as options, in notebook 03's and 04's parameter names."""
+    missing = [f"--{name}" for name in ("corpus", "runs") if not hasattr(args, name)]
+    if missing:
+        raise ValueError(f"give --profile, or --corpus and --runs ({' and '.join(missing)} "
+                         "missing)")
+    if args.extra or getattr(args, "scenario", None):
+        raise ValueError("--extra and --scenario choose within a profile: give --profile too")
+    return OPTION_DEFAULTS | vars(args) | {"corpus_dir": args.corpus, "runs_dir": args.runs}
+
+
+def _profile_jobs(args: argparse.Namespace, notebook: str,
+                  settings: tuple[str, ...]) -> list[batch.Job]:
+    """The batch's jobs of `notebook` for `--profile`, refusing the `settings` options.
+
+    The profile's corpus is resolved (the embedded corpus generated) by the first process
+    alone, then by the others, which find it ready: torchrun starts several.
+    """
+    refused = [f"--{name.replace('_', '-')}" for name in settings if hasattr(args, name)]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} cannot be combined with --profile, which sets every training "
+            "setting as the batch does: change them in a YAML file given with --extra (and to "
+            "`rapid-utils reproduce` too), or leave out --profile")
+    values = batch.load_profile(args.profile, tuple(args.extra))
+    context = distributed.setup()
+    corpus = batch.resolve_corpus(args.profile, values) if context.is_main else None
+    distributed.barrier(context)
+    corpus = corpus or batch.resolve_corpus(args.profile, values)
+    return [job for job in batch.plan_jobs(args.profile, values, corpus)
+            if job.notebook == notebook]
+
+
+def _set_threads(args: argparse.Namespace, values: dict[str, Any]) -> None:
+    distributed.set_threads(int(values.get("threads") or 0) if args.threads is None
+                            else args.threads)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    distributed.set_threads(args.threads)
-    config = _config(args, train.PretrainConfig)
-    data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
-                            args.stats_sites)
-    out_dir = paths.byol_run_dir(Path(args.runs), config.positives, config.seed)
+    if args.profile:
+        settings = (*STUDY_OPTIONS, *(f.name for f in dataclasses.fields(train.PretrainConfig)))
+        (job,) = _profile_jobs(args, "03_byol_pretraining", settings)
+        values = batch.notebook_values(job.notebook, job.parameters)
+    else:
+        values = _option_values(args)
+    _set_threads(args, values)
+    config = study.pretrain_config(values)
+    arguments = study.study_arguments(values)
+    data = study.load_study(*arguments)
+    out_dir = paths.byol_run_dir(arguments[1], config.positives, config.seed)
     history = train.pretrain(config, data.corpus, data.pretraining_sites(), data.sites("val"),
                              data.band_stats, out_dir, split_fingerprint=data.split_fingerprint)
     logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
@@ -125,19 +190,49 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    distributed.set_threads(args.threads)
-    args.init = study.resolve_init(args.init, args.runs, args.positives, args.byol_seed,
-                                   args.byol_checkpoint)
-    config = _config(args, train.FinetuneConfig)
-    data = study.load_study(args.corpus, args.runs, args.split_by, args.split_seed,
-                            args.stats_sites)
-    results_path = paths.results_dir(Path(args.runs)) / train.results_name(config)
-    results = train.finetune(config, data.corpus, data.sites("train"), data.sites("val"),
-                             data.sites("test"), data.band_stats, results_path, force=args.force,
-                             class_names=data.class_names,
-                             model_dir=paths.model_dir(Path(args.runs), results_path))
-    logging.info("test accuracy %.3f -> %s", results["final"]["test"]["accuracy"], results_path)
-    return 0
+    if args.profile:
+        settings = (*STUDY_OPTIONS, "positives", "byol_seed", "byol_checkpoint",
+                    *(f.name for f in dataclasses.fields(train.FinetuneConfig)
+                      if f.name != "seed"))  # --seed picks one of the profile's seeds
+        planned = _profile_jobs(args, "04_finetuning", settings)
+        seed = getattr(args, "seed", None)
+        jobs = [job for job in planned if args.scenario in (None, job.scenario)
+                and seed in (None, job.parameters["seed"])]
+        if not jobs:
+            raise batch.ProfileError(
+                f"profile {args.profile!r} plans no fine-tuning run of scenario "
+                f"{args.scenario or 'any'} with seed {'any' if seed is None else seed}; its "
+                f"scenarios: {list(dict.fromkeys(job.scenario for job in planned))}, seeds: "
+                f"{sorted({job.parameters['seed'] for job in planned})}")
+        chosen = [batch.notebook_values(job.notebook, job.parameters) for job in jobs]
+    else:
+        chosen = [_option_values(args)]
+    _set_threads(args, chosen[0])
+    arguments = study.study_arguments(chosen[0])  # one study: the batch's jobs share it
+    data = study.load_study(*arguments)
+    skipped = []
+    for values in chosen:
+        config = study.finetune_config(values, arguments[1])
+        results_path = paths.results_dir(arguments[1]) / train.results_name(config)
+        try:
+            # as the batch does, a stale result of the profile is replaced
+            written = train.finetune(
+                config, data.corpus, data.sites("train"), data.sites("val"), data.sites("test"),
+                data.band_stats, results_path, force=args.force,
+                replace_stale=bool(args.profile), class_names=data.class_names,
+                model_dir=paths.model_dir(arguments[1], results_path))
+        except models.WeightsUnavailableError as error:
+            if not args.profile:
+                raise
+            skipped.append(results_path.name)
+            logging.warning("skipped %s: %s", results_path.name, gist(str(error)))
+            continue
+        logging.info("test accuracy %.3f -> %s", written["final"]["test"]["accuracy"],
+                     results_path)
+    if skipped:
+        logging.warning("%d of %d runs skipped (their initial weights are missing): %s",
+                        len(skipped), len(chosen), ", ".join(skipped))
+    return 1 if skipped else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -165,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--dates", default="monthly",
                        help="'monthly' (24), 'all' (146) or comma-separated YYYY-MM-DD")
     synth.add_argument("--workers", type=int, default=2, help="worker processes")
+    synth.add_argument("--dtype", choices=("int16", "uint16"), default="int16",
+                       help="PF-SR encoding: int16 with a -32768 nodata tag (the real form) "
+                            "or uint16 without nodata")
     synth.set_defaults(func=_synth)
 
     pack = commands.add_parser(
@@ -221,8 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="quick", help="params/{profile}.yaml")
     reproduce.add_argument("--extra", action="append", default=[],
                            help="another YAML file overriding profile values (repeatable)")
-    reproduce.add_argument("--force", action="store_true",
-                           help="rerun fine-tuning even where a complete results file exists")
+    retrain = reproduce.add_mutually_exclusive_group()
+    retrain.add_argument("--force", action="store_true",
+                         help="rerun fine-tuning even where a complete results file exists")
+    retrain.add_argument("--figures-only", action="store_true",
+                         help="train nothing: draw the figures (notebook 05) from the profile's "
+                         "fine-tuning results, made earlier or elsewhere (torchrun); an error "
+                         "names any that is missing or stale")
     reproduce.set_defaults(func=_reproduce)
 
     render = commands.add_parser("docs", help="render a profile's executed notebooks to HTML")
@@ -237,12 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune and write a results file")
     _add_study_options(finetune)
     _add_config_options(finetune, train.FinetuneConfig)
-    finetune.add_argument("--positives", default="augment",
-                          help="with --init byol: which pretraining run's checkpoint to use")
-    finetune.add_argument("--byol-seed", type=int, default=0,
-                          help="with --init byol: the seed of that pretraining run")
-    finetune.add_argument("--byol-checkpoint", default="",
+    finetune.add_argument("--positives", default=argparse.SUPPRESS,
+                          help="with --init byol: which pretraining run's checkpoint to use "
+                          "(default: augment)")
+    finetune.add_argument("--byol-seed", type=int, default=argparse.SUPPRESS,
+                          help="with --init byol: the seed of that pretraining run (default 0)")
+    finetune.add_argument("--byol-checkpoint", default=argparse.SUPPRESS,
                           help="with --init byol: a checkpoint path instead of the default")
+    finetune.add_argument("--scenario", default=None, choices=list(results.SCENARIO_BY_KEY),
+                          help="with --profile: this scenario only (default: all the profile's); "
+                          "--seed likewise picks one of its seeds")
     finetune.add_argument("--force", action="store_true", help="retrain over a complete result")
     finetune.set_defaults(func=_finetune)
 
@@ -267,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (batch.ProfileError, batch.CorpusCheckError, CorpusError, FileExistsError,
-            FileNotFoundError, ValueError) as error:
+    except (batch.ProfileError, batch.CorpusCheckError, batch.MissingResultsError, CorpusError,
+            FileExistsError, FileNotFoundError, ValueError,
+            models.WeightsUnavailableError) as error:
         logging.error("error: %s", error)
         return 2
 

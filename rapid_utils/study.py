@@ -2,7 +2,9 @@
 
 Notebooks 03 and 04 and the `rapid-utils pretrain|finetune` commands all call `load_study`,
 so a pretraining run and the fine-tuning runs that follow it see the same split and the
-same band statistics.
+same band statistics. `pretrain_config`, `finetune_config` and `study_arguments` turn the
+notebooks' parameter values into configs and `load_study` arguments: one mapping for notebooks
+03 and 04, the batch's reuse check and `rapid-utils pretrain|finetune --profile`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rapid_utils.datasets import (
     band_stats_recipe,
     compute_band_stats,
 )
-from rapid_utils.train import FinetuneConfig
+from rapid_utils.train import FinetuneConfig, PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,21 @@ def stored_band_stats(
     stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
     log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)
     return stats
+
+
+def study_arguments(values: Mapping[str, Any]) -> tuple[Path | str, Path, str, int, int]:
+    """`load_study`'s corpus, runs, split_by, seed and stats_sites from notebook 03's or 04's
+    parameter values (`store`, when not empty, in place of `corpus_dir`)."""
+    return (paths.data_location(values["store"] or values["corpus_dir"]),
+            Path(values["runs_dir"]).expanduser().resolve(), values["split_by"],
+            int(values["split_seed"]), int(values["stats_sites"]))
+
+
+def pretrain_config(values: Mapping[str, Any]) -> PretrainConfig:
+    """The pretraining config of notebook 03's (or a batch job's) parameter values: every
+    `PretrainConfig` field among them, the defaults for the others; other keys are ignored."""
+    return PretrainConfig(**{f.name: values[f.name] for f in fields(PretrainConfig)
+                             if f.name in values})
 
 
 def finetune_config(values: Mapping[str, Any], runs: str | Path) -> FinetuneConfig:

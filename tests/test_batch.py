@@ -240,6 +240,20 @@ def test_cli_pretrain_then_finetune_share_split_and_statistics(tmp_path):
     assert results["parameters"]["n_labelled"] < results["parameters"]["n_train"]
 
 
+def test_training_from_a_profile_refuses_settings_of_its_own(project_home, caplog):
+    """A setting given beside --profile would make a file the batch reruns as stale."""
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["finetune", "--profile", "ci", "--batch-size", "4", "--lr", "0.1"]) == 2
+        assert cli.main(["pretrain", "--profile", "ci", "--seed", "1"]) == 2
+        assert cli.main(["finetune", "--corpus", "c", "--runs", "r", "--scenario", "byol-1%"]) == 2
+        assert cli.main(["pretrain", "--corpus", "c"]) == 2
+    assert "--batch-size, --lr cannot be combined with --profile" in caplog.text
+    assert "--seed cannot be combined with --profile" in caplog.text
+    assert "--extra and --scenario choose within a profile: give --profile too" in caplog.text
+    assert "give --profile, or --corpus and --runs (--runs missing)" in caplog.text
+    assert not (project_home / "data").exists()  # refused before the corpus was made
+
+
 def test_resolve_init(tmp_path):
     assert study.resolve_init("random", tmp_path) == "random"
     assert study.resolve_init("byol:/x/ckpt.pt", tmp_path) == "byol:/x/ckpt.pt"
@@ -254,8 +268,8 @@ def test_docs_without_a_run_say_what_to_do(project_home):
         docs.build_docs("ci")
 
 
-BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "workers", "seeds",
-              "scenarios", "pretrain_epochs", "pretrain_batch_size", "finetune_epochs",
+BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "synth_dtype", "workers",
+              "seeds", "scenarios", "pretrain_epochs", "pretrain_batch_size", "finetune_epochs",
               "finetune_batch_size", *batch.CHIPS_KEYS, *batch.EXAMPLE_CHIPS_KEYS}
 
 

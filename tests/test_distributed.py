@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rapid_utils import byol, datasets, distributed, models, splits, train
+from rapid_utils import batch, byol, cli, datasets, distributed, models, paths, splits, train
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
 
@@ -32,6 +33,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _as_torchrun(rank: int, port: int) -> None:
+    """The environment torchrun gives process `rank` of a one-node job."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
 class _RecordedBYOL(byol.BYOL):
     """`byol.BYOL` that keeps its instances and their initial weights, for one test process."""
 
@@ -45,8 +53,7 @@ class _RecordedBYOL(byol.BYOL):
 
 def _worker(rank: int, port: int, root: str, out: str) -> None:
     """One torchrun-like process: the environment torchrun sets, then both training loops."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _as_torchrun(rank, port)
     torch.set_num_threads(1)
     byol.BYOL = _RecordedBYOL  # this spawned process only: keep each rank's replica
     index = build_index(root, progress=False)
@@ -111,8 +118,7 @@ def test_two_processes_train_in_step_and_rank0_writes(tmp_path: Path) -> None:
 
 def _unreadable_worker(rank: int, port: int, out: str) -> None:
     """Rank 1 alone meets bad samples: 3 of its 100 reads fail, none of rank 0's 100."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _as_torchrun(rank, port)
     log = train.UnreadableLog(context=distributed.setup())
     failures = [f"site_{k}: truncated" for k in range(3)] if rank == 1 else []
     log.note({"label": [0] * 100, "unreadable": failures + [""] * (100 - len(failures))})
@@ -135,6 +141,52 @@ def test_every_rank_stops_together_on_unreadable_samples(tmp_path: Path) -> None
     for rank in ranks:
         assert rank["outcome"].startswith("3 of 200 sample reads failed"), rank["outcome"]
         assert set(rank["reasons"]) == {"site_0", "site_1", "site_2"}  # rank 0 records them
+
+
+def _cli_worker(rank: int, port: int, commands: list[list[str]]) -> None:
+    """`torchrun -m rapid_utils.cli COMMAND` in process `rank`, for each command in turn."""
+    _as_torchrun(rank, port)
+    for argv in commands:
+        assert cli.main(argv) == 0, argv
+    dist.destroy_process_group()
+
+
+def test_torchrun_runs_of_a_profile_are_what_the_batch_draws(tmp_path: Path, monkeypatch,
+                                                             caplog) -> None:
+    """`pretrain|finetune --profile ci` in two Gloo processes write the files the batch would;
+    `reproduce --figures-only` then reuses the results, trains nothing and draws the figures."""
+    monkeypatch.setenv("RAPID_HOME", str(tmp_path))  # the spawned processes inherit it
+    extra = tmp_path / "two.yaml"
+    # 1 %: fewer sites than a batch per process, repeated to `min_samples_per_epoch` in both
+    extra.write_text("scenarios: [scratch-100%, byol-1%]\n")
+    figures_only = ["reproduce", "--profile", "ci", "--extra", str(extra), "--figures-only"]
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(figures_only) == 2  # nothing to draw yet: each missing result named
+    assert "2 of the 2 fine-tuning results of profile 'ci' are missing" in caplog.text
+    assert "finetune_init-byol_frac-0.01_seed-0.json (byol-1%, seed 0): no results file" in (
+        caplog.text)
+    assert not paths.figures_dir("ci").exists()
+
+    profile = ["--profile", "ci", "--extra", str(extra), "--threads", "1"]
+    mp.spawn(_cli_worker, args=(_free_port(), [["pretrain", *profile], ["finetune", *profile]]),
+             nprocs=WORLD_SIZE, join=True)
+    results_dir = paths.results_dir(paths.runs_dir("ci"))
+    written = {path.name: path.stat().st_mtime_ns for path in results_dir.glob("finetune_*")}
+    assert sorted(written) == ["finetune_init-byol_frac-0.01_seed-0.json",
+                               "finetune_init-random_frac-1_seed-0.json"]
+    assert {json.loads((results_dir / name).read_text())["parameters"]["world_size"]
+            for name in written} == {WORLD_SIZE}
+
+    outcomes = batch.reproduce("ci", (extra,), figures_only=True)
+    assert [(run.name, run.status) for run in outcomes] == [
+        ("04_finetuning [scratch-100%, seed 0]", "reused"),
+        ("04_finetuning [byol-1%, seed 0]", "reused"), ("05_figures", "done")]
+    assert {path.name: path.stat().st_mtime_ns
+            for path in results_dir.glob("finetune_*")} == written  # not trained again
+    figures = paths.figures_dir("ci")
+    for name in ("fig4_test_accuracy", "fig5_class_precision_recall"):
+        assert (figures / f"{name}.png").stat().st_size > 10_000, name
+    assert "byol-1%" in (figures / "results.md").read_text()
 
 
 def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,8 @@ processes; the BYOL collapse guards and all writing on rank 0 only). On CUDA, fo
 passes run in bf16 autocast with channels_last tensors.
 
 Poster scale (ResNet-50, 200 px, ~375K training sites), one node with 8 GPUs:
-    torchrun --standalone --nproc_per_node=8 -m rapid_utils.cli pretrain ...
-(see the README, "Scaling up", for the exact command).
+    torchrun --standalone --nproc_per_node=8 -m rapid_utils.cli pretrain --profile poster
+(and `finetune --profile poster`; see the README, "Scaling up").
 Fine-tuning writes one results file per run; pretraining one checkpoint that `models.build_model`
 reads with ``init="byol:<path>"``.
 

@@ -308,12 +308,19 @@ def finetune(
     local_batch = config.batch_size // context.world_size
     # A last batch of one sample breaks BatchNorm in train mode; drop it in that case only.
     # Several processes always drop the ragged end (DistributedSampler would pad it).
-    min_samples = 0 if context.active else config.min_samples_per_epoch
+    # `min_samples_per_epoch` repeats a small label share under torchrun too: the epoch's
+    # order is drawn once and shared out (`EpochSampler`), so each process gets its part.
+    min_samples = config.min_samples_per_epoch
     drop_last = context.active or max(len(train_set), min_samples) % local_batch == 1
 
     train_loader = make_loader(train_set, local_batch, config.seed, shuffle=True,
                                drop_last=drop_last, context=context,
                                samples_per_epoch=min_samples, **loading)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"label_fraction {config.label_fraction} gives {len(labelled)} training sites, "
+            f"fewer than one batch of {local_batch} in each of the {context.world_size} "
+            "processes: raise min_samples_per_epoch (repeats them) or lower batch_size")
 
     eval_loaders = {
         name: make_loader(
