@@ -6,8 +6,8 @@ against two baselines, image statistics and random-init features, by a kNN and a
 on frozen features and by fine-tuning, with 1, 5, 10 and all labels per class drawn from R
 repeated stratified splits. Every encoder sees the same label subsets (a paired comparison),
 and the table gives each mean with a 95 % interval. The numeric part (subsets, kNN, probe,
-summary) lives in `evaluation`; this module turns a study's images into features and runs
-the fine-tuning repeats through `train.finetune`.
+summary, feature extraction) lives in `evaluation`; this module builds the encoders, feeds
+them a study's images and runs the fine-tuning repeats through `train.finetune`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rapid_utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-IMAGESTATS = "imagestats"  # the image-statistics baseline: per-band statistics, no network
+IMAGESTATS = evaluation.IMAGESTATS  # the image-statistics baseline: no network
 RANDOM_INIT = "random-init"  # the network untrained (seeded); fine-tuned, it is "scratch"
 ENCODERS = ("byol", RANDOM_INIT, "imagenet")
 MIN_FROZEN_REPEATS = 10  # repeats the field reports for frozen evaluations at <= 5 labels
@@ -86,25 +86,22 @@ def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, 
     """Features (N, D) of each encoder and the imagestats baseline on `index`'s images.
 
     The images are those the encoders see (normalised, one date per site spread over the
-    year; chips have one), read once in batches, so memory holds features, not images. A
-    "random" init is seeded, so random-init features are the same network in every run.
+    year; chips have one), read once in batches by `evaluation.extract_features`, so memory
+    holds features, not images. A "random" init is seeded by `seed`, so random-init features
+    are the same network in every run; torch's global random state is left as it was.
     """
     device = distributed.device(distributed.Context())
     encoders = {}
     for name, init in inits.items():
-        torch.manual_seed(seed)
-        encoders[name] = models.build_model(arch, 4, 0, init, imagenet_weights_path).to(
-            device).eval()
+        with torch.random.fork_rng(devices=[]):  # built on the CPU; the caller's RNG untouched
+            torch.manual_seed(seed)
+            encoder = models.build_model(arch, 4, 0, init, imagenet_weights_path)
+        encoders[name] = encoder.to(device)
     dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
     loader = train.make_loader(dataset, batch_size, seed, shuffle=False)  # store: batched reads
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in (IMAGESTATS, *encoders)}
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):
-            parts[IMAGESTATS].append(evaluation.imagestats_features(batch["image"].numpy()))
-            image = batch["image"].to(device)
-            for name, encoder in encoders.items():
-                parts[name].append(encoder(image).float().cpu().numpy())
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    features, _ = evaluation.extract_features(encoders, loader, device, imagestats=True,
+                                              progress=progress)
+    return features
 
 
 def encoder_inits(encoders: Sequence[str], runs: str | Path, positives: str = "augment",
@@ -131,6 +128,7 @@ def finetune_records(
     study pretrains on every image it has), so its split is not checked against these.
     """
     chosen = [s for s in subsets if s.repeat < repeats]
+    classifier = f"fine-tuned {base.arch} ({base.epochs} epochs, last epoch scored)"
     rows = []
     for name, init in inits.items():
         for subset in tqdm(chosen, desc=f"fine-tuning {name}", unit="run",
@@ -145,8 +143,9 @@ def finetune_records(
                 check_pretraining_split=False,
             )
             final = result["final"]["test"]
-            rows.append({"encoder": name, "evaluation": "finetune", "labels_per_class": k,
-                         "repeat": subset.repeat, "accuracy": final["accuracy"],
+            rows.append({"encoder": name, "evaluation": "finetune", "classifier": classifier,
+                         "labels_per_class": k, "repeat": subset.repeat,
+                         "accuracy": final["accuracy"],
                          "macro_f1": final["macro_f1"], "n_train": len(subset.train),
                          "n_test": len(subset.test)})
     return pd.DataFrame(rows, columns=list(evaluation.RECORD_COLUMNS))

@@ -1,4 +1,5 @@
-"""Evaluation metrics: the poster's classification scores and BYOL collapse guards."""
+"""Evaluation metrics: the poster's classification scores and BYOL collapse guards (the kNN guard
+uses `evaluation`'s kNN)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_fscore_support,
 )
-from sklearn.neighbors import KNeighborsClassifier
 
 from rapid_utils.labels import CLASSES
 
@@ -47,18 +47,6 @@ def classification_metrics(y_true, y_pred, n_classes: int = 7,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
         "n": int(len(y_true)),
     }
-
-
-def knn_accuracy(
-    train_features, train_labels, query_features, query_labels, k: int = 20
-) -> float:
-    """Accuracy of a cosine k-nearest-neighbour classifier: BYOL's cheap feature-quality guard.
-
-    `k` is capped at the number of training samples so tiny runs still give a value.
-    """
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_labels)), metric="cosine")
-    knn.fit(np.asarray(train_features), np.asarray(train_labels))
-    return float(np.mean(knn.predict(np.asarray(query_features)) == np.asarray(query_labels)))
 
 
 def projection_std(z: torch.Tensor) -> float:

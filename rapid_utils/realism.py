@@ -27,10 +27,11 @@ Statistics (reflectance 0-1 throughout; per band unless said otherwise):
 - `gradient_qNN`: quantiles of the gradient magnitude (central differences), reflectance
   per 10 m, pixels pooled over chips.
 - `heterogeneity`: the median over chips of the within-chip std / mean.
-- `imagestats_accuracy`, `cnn_accuracy`: out-of-fold accuracy (stratified CV) of a logistic
-  regression on per-band image statistics and of a tiny CNN, on chips of the same classes
-  and the same count per class on both sides; `spatial_signal` is their difference (CNN
-  minus imagestats): the part of the class signal held in spatial structure.
+- `imagestats_accuracy`, `cnn_accuracy`: out-of-fold accuracy (stratified CV) of
+  `evaluation`'s logistic probe (fixed C, `PROBE_C`) on per-band image statistics and of a
+  tiny CNN, on chips of the same classes and the same count per class on both sides;
+  `spatial_signal` is their difference (CNN minus imagestats): the part of the class signal
+  held in spatial structure. The `classifier` column names each.
 
 Distance: |embedded - real| in the statistic's unit. Tolerance: set from the real chips
 alone, before any comparison: the 95 % quantile of |statistic of n real chips drawn with
@@ -57,10 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from rapid_utils import evaluation, labels, paths
@@ -94,7 +92,10 @@ CSV_NAME = "realism.csv"
 REAL_SPLITS_CSV_NAME = "realism_real_against_real.csv"  # `real_against_real`, every split
 RENDER_SEEDS_CSV_NAME = "realism_render_seeds.csv"  # `appearance_rows` of further render seeds
 COLUMNS = ("statistic", "band", "class", "embedded", "real", "distance", "tolerance", "within",
-           "unit", "reference", "n_embedded", "n_real")
+           "unit", "reference", "n_embedded", "n_real", "classifier")
+# The class-signal probe's C, fixed rather than searched: a search inside each fold would change
+# the numbers this table has always given for little, as both sides use the same probe.
+PROBE_C = evaluation.PROBE_FIXED_C
 ALL = "all"  # the `class` of unconditional rows and the `band` of rows over all bands
 
 
@@ -273,8 +274,9 @@ def example_pairs(embedded: ChipSet, labelled: ChipSet, pool: ChipSet, per_row: 
 
 def compare(statistic: str, embedded: np.ndarray, real: np.ndarray, tolerance: np.ndarray,
             bands: Sequence[str], class_name: str = ALL, unit: str = "", reference: str = "",
-            n_embedded: int = 0, n_real: int = 0) -> pd.DataFrame:
-    """Rows of the realism table: one per band, distance |embedded - real| against tolerance."""
+            n_embedded: int = 0, n_real: int = 0, classifier: str = "") -> pd.DataFrame:
+    """Rows of the realism table: one per band, distance |embedded - real| against tolerance;
+    `classifier` names what produced an accuracy ("" for statistics of the images alone)."""
     embedded, real = np.atleast_1d(embedded), np.atleast_1d(real)
     distance = np.abs(embedded - real)
     tolerance = np.broadcast_to(tolerance, distance.shape)
@@ -282,7 +284,7 @@ def compare(statistic: str, embedded: np.ndarray, real: np.ndarray, tolerance: n
         "statistic": statistic, "band": list(bands), "class": class_name, "embedded": embedded,
         "real": real, "distance": distance, "tolerance": tolerance,
         "within": distance <= tolerance, "unit": unit, "reference": reference,
-        "n_embedded": n_embedded, "n_real": n_real,
+        "n_embedded": n_embedded, "n_real": n_real, "classifier": classifier,
     })
 
 
@@ -507,16 +509,16 @@ def train_cnn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
 
 def out_of_fold_correct(chipset: ChipSet, seed: int = 0, cnn_epochs: int = 20
                         ) -> dict[str, np.ndarray]:
-    """Per chip, whether its out-of-fold prediction is right: "imagestats" (logistic
-    regression on `evaluation.imagestats_features`) and "cnn" (TinyCNN), same stratified folds
-    (5, or the smallest class count)."""
+    """Per chip, whether its out-of-fold prediction is right: "imagestats"
+    (`evaluation.linear_probe_predict` with C `PROBE_C` on `evaluation.imagestats_features`)
+    and "cnn" (TinyCNN), same stratified folds (5, or the smallest class count)."""
     names, y = np.unique(chipset.classes.astype(str), return_inverse=True)
     folds = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
     features = evaluation.imagestats_features(chipset.images)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    stats_pred = cross_val_predict(probe, features, y, cv=folds)
-    cnn_pred = np.empty_like(y)
+    stats_pred, cnn_pred = np.empty_like(y), np.empty_like(y)
     for fold, (train, test) in enumerate(folds.split(features, y)):
+        stats_pred[test] = evaluation.linear_probe_predict(features[train], y[train],
+                                                           features[test], C=PROBE_C)
         cnn_pred[test] = train_cnn_predict(chipset.images[train], y[train],
                                            chipset.images[test], cnn_epochs, seed + fold)
     return {"imagestats": stats_pred == y, "cnn": cnn_pred == y}
@@ -535,10 +537,12 @@ def class_signal_rows(embedded: ChipSet, labelled: ChipSet, seed: int = 0, cnn_e
                                             seed=seed) for name, values in real.items()}
     emb = out_of_fold_correct(embedded, seed, cnn_epochs)  # looked at after the tolerances
     emb["spatial_signal"] = emb["cnn"].astype(float) - emb["imagestats"]
+    probe, cnn = evaluation.probe_name(PROBE_C), f"TinyCNN ({cnn_epochs} epochs)"
     rows = [compare(name, np.mean(emb[key]), np.mean(real[key]), tolerances[key], [ALL], ALL,
-                    "accuracy (0-1)", labelled.name, len(emb[key]), len(real[key]))
-            for key, name in (("imagestats", "imagestats_accuracy"), ("cnn", "cnn_accuracy"),
-                              ("spatial_signal", "spatial_signal"))]
+                    "accuracy (0-1)", labelled.name, len(emb[key]), len(real[key]), classifier)
+            for key, name, classifier in (
+                ("imagestats", "imagestats_accuracy", probe), ("cnn", "cnn_accuracy", cnn),
+                ("spatial_signal", "spatial_signal", f"{cnn} minus {probe}"))]
     return pd.concat(rows, ignore_index=True)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rapid_utils import labels
+from rapid_utils import evaluation, labels
 from rapid_utils.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -204,17 +204,15 @@ def summary_table(results: Sequence[Mapping], split: str = "test") -> pd.DataFra
 
 
 def _difference(summary: pd.DataFrame, minuend: str, subtrahend: str) -> dict:
-    """Mean difference in accuracy points and its spread (paired when the seeds agree)."""
+    """Mean difference in accuracy points and its spread (`evaluation.difference`: paired when
+    the seeds agree)."""
     a = summary.loc[minuend, "test_accuracy_by_seed"]
     b = summary.loc[subtrahend, "test_accuracy_by_seed"]
-    mean = 100 * (float(np.mean(list(a.values()))) - float(np.mean(list(b.values()))))
-    if set(a) == set(b) and len(a) > 1:
-        differences = [100 * (a[s] - b[s]) for s in sorted(a)]
-        return {"difference_mean": mean, "spread": _std(differences),
-                "spread_method": f"std of per-seed differences ({len(a)} paired seeds)"}
-    spread = 100 * math.sqrt(_std(list(a.values())) ** 2 + _std(list(b.values())) ** 2)
-    return {"difference_mean": mean, "spread": spread,
-            "spread_method": f"combined std sqrt(sa²+sb²) ({len(a)} vs {len(b)} seeds, unpaired)"}
+    found = evaluation.difference(a, b)
+    method = (f"std of per-seed differences ({len(a)} paired seeds)" if found.paired else
+              f"combined std sqrt(sa²+sb²) ({len(a)} vs {len(b)} seeds, unpaired)")
+    return {"difference_mean": 100 * found.mean, "spread": 100 * found.std,
+            "spread_method": method}
 
 
 def poster_claims(summary: pd.DataFrame, skipped: Mapping[str, str] | None = None

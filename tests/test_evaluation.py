@@ -1,14 +1,18 @@
-"""Label-efficiency evaluation: subsets, kNN, linear probe, imagestats, summaries and the figure."""
+"""Evaluation: features, kNN, linear probe, imagestats, subsets, summaries, differences, figure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from rapid_utils import evaluation, plots
+from rapid_utils import byol, evaluation, plots, results
 from rapid_utils.evaluation import FewLabelSubset
+from rapid_utils.train import pretraining
 
 # Class sizes 30, 20, 12, 4, 2: half of each to test (15, 10, 6, 2, 1), the rest to train.
 SIZES = (30, 20, 12, 4, 2)
@@ -124,6 +128,8 @@ def test_evaluate_frozen_pairs_encoders_on_identical_subsets():
     assert list(records.columns) == list(evaluation.RECORD_COLUMNS)
     assert len(records) == 2 * 2 * len(subsets)
     assert set(records["labels_per_class"]) == {1, 5, "all"}
+    assert set(zip(records["evaluation"], records["classifier"], strict=True)) == {
+        ("knn", "knn (k=20, cosine, T=0.07 weighted)"), ("linear-probe", evaluation.probe_name())}
     keys = ["evaluation", "labels_per_class", "repeat"]
     a, b = (records[records["encoder"] == e].set_index(keys)[["n_train", "n_test"]]
             for e in ("a", "b"))
@@ -160,8 +166,9 @@ def test_imagestats_ignores_nodata():
 def _records(values_by_k: dict, evaluation_name: str = "knn", encoder: str = "byol"
              ) -> pd.DataFrame:
     return pd.DataFrame([
-        {"encoder": encoder, "evaluation": evaluation_name, "labels_per_class": k, "repeat": r,
-         "accuracy": v, "macro_f1": v / 2, "n_train": 7, "n_test": 100}
+        {"encoder": encoder, "evaluation": evaluation_name, "classifier": evaluation_name,
+         "labels_per_class": k, "repeat": r, "accuracy": v, "macro_f1": v / 2, "n_train": 7,
+         "n_test": 100}
         for k, values in values_by_k.items() for r, v in enumerate(values)
     ])
 
@@ -217,8 +224,9 @@ def test_plot_label_efficiency_has_one_panel_per_evaluation():
 def test_paired_differences_cancel_what_the_subsets_share() -> None:
     # the subsets move both encoders by the same amount; only the +0.02 is the encoders' own
     shared = np.array([0.40, 0.60, 0.50, 0.70])
-    rows = [{"encoder": name, "evaluation": "knn", "labels_per_class": 5, "repeat": r,
-             "accuracy": shared[r] + bonus, "macro_f1": 0.0, "n_train": 50, "n_test": 80}
+    rows = [{"encoder": name, "evaluation": "knn", "classifier": "knn", "labels_per_class": 5,
+             "repeat": r, "accuracy": shared[r] + bonus, "macro_f1": 0.0, "n_train": 50,
+             "n_test": 80}
             for name, bonus in (("byol", 0.02), ("random-init", 0.0)) for r in range(4)]
     records = pd.DataFrame(rows)
     paired = evaluation.paired_differences(records, "byol", "random-init")
@@ -227,3 +235,101 @@ def test_paired_differences_cancel_what_the_subsets_share() -> None:
     assert paired["difference_ci_low"].iloc[0] == pytest.approx(0.02)  # no spread left
     unpaired = evaluation.summarise(records)
     assert (unpaired["accuracy_ci_low"] < unpaired["accuracy_mean"] - 0.1).all()  # wide apart
+
+
+def test_difference_gives_the_numbers_of_both_former_implementations() -> None:
+    # numbers of the two functions this one replaced (commit aae234b), on the same inputs
+    rows = [{"encoder": name, "evaluation": "knn", "classifier": "knn", "labels_per_class": k,
+             "repeat": r, "accuracy": value + (0.1 if k == "all" else 0.0), "macro_f1": 0.0,
+             "n_train": 1, "n_test": 1}
+            for name, values in (("byol", [0.62, 0.55, 0.71, 0.58, 0.66]),
+                                 ("random-init", [0.50, 0.52, 0.61, 0.49, 0.57]))
+            for k, repeats in ((5, range(5)), ("all", range(1)))
+            for r, value in zip(repeats, values, strict=False)]
+    paired = evaluation.paired_differences(pd.DataFrame(rows), "byol", "random-init")
+    assert paired["classifier"].tolist() == ["knn", "knn"]
+    assert paired[["n_repeats", "wins"]].to_numpy().tolist() == [[5, 5], [1, 1]]
+    np.testing.assert_allclose(paired["difference_mean"], [0.086, 0.12], rtol=1e-12)
+    np.testing.assert_allclose(paired["difference_ci_low"], [0.04426087785527886, np.nan],
+                               rtol=1e-12)
+    np.testing.assert_allclose(paired["difference_ci_high"], [0.12773912214472116, np.nan],
+                               rtol=1e-12)
+
+    by_seed = {"byol-100%": {0: 0.81, 1: 0.78, 2: 0.84},
+               "scratch-100%": {0: 0.70, 1: 0.72, 2: 0.69},
+               "byol-1%": {0: 0.40, 1: 0.47}, "scratch-1%": {0: 0.35, 5: 0.30, 6: 0.33}}
+    summary = pd.DataFrame({"test_accuracy_by_seed": list(by_seed.values())}, index=list(by_seed))
+    claims = results.poster_claims(summary)
+    np.testing.assert_allclose(claims["difference_mean"], [10.66666666666668, -26.833333333333325,
+                                                           10.833333333333334], rtol=1e-12)
+    np.testing.assert_allclose(claims["spread"], [4.509249752822893, 5.180090089306681,
+                                                  5.55277708298589], rtol=1e-12)
+    assert claims["spread_method"].tolist() == [
+        "std of per-seed differences (3 paired seeds)",
+        "combined std sqrt(sa²+sb²) (2 vs 3 seeds, unpaired)",
+        "combined std sqrt(sa²+sb²) (2 vs 3 seeds, unpaired)"]
+
+
+class _Images(Dataset):
+    """Items as our Datasets serve them: a dict with a float image and its label."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _toy_images(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 4, 6, 6) images of 3 classes whose class shifts one band, and their labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randn(n, 4, 6, 6, generator=generator)
+    images[torch.arange(n), labels] += 1.5
+    return images, labels
+
+
+def test_the_byol_guard_and_notebook_06_give_the_same_knn_accuracy() -> None:
+    images, labels = _toy_images()
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 8))
+    model = byol.BYOL(encoder, 8, hidden_dim=16, projection_dim=4)
+    train_part, val_part = slice(0, 24), slice(24, 40)
+    loaders = [DataLoader(_Images(images[part], labels[part]), batch_size=8)
+               for part in (train_part, val_part)]
+    guard = pretraining._collapse_guards(model, *loaders, 5, torch.device("cpu"))
+
+    features, y = evaluation.extract_features(
+        {"byol": encoder}, DataLoader(_Images(images, labels), batch_size=16), torch.device("cpu"))
+    subset = FewLabelSubset(repeat=0, labels_per_class=None, train=np.arange(24),
+                            test=np.arange(24, 40))
+    records = evaluation.evaluate_frozen(features, y, [subset], evaluations=("knn",), knn_k=5)
+    assert records["classifier"].tolist() == [evaluation.knn_name(5)]
+    assert guard["knn_accuracy"] == records["accuracy"].iloc[0]
+    assert 0 < guard["knn_accuracy"] < 1  # neither trivial nor empty
+
+
+def test_feature_extraction_leaves_the_global_rng_and_the_mode_as_they_were() -> None:
+    images, labels = _toy_images(12)
+    encoder = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 6 * 6, 3))
+    encoder.train()
+    # without a generator a DataLoader draws its base seed from the global generator
+    loader = DataLoader(_Images(images, labels), batch_size=5)
+    before = torch.random.get_rng_state()
+    list(loader)
+    assert not torch.equal(torch.random.get_rng_state(), before)  # so the case can tell
+
+    before = torch.random.get_rng_state()
+    features, y = evaluation.extract_features({"e": encoder}, loader, torch.device("cpu"),
+                                              imagestats=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert encoder.training  # put back in training mode
+    assert list(features) == [evaluation.IMAGESTATS, "e"]
+    np.testing.assert_array_equal(y, labels.numpy())
+    with torch.no_grad():
+        expected = encoder.eval()(images).numpy()  # eval mode: no dropout
+    np.testing.assert_allclose(features["e"], expected, rtol=1e-6)
+    np.testing.assert_allclose(features[evaluation.IMAGESTATS],
+                               evaluation.imagestats_features(images.numpy()))

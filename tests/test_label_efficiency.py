@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rapid_utils import batch, label_efficiency, paths, study, train
 from rapid_utils.corpus import chips
@@ -73,6 +74,20 @@ def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: 
     label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path,
                                dataclasses.replace(base, lr=5e-4), inits, progress=False)
     assert json.loads(result.read_text())["parameters"]["lr"] == 5e-4  # a stale one is rerun
+
+
+def test_frozen_features_are_seeded_and_leave_the_global_rng_as_it_was(chips_study) -> None:
+    items = label_efficiency.suite_items(chips_study.index, None)
+    before = torch.random.get_rng_state()
+    first = label_efficiency.frozen_features(chips_study, items, {"random-init": "random"},
+                                             "resnet18", seed=0, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the study's RNG untouched
+    assert list(first) == [label_efficiency.IMAGESTATS, "random-init"]
+    torch.manual_seed(123)  # another global state: the seeded network must not follow it
+    again = label_efficiency.frozen_features(chips_study, items, {"random-init": "random"},
+                                             "resnet18", seed=0, progress=False)
+    for name, features in first.items():
+        np.testing.assert_array_equal(again[name], features)
 
 
 def test_suite_config_refuses_unknown_encoders() -> None:

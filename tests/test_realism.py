@@ -12,8 +12,12 @@ import pandas as pd
 import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from rapid_utils import chip_statistics, labels, plots, realism
+from rapid_utils import chip_statistics, evaluation, labels, plots, realism
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
 REAL_S2 = realism.real_s2_dir()
@@ -48,6 +52,21 @@ def test_compare_decides_within_by_the_tolerance() -> None:
     rows = realism.compare("x", np.array([1.02, 1.2]), real, np.array([0.05, 0.05]), ["a", "b"])
     assert rows["within"].tolist() == [True, False]
     assert rows["distance"].to_numpy() == pytest.approx([0.02, 0.2])
+
+
+def test_the_class_signal_probe_gives_the_numbers_of_its_former_fixed_c_pipeline() -> None:
+    # out_of_fold_correct used cross_val_predict(StandardScaler + LogisticRegression(C=1))
+    rng = np.random.default_rng(0)
+    classes = np.array(["forest", "water", "shrub"] * 8, object)
+    y = np.unique(classes, return_inverse=True)[1]
+    images = rng.normal(size=(len(classes), 4, 6, 6)) + 0.1 * y[:, None, None, None]
+    chipset = realism.ChipSet("toy", images, classes, 10.0, 6)
+    features = evaluation.imagestats_features(images)
+    former = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+                               features, y, cv=StratifiedKFold(5, shuffle=True, random_state=3))
+    correct = realism.out_of_fold_correct(chipset, seed=3, cnn_epochs=1)
+    np.testing.assert_array_equal(correct["imagestats"], former == y)
+    assert 0 < correct["imagestats"].mean() < 1  # the case is not trivial
 
 
 def test_matched_samples_have_the_same_classes_and_counts() -> None:
@@ -128,6 +147,9 @@ def check_table(table: pd.DataFrame) -> None:
     assert {"reflectance_q50", "spectral_slope", "gradient_q95", "heterogeneity",
             "imagestats_accuracy", "cnn_accuracy", "spatial_signal"} <= statistics
     assert set(table["class"]) - {realism.ALL} <= set(labels.CLASSES)
+    named = table.set_index("statistic")["classifier"]
+    assert named["imagestats_accuracy"] == "logistic probe (C=1)"
+    assert named["cnn_accuracy"].startswith("TinyCNN")
 
 
 def test_measurement_end_to_end_on_a_tiny_corpus(tiny_corpus: Path, fake_real_s2: Path,

@@ -93,13 +93,6 @@ def test_classification_metrics_by_hand() -> None:
     assert np.array(result["confusion_matrix"]).shape == (7, 7)
 
 
-def test_knn_accuracy_separable_clusters() -> None:
-    train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    query_x = np.array([[1.0, 0.05], [0.05, 1.0]])
-    assert metrics.knn_accuracy(train_x, [0, 0, 1, 1], query_x, [0, 1], k=1) == 1.0
-    assert metrics.knn_accuracy(train_x, [0, 0, 1, 1], query_x, [1, 0], k=1) == 0.0
-
-
 def test_projection_std_healthy_and_collapsed() -> None:
     d = 64
     z = torch.randn(4096, d, generator=torch.Generator().manual_seed(0))

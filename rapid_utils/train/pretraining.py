@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rapid_utils import augment, byol, distributed, metrics, models, paths, splits
+from rapid_utils import augment, byol, distributed, evaluation, metrics, models, paths, splits
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, replace_keeping_previous
@@ -31,7 +31,6 @@ from rapid_utils.train.plumbing import (
     changed_fields,
     make_loader,
     mean_over_processes,
-    model_outputs,
     raw_batches,
     seed_everything,
     to_device,
@@ -206,7 +205,8 @@ def pretrain(
     `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard.
 
     Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
-    `knn_sites` labelled train and val sites, each at one date fixed per site),
+    `knn_sites` labelled train and val sites, each at one date fixed per site; the kNN is
+    notebook 06's, `evaluation.knn_name(knn_k)`),
     `encoder_change` (relative distance of the encoder's weights from their initialisation; a
     warning says when training ends below `metrics.MIN_ENCODER_CHANGE`), `lr` and `tau` (at
     the last step), then saves ``out_dir/checkpoint.pt`` with its `provenance`: the study's
@@ -338,17 +338,21 @@ def pretrain(
 def _collapse_guards(
     model: byol.BYOL, knn_train: DataLoader, knn_val: DataLoader, k: int, device: torch.device
 ) -> dict:
-    """Projection std and kNN accuracy of the online network on labelled sites (rank 0 only)."""
-    train_x, train_y, _ = model_outputs(model.encoder, knn_train, device)
-    val_x, val_y, _ = model_outputs(model.encoder, knn_val, device)
-    train_x, val_x = train_x[:, 0], val_x[:, 0]
+    """Projection std and kNN accuracy of the online network on labelled sites (rank 0 only).
+
+    The kNN is notebook 06's (`evaluation.knn_predict`, named `evaluation.knn_name(k)`).
+    """
+    online = {"online": model.encoder}
+    train_x, train_y = evaluation.extract_features(online, knn_train, device)
+    val_x, val_y = evaluation.extract_features(online, knn_val, device)
     model.projector.eval()
     with torch.no_grad():
-        z = model.projector(val_x.to(device))
+        z = model.projector(torch.from_numpy(val_x["online"]).to(device))
     model.projector.train()
+    predicted = evaluation.knn_predict(train_x["online"], train_y, val_x["online"], k)
     return {
         "projection_std": metrics.projection_std(z),
-        "knn_accuracy": metrics.knn_accuracy(train_x, train_y, val_x, val_y, k),
+        "knn_accuracy": evaluation.score(val_y, predicted)[0],
     }
 
 
@@ -373,8 +377,8 @@ def encoder_features(
     dataset = open_dataset(corpus_root, index, band_stats, date_sampling="spread",
                            raw=raw_batches(device))
     loader = make_loader(dataset, batch_size, 0, shuffle=False, num_workers=num_workers)
-    features, class_ids, _ = model_outputs(encoder, loader, device)
-    return features[:, 0].numpy(), class_ids.numpy()
+    features, class_ids = evaluation.extract_features({"byol": encoder}, loader, device)
+    return features["byol"], class_ids
 
 
 def _byol_views(

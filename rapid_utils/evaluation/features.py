@@ -1,0 +1,83 @@
+"""Frozen features: the one extractor of encoder features, and the imagestats baseline."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rapid_utils.train.plumbing import to_device
+
+IMAGESTATS = "imagestats"  # the image-statistics baseline: per-band statistics, no network
+_PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def extract_features(encoders: Mapping[str, nn.Module], loader: DataLoader,
+                     device: torch.device, imagestats: bool = False, progress: bool = False
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Frozen features (N, D) of each encoder (name -> module) on `loader`'s images, and their
+    labels (N,); with `imagestats`, `imagestats_features` of the same images as `IMAGESTATS`.
+
+    The images are read once, one date per item (date sampling "spread" or "first"; chips
+    have one). Encoders run in eval mode, without gradients and in full precision, and are
+    left in the mode they were in. Torch's global random state is left as it was, so
+    extracting features mid-run (a collapse guard) changes no later draw.
+    """
+    names = [*([IMAGESTATS] if imagestats else []), *encoders]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    labels = []
+    modes = {name: encoder.training for name, encoder in encoders.items()}
+    cuda = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            for encoder in encoders.values():
+                encoder.eval()
+            for batch in tqdm(loader, desc="frozen features", unit="batch",
+                              disable=not progress):
+                image = to_device(batch["image"], device, loader.dataset)
+                if image.ndim != 4:
+                    raise ValueError(f"frozen features need one date per item, got images of "
+                                     f"shape {tuple(image.shape)}: read the sites with "
+                                     f"date_sampling 'spread' or 'first'")
+                if imagestats:
+                    parts[IMAGESTATS].append(imagestats_features(image.cpu().numpy()))
+                for name, encoder in encoders.items():
+                    parts[name].append(encoder(image).float().cpu().numpy())
+                labels.append(np.asarray(batch["label"]))
+    finally:
+        for name, encoder in encoders.items():
+            encoder.train(modes[name])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, np.concatenate(labels)
+
+
+def imagestats_features(images: np.ndarray) -> np.ndarray:
+    """GEO-Bench's "imagestats" baseline: per band nan-mean, nan-std, 5/25/50/75/95 % percentiles.
+
+    `images` is (N, C, H, W), or (N, T, C, H, W) for several dates of a site (dates and pixels
+    pooled), NaN marking nodata. Returns (N, C * 7) float64, band by band in that order of
+    statistics. A band with no valid pixel in an item gives NaN statistics for that item.
+    """
+    images = np.asarray(images)
+    if images.ndim == 5:
+        images = np.moveaxis(images, 1, 2)  # (N, C, T, H, W): pool dates with pixels
+    elif images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W) or (N, T, C, H, W), got {images.shape}")
+    n, c = images.shape[:2]
+    features = np.empty((n, c, 2 + len(_PERCENTILES)))
+    # One item at a time: nanpercentile copies and sorts its input, and a whole corpus of
+    # time series at once would need several times its memory.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Degrees of freedom", RuntimeWarning)
+        for i in range(n):
+            pixels = images[i].reshape(c, -1).astype(np.float64)
+            features[i, :, 0] = np.nanmean(pixels, axis=1)
+            features[i, :, 1] = np.nanstd(pixels, axis=1)
+            features[i, :, 2:] = np.nanpercentile(pixels, _PERCENTILES, axis=1).T
+    return features.reshape(n, -1)
