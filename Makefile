@@ -1,4 +1,5 @@
-# The front door. `make reproduce` runs the main job, `make test` runs the test suite.
+# The front door. `make reproduce` runs the main job, `make test` runs the test suite
+# (`make test-fast` without its slow end-to-end runs).
 # Each target only sets up the environment and calls the package; no logic lives here.
 
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
@@ -7,7 +8,7 @@ PROFILE ?= quick
 BIN     := $(VENV)/bin
 KERNEL  := rapidai4eo-byol
 
-.PHONY: setup test reproduce docs lint bench clean
+.PHONY: setup test test-fast reproduce docs lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,11 @@ test: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 	$(BIN)/python -m pytest
 
+# The suite without its long end-to-end runs (`slow`): a few minutes, for while you work.
+test-fast: setup
+	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
+	$(BIN)/python -m pytest -m "not slow"
+
 reproduce: setup
 	$(BIN)/rapid-utils reproduce --profile $(PROFILE)
 
@@ -33,7 +39,8 @@ lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments
 
 # torch threads with and without a competing process; BYOL training throughput and peak memory, ours next to lightly's; our views next to kornia's (when installed); packed store vs GeoTIFFs
-# (packing, decoding, training, memory); realism's bootstrap tolerances; fine-tuning's AdamW step (for-loop vs fused).
+# (packing, decoding, training, memory); realism's bootstrap tolerances; fine-tuning's AdamW step (for-loop vs fused);
+# gpu_check: the ci study trains (bf16, channels_last on a GPU; tiny sizes on a CPU) and ResNet-50 BYOL throughput.
 # A few minutes each on a laptop CPU.
 bench: setup
 	$(BIN)/python benchmarks/threads.py
@@ -43,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/store_throughput.py
 	$(BIN)/python benchmarks/realism_tolerances.py
 	$(BIN)/python benchmarks/optimizer_step.py
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs data/synthetic-*

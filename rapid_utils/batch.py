@@ -1,8 +1,9 @@
 """The papermill batch: profiles in, executed notebooks and figures out.
 
-A profile (`params/{name}.yaml`) is a flat set of parameters. `reproduce` generates the
-embedded corpus when the profile asks for it, then executes the numbered notebooks in
-order, each receiving the profile values it declares in its `parameters` cell.
+A profile (`params/{name}.yaml`, read into a `profile.Profile`) holds every setting.
+`reproduce` generates the embedded corpus when the profile asks for it, then executes the
+numbered notebooks in order, each receiving the profile values it declares in its
+`parameters` cell.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 import papermill
-import yaml
 from jupyter_client import KernelManager
 
 from rapid_utils import models, paths, provenance, results, study, train
@@ -31,22 +31,12 @@ from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 from rapid_utils.io import atomic_path, write_json_atomic
 from rapid_utils.messages import follow_progress, gist
+from rapid_utils.profile import Profile, ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 EXAMPLE_CHIPS = "example-chips"  # generate the example chips folder (EuroSAT's format)
-# Profile keys of a chips corpus: `chips_<field>` is the chips spec's <field> (corpus.chips).
-CHIPS_KEYS = tuple(f"chips_{name}" for name in (
-    "bands", "scale", "size", "resize", "labels_csv", "unlabelled", "class_map", "nodata",
-    "normalisation", "pretrain_on_labelled_images"))
-EXAMPLE_CHIPS_KEYS = ("example_chips_classes", "example_chips_per_class",
-                      "example_chips_unlabelled", "example_chips_size")
-REQUIRED_KEYS = ("corpus", "seed")
-
-
-class ProfileError(ValueError):
-    """A parameter profile that is missing, unreadable or has bad values."""
 
 
 class CorpusCheckError(RuntimeError):
@@ -58,57 +48,35 @@ class MissingResultsError(RuntimeError):
     are missing or stale."""
 
 
-def load_profile(profile: str, extra_files: tuple[str | Path, ...] = ()) -> dict[str, Any]:
-    """Read `params/{profile}.yaml`, then update it with each extra YAML file in turn."""
-    merged: dict[str, Any] = {}
-    for path in (paths.profile_path(profile), *map(Path, extra_files)):
-        if not path.is_file():
-            known = sorted(p.stem for p in paths.params_dir().glob("*.yaml"))
-            raise ProfileError(f"no parameter file {path} (known profiles: {', '.join(known)})")
-        try:
-            content = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ProfileError(f"{path} is not valid YAML: {error}") from error
-        if not isinstance(content, dict):
-            raise ProfileError(f"{path} must be a flat mapping of parameter: value")
-        merged.update(content)
-    missing = [key for key in REQUIRED_KEYS if key not in merged]
-    if missing:
-        raise ProfileError(f"profile {profile!r} lacks {', '.join(missing)}")
-    return merged
-
-
-def resolve_corpus(profile: str, values: dict[str, Any]) -> Path:
+def resolve_corpus(profile: str, settings: Profile) -> Path:
     """The corpus of a profile, generating the embedded corpus or example chips if it asks.
 
     With `chips_*` keys the corpus is a chips folder: the chips spec they describe is written
     to `paths.chips_spec_path(profile)` and returned, for the notebooks to read.
     """
-    if values["corpus"] == EXAMPLE_CHIPS:
+    if settings.corpus == EXAMPLE_CHIPS:
         root = generate_example_chips(
-            paths.example_chips_dir(profile),
-            classes=int(values.get("example_chips_classes", 10)),
-            per_class=int(values.get("example_chips_per_class", 40)),
-            n_unlabelled=int(values.get("example_chips_unlabelled", 100)),
-            size=int(values.get("example_chips_size", 64)),
-            seed=int(values["seed"]),
+            paths.example_chips_dir(profile), classes=settings.example_chips_classes,
+            per_class=settings.example_chips_per_class,
+            n_unlabelled=settings.example_chips_unlabelled, size=settings.example_chips_size,
+            seed=settings.seed,
         )
-    elif values["corpus"] != SYNTHETIC:
-        root = Path(values["corpus"]).expanduser().resolve()
+    elif settings.corpus != SYNTHETIC:
+        root = Path(settings.corpus).expanduser().resolve()
     else:
-        return _synthetic_corpus(profile, values)
-    if not any(key in values for key in CHIPS_KEYS):
+        return _synthetic_corpus(profile, settings)
+    if not settings.is_chips:
         return root
-    return _write_chips_spec(profile, values, root)
+    return _write_chips_spec(profile, settings, root)
 
 
-def _write_chips_spec(profile: str, values: dict[str, Any], root: Path) -> Path:
+def _write_chips_spec(profile: str, settings: Profile, root: Path) -> Path:
     """The chips spec of a profile's `chips_*` keys, written into its runs folder.
 
     `chips_labels_csv` and `chips_unlabelled` are relative to the chips folder, a
     `chips_class_map` file to the working directory (as `corpus` is).
     """
-    fields = {key.removeprefix("chips_"): values[key] for key in CHIPS_KEYS if key in values}
+    fields = settings.chips_fields()
     class_map = fields.get("class_map")
     if isinstance(class_map, str) and class_map:
         fields["class_map"] = str(Path(class_map).expanduser().resolve())
@@ -119,19 +87,15 @@ def _write_chips_spec(profile: str, values: dict[str, Any], root: Path) -> Path:
     return spec.save(paths.chips_spec_path(profile))
 
 
-def _synthetic_corpus(profile: str, values: dict[str, Any]) -> Path:
+def _synthetic_corpus(profile: str, settings: Profile) -> Path:
     root = generate_corpus(
-        paths.synthetic_corpus_dir(profile),
-        n_sites=int(values.get("synth_sites", 1000)),
-        seed=int(values["seed"]),
-        size=int(values.get("synth_size", 64)),
-        dates=values.get("synth_dates", "monthly"),
-        dtype=values.get("synth_dtype", "int16"),
-        workers=int(values.get("workers", 2)),
+        paths.synthetic_corpus_dir(profile), n_sites=settings.synth_sites, seed=settings.seed,
+        size=settings.synth_size, dates=settings.synth_dates, dtype=settings.synth_dtype,
+        workers=settings.workers,
     )
-    if values.get("store") and "://" not in str(values["store"]):
-        pack_synthetic_store(root, Path(paths.data_location(values["store"])),
-                             workers=int(values.get("workers", 2)))
+    if settings.store and "://" not in settings.store:
+        pack_synthetic_store(root, Path(paths.data_location(settings.store)),
+                             workers=settings.workers)
     return root
 
 
@@ -240,20 +204,34 @@ class Job:
 # Profile keys that mean different things for pretraining and fine-tuning, renamed to the
 # notebooks' own parameter names.
 ALIASES = {
-    "03_byol_pretraining": {"pretrain_epochs": "epochs", "pretrain_batch_size": "batch_size"},
-    "04_finetuning": {"finetune_epochs": "epochs", "finetune_batch_size": "batch_size"},
+    "03_byol_pretraining": {"pretrain_epochs": "epochs", "pretrain_batch_size": "batch_size",
+                            "pretrain_weight_decay": "weight_decay",
+                            "pretrain_optimizer": "optimizer"},
+    "04_finetuning": {"finetune_epochs": "epochs", "finetune_batch_size": "batch_size",
+                      "finetune_weight_decay": "weight_decay", "finetune_optimizer": "optimizer"},
 }
 
 
-def _for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
-    renamed = dict(values)
-    for profile_key, parameter in ALIASES.get(notebook, {}).items():
-        if profile_key in values:
-            renamed[parameter] = values[profile_key]
-    return renamed
+def for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Profile values under the notebook's own parameter names (`ALIASES`)."""
+    return values | {name: values[key] for key, name in ALIASES.get(notebook, {}).items()}
 
 
-def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
+def study_parameters(profile: str, settings: Profile, corpus: Path) -> dict[str, Any]:
+    """What every notebook of a profile's batch receives: the profile's settings, the
+    folders, and the split and BYOL seeds (the profile's `seed`)."""
+    return settings.to_dict() | {
+        "corpus_dir": str(corpus),
+        "runs_dir": str(paths.runs_dir(profile)),
+        "figures_dir": str(paths.figures_dir(profile)),
+        "split_seed": settings.seed,
+        "byol_seed": settings.seed,
+        # a packed store replaces the GeoTIFFs in training and evaluation (03, 04)
+        "store": str(paths.data_location(settings.store)) if settings.store else "",
+    }
+
+
+def plan_jobs(profile: str, settings: Profile, corpus: Path) -> list[Job]:
     """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05,
     then 06 (the label-efficiency study).
 
@@ -262,43 +240,25 @@ def plan_jobs(profile: str, values: dict[str, Any], corpus: Path) -> list[Job]:
     key, all of them run.
     """
     runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
-    split_seed = int(values["seed"])
-    common = values | {
-        "corpus_dir": str(corpus),
-        "runs_dir": str(runs),
-        "figures_dir": str(paths.figures_dir(profile)),
-        "split_seed": split_seed,
-        "byol_seed": split_seed,
-        # a packed store replaces the GeoTIFFs in training and evaluation (03, 04)
-        "store": str(paths.data_location(values["store"])) if values.get("store") else "",
-    }
+    common = study_parameters(profile, settings, corpus)
     first = (("01_chips_overview",) if chips.is_chips_corpus(corpus)
              else ("01_data_exploration", "02_label_mapping"))
-    jobs = [Job(name, notebooks_out / f"{name}.ipynb", _for_notebook(name, common))
+    jobs = [Job(name, notebooks_out / f"{name}.ipynb", for_notebook(name, common))
             for name in (*first, "03_byol_pretraining")]
-    scenarios = values.get("scenarios", [s.key for s in results.SCENARIOS]) or []
-    unknown = [key for key in scenarios if key not in results.SCENARIO_BY_KEY]
-    if unknown:
-        raise ProfileError(
-            f"unknown scenarios {unknown}; choose from {list(results.SCENARIO_BY_KEY)}"
-        )
-    for key in scenarios:
+    for key in settings.scenarios:
         scenario = results.SCENARIO_BY_KEY[key]
-        for seed in values.get("seeds") or [split_seed]:
-            parameters = _for_notebook("04_finetuning", common) | {
-                "init": scenario.init, "label_fraction": scenario.label_fraction,
-                "seed": int(seed),
+        for seed in settings.finetune_seeds:
+            parameters = for_notebook("04_finetuning", common) | {
+                "init": scenario.init, "label_fraction": scenario.label_fraction, "seed": seed,
             }
-            init = study.resolve_init(scenario.init, runs, values.get("positives", "augment"),
-                                      split_seed)
+            init = study.resolve_init(scenario.init, runs, settings.positives, settings.seed)
             name = train.results_name(
-                train.FinetuneConfig(init=init, label_fraction=scenario.label_fraction,
-                                     seed=int(seed))
+                train.FinetuneConfig(init=init, label_fraction=scenario.label_fraction, seed=seed)
             )
             safe_key = key.replace("%", "pct")
             jobs.append(Job("04_finetuning", notebooks_out / f"04_finetuning_{safe_key}_seed{seed}"
                             ".ipynb", parameters, key, paths.results_dir(runs) / name))
-    if scenarios:
+    if settings.scenarios:
         jobs.append(Job("05_figures", notebooks_out / "05_figures.ipynb", common))
     jobs.append(Job("06_label_efficiency", notebooks_out / "06_label_efficiency.ipynb", common))
     return jobs
@@ -400,11 +360,10 @@ def write_job_times(outcomes: list[NotebookRun], path: Path) -> None:
         table.to_csv(tmp, index=False)
 
 
-def _imagenet_unavailable(values: dict[str, Any]) -> str | None:
+def _imagenet_unavailable(settings: Profile) -> str | None:
     """Why ImageNet weights cannot be had for the profile's arch, or None when they can."""
-    weights = values.get("imagenet_weights_path") or None
     try:
-        models.build_model(values.get("arch", "resnet50"), 4, 7, "imagenet", weights)
+        models.build_model(settings.arch, 4, 7, "imagenet", settings.imagenet_weights_path or None)
     except models.WeightsUnavailableError as error:
         return str(error)
     return None
@@ -429,16 +388,16 @@ def reproduce(
     """
     if force and figures_only:
         raise ValueError("force retrains every result and figures_only trains none: choose one")
-    values = load_profile(profile, extra_files)
-    corpus = resolve_corpus(profile, values)
-    data = paths.data_location(values["store"]) if values.get("store") else corpus
+    settings = load_profile(profile, extra_files)
+    corpus = resolve_corpus(profile, settings)
+    data = paths.data_location(settings.store) if settings.store else corpus
     try:
         indexed = study.index_corpus(data)
         log.info("%s: %d usable sites", data, indexed.n_sites)
     except CorpusError as error:
         raise CorpusCheckError(f"the corpus of profile {profile!r} cannot be used, so no "
                                f"notebook was run: {error}") from error
-    jobs = plan_jobs(profile, values, corpus)
+    jobs = plan_jobs(profile, settings, corpus)
     reuse = _ReuseCheck(data, indexed)
     if figures_only:
         jobs = _figures_jobs(profile, extra_files, jobs, reuse)
@@ -446,7 +405,7 @@ def reproduce(
     skipped: dict[str, str] = {}
     if not figures_only and any(results.SCENARIO_BY_KEY[j.scenario].init == "imagenet"
                                 for j in jobs if j.scenario):
-        reason = _imagenet_unavailable(values)
+        reason = _imagenet_unavailable(settings)
         if reason:
             skipped |= {j.scenario: reason for j in jobs
                         if j.scenario and results.SCENARIO_BY_KEY[j.scenario].init == "imagenet"}

@@ -1,5 +1,5 @@
 """The `rapid-utils` command: generate the embedded corpus or example chips, download EuroSAT,
-pack a corpus, run the notebook batch, train, export pretrained weights.
+pack a corpus, run the notebook batch, train, export pretrained weights, show a profile.
 
 `pretrain` and `finetune` run the training loops without a notebook, e.g. on a cluster under
 `torchrun`: with `--profile` exactly as the batch's notebooks 03 and 04 would (same settings,
@@ -16,12 +16,19 @@ import sys
 import time
 from typing import Any
 
+import yaml
+
 from rapid_utils import batch, distributed, docs, download, models, paths, results, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 from rapid_utils.messages import gist
+from rapid_utils.profile import ProfileError, load_profile
+
+
+class UsageError(ValueError):
+    """Options that cannot go together, or a missing one."""
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -78,6 +85,12 @@ def _reproduce(args: argparse.Namespace) -> int:
             logging.error("failed: %s (%s); the executed notebook is kept at %s",
                           run.name, run.error, run.output)
     return 1 if counts["failed"] else 0
+
+
+def _show_profile(args: argparse.Namespace) -> int:
+    settings = load_profile(args.name, tuple(args.extra))
+    print(yaml.safe_dump(settings.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    return 0
 
 
 def _docs(args: argparse.Namespace) -> int:
@@ -137,10 +150,10 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as options, in notebook 03's and 04's parameter names."""
     missing = [f"--{name}" for name in ("corpus", "runs") if not hasattr(args, name)]
     if missing:
-        raise ValueError(f"give --profile, or --corpus and --runs ({' and '.join(missing)} "
+        raise UsageError(f"give --profile, or --corpus and --runs ({' and '.join(missing)} "
                          "missing)")
     if args.extra or getattr(args, "scenario", None):
-        raise ValueError("--extra and --scenario choose within a profile: give --profile too")
+        raise UsageError("--extra and --scenario choose within a profile: give --profile too")
     return OPTION_DEFAULTS | vars(args) | {"corpus_dir": args.corpus, "runs_dir": args.runs}
 
 
@@ -153,7 +166,7 @@ def _profile_jobs(args: argparse.Namespace, notebook: str,
     """
     refused = [f"--{name.replace('_', '-')}" for name in settings if hasattr(args, name)]
     if refused:
-        raise ValueError(
+        raise UsageError(
             f"{', '.join(refused)} cannot be combined with --profile, which sets every training "
             "setting as the batch does: change them in a YAML file given with --extra (and to "
             "`rapid-utils reproduce` too), or leave out --profile")
@@ -199,7 +212,7 @@ def _finetune(args: argparse.Namespace) -> int:
         jobs = [job for job in planned if args.scenario in (None, job.scenario)
                 and seed in (None, job.parameters["seed"])]
         if not jobs:
-            raise batch.ProfileError(
+            raise ProfileError(
                 f"profile {args.profile!r} plans no fine-tuning run of scenario "
                 f"{args.scenario or 'any'} with seed {'any' if seed is None else seed}; its "
                 f"scenarios: {list(dict.fromkeys(job.scenario for job in planned))}, seeds: "
@@ -328,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "names any that is missing or stale")
     reproduce.set_defaults(func=_reproduce)
 
+    show = commands.add_parser(
+        "profile", help="show a profile's settings",
+        description="Print a profile's every setting as YAML: its file, updated by each --extra "
+        "file, with the defaults of the keys it leaves out (rapid_utils.profile.Profile).")
+    show.add_argument("action", choices=("show",))
+    show.add_argument("name", help="params/{name}.yaml")
+    show.add_argument("--extra", action="append", default=[],
+                      help="another YAML file overriding profile values (repeatable)")
+    show.set_defaults(func=_show_profile)
+
     render = commands.add_parser("docs", help="render a profile's executed notebooks to HTML")
     render.add_argument("--profile", default="quick")
     render.set_defaults(func=_docs)
@@ -374,10 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (batch.ProfileError, batch.CorpusCheckError, batch.MissingResultsError, CorpusError,
-            FileExistsError, FileNotFoundError, ValueError,
-            models.WeightsUnavailableError) as error:
+    except (ProfileError, UsageError, batch.CorpusCheckError, batch.MissingResultsError,
+            CorpusError, FileExistsError, FileNotFoundError,
+            models.WeightsUnavailableError) as error:  # expected: the message says it all
         logging.error("error: %s", error)
+        return 2
+    except ValueError as error:  # a bad value deeper down: where it came from matters
+        logging.error("error: %s", error, exc_info=True)
         return 2
 
 

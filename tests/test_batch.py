@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,10 +35,10 @@ def test_load_profile_merges_extra_files_in_order(tmp_path):
     second = tmp_path / "b.yaml"
     first.write_text("seed: 5\nsynth_sites: 7\n")
     second.write_text("seed: 9\n")
-    values = batch.load_profile("ci", (first, second))
-    assert values["seed"] == 9
-    assert values["synth_sites"] == 7
-    assert values["corpus"] == "synthetic"
+    settings = batch.load_profile("ci", (first, second))
+    assert settings.seed == 9
+    assert settings.synth_sites == 7
+    assert settings.corpus == "synthetic"
 
 
 def test_load_profile_errors_name_the_file(tmp_path):
@@ -96,8 +97,8 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     statuses = {run.name: run.status for run in again if run.name.startswith("04_")}
     assert set(statuses.values()) == {"reused", "skipped"}
     for run in results.load_results(paths.results_dir(paths.runs_dir("ci"))):
-        assert run["parameters"]["eval_dates"] == "seasons"  # the profile's, not January alone
-        assert len(run["per_date_accuracy"]["test"]) == 4
+        assert run.parameters["eval_dates"] == "seasons"  # the profile's, not January alone
+        assert len(run.per_date_accuracy["test"]) == 4
 
     # A result is reused only for the very run: checked job by job, without running anything.
     values = batch.load_profile("ci")
@@ -110,7 +111,7 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
         return {key: rerun and rerun.reason for key, rerun in verdicts.items()}
 
     assert set(reasons(batch.plan_jobs("ci", values, corpus)).values()) == {None}
-    changed = reasons(batch.plan_jobs("ci", values | {"lr": 0.002}, corpus))
+    changed = reasons(batch.plan_jobs("ci", dataclasses.replace(values, lr=0.002), corpus))
     assert all("stale result: parameters changed: lr" in why for why in changed.values())
     checkpoint = next(paths.runs_dir("ci").glob("byol/*/checkpoint.pt"))
     torch.save(torch.load(checkpoint, weights_only=True) | {"note": "retrained"}, checkpoint)
@@ -158,17 +159,16 @@ def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
     assert "BYOL pretraining failed" in errors[0]["evalue"]
 
 
-def test_unknown_scenario_is_a_profile_error(project_home, tmp_path):
+def test_unknown_scenario_is_a_profile_error(tmp_path):
     override = tmp_path / "typo.yaml"
     override.write_text("scenarios: [byol-50%]\n")
-    values = batch.load_profile("ci", (override,))
-    with pytest.raises(batch.ProfileError, match="unknown scenarios.*byol-50%"):
-        batch.plan_jobs("ci", values, tmp_path)
+    with pytest.raises(batch.ProfileError, match="typo.yaml: scenarios.*unknown.*byol-50%"):
+        batch.load_profile("ci", (override,))
 
 
 def test_a_profile_store_reaches_training_notebooks_as_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    values = batch.load_profile("ci") | {"store": "data/ci.zarr"}
+    values = dataclasses.replace(batch.load_profile("ci"), store="data/ci.zarr")
     jobs = batch.plan_jobs("ci", values, tmp_path)
     training = [job for job in jobs if job.notebook in ("03_byol_pretraining", "04_finetuning")]
     assert training and all(job.parameters["store"] == str(tmp_path / "data" / "ci.zarr")
@@ -268,23 +268,29 @@ def test_docs_without_a_run_say_what_to_do(project_home):
         docs.build_docs("ci")
 
 
+# Profile settings the batch uses itself (the corpus, the jobs), not a notebook.
 BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "synth_dtype", "workers",
-              "seeds", "scenarios", "pretrain_epochs", "pretrain_batch_size", "finetune_epochs",
-              "finetune_batch_size", *batch.CHIPS_KEYS, *batch.EXAMPLE_CHIPS_KEYS}
+              "seeds", "scenarios", *(f.name for f in dataclasses.fields(batch.Profile)
+                                      if f.name.startswith(("chips_", "example_chips_")))}
 
 
-@pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example", "real-s2"])
-def test_every_profile_key_reaches_a_notebook_or_the_batch(profile, tmp_path):
-    values = batch.load_profile(profile)
+def test_every_profile_setting_reaches_a_notebook_or_the_batch():
     declared = set()
     for notebook in paths.notebooks_dir().glob("*.ipynb"):
         declared |= set(papermill.inspect_notebook(str(notebook)))
-    assert set(values) - declared - BATCH_KEYS == set()  # no typo is silently ignored
-    jobs = batch.plan_jobs(profile, values, tmp_path)
-    figures = ["05_figures"] if values["scenarios"] else []  # real-s2 runs no poster scenario
+    renamed = {key for aliases in batch.ALIASES.values() for key in aliases}
+    settings = {f.name for f in dataclasses.fields(batch.Profile)}
+    assert settings - declared - renamed - BATCH_KEYS == set()  # none is read by nobody
+
+
+@pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example", "real-s2"])
+def test_every_profile_plans_its_jobs(profile, tmp_path):
+    settings = batch.load_profile(profile)
+    jobs = batch.plan_jobs(profile, settings, tmp_path)
+    figures = ["05_figures"] if settings.scenarios else []  # real-s2 runs no poster scenario
     assert [job.notebook for job in jobs[-1 - len(figures):]] == [*figures, "06_label_efficiency"]
-    n_seeds = len(values.get("seeds") or [values["seed"]])
-    assert sum(job.scenario is not None for job in jobs) == len(values["scenarios"]) * n_seeds
+    n_seeds = len(settings.finetune_seeds)
+    assert sum(job.scenario is not None for job in jobs) == len(settings.scenarios) * n_seeds
 
 
 

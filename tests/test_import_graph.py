@@ -8,6 +8,7 @@ counts, wherever it sits.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import rapid_utils
@@ -105,3 +106,11 @@ def test_the_package_has_no_import_cycle() -> None:
     assert sum(len(edges) for edges in graph.values()) > 20, "the graph found too few imports"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_every_all_names_what_its_module_has() -> None:
+    """`from module import *` fails on a name in `__all__` that the module lacks."""
+    for name in module_names():
+        module = importlib.import_module(name)
+        missing = [item for item in getattr(module, "__all__", ()) if not hasattr(module, item)]
+        assert missing == [], f"{name}.__all__ names {missing}"

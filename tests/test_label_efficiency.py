@@ -97,6 +97,7 @@ def test_suite_config_refuses_unknown_encoders() -> None:
         label_efficiency.SuiteConfig(repeats=2, finetune_repeats=3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_S2.is_dir(), reason=f"no real Sentinel-2 chips at {REAL_S2} "
                     "(the shared folder beside the project)")
 def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch) -> None:

@@ -45,6 +45,6 @@ from rapid_utils.train.pretraining import (
 __all__ = [
     "CHECKPOINT_FILE", "EVAL_DATES", "FINETUNE_VIEW", "UNREADABLE_SHARE", "FinetuneConfig",
     "PretrainConfig", "UnreadableLog", "check_checkpoint_provenance", "encoder_features",
-    "finetune", "finetune_provenance", "machine", "make_loader", "pretrain", "pretrain_provenance",
+    "finetune", "finetune_provenance", "make_loader", "pretrain", "pretrain_provenance",
     "previous_checkpoint", "results_name", "seed_everything", "stale_reasons",
 ]
