@@ -111,11 +111,13 @@ def draw_params(
 
 
 def apply_params(
-    batch: torch.Tensor, params: ViewParams, size: int | tuple[int, int] | None = None
+    batch: torch.Tensor, params: ViewParams, size: int | tuple[int, int] | None = None,
+    jitter: bool = True, blur: bool = True,
 ) -> torch.Tensor:
     """Apply drawn `params` to a (B, C, H, W) float batch; output is `size` (default: H, W).
 
-    Rotations are exact quarter turns when the output is square.
+    Rotations are exact quarter turns when the output is square. `jitter` or `blur` False
+    skips that step, for a view whose probability of it is 0 (the output is the same).
     """
     n, channels = batch.shape[:2]
     out_hw = batch.shape[-2:] if size is None else _pair(size)
@@ -124,12 +126,19 @@ def apply_params(
     out = F.grid_sample(
         batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
+    if jitter:
+        out = _colour_jitter(out, p)
+    return gaussian_blur(out, p.sigma, where=p.blur) if blur else out
 
-    mean = out.mean(dim=(-2, -1), keepdim=True)
-    jittered = (out - mean) * p.contrast[..., None, None] + mean + p.brightness[..., None, None]
-    out = torch.where(p.jitter[:, None, None, None], jittered, out)
 
-    return gaussian_blur(out, p.sigma, where=p.blur)
+def _colour_jitter(batch: torch.Tensor, params: ViewParams) -> torch.Tensor:
+    """Per-band contrast around each sample's band mean, then brightness, where `params.jitter`."""
+    mean = batch.mean(dim=(-2, -1), keepdim=True)
+    jittered = (
+        (batch - mean) * params.contrast[..., None, None] + mean
+        + params.brightness[..., None, None]
+    )
+    return torch.where(params.jitter[:, None, None, None], jittered, batch)
 
 
 def augment(
@@ -138,9 +147,13 @@ def augment(
     generator: torch.Generator | None = None,
     size: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """One randomly augmented view of every sample in `batch` (parameters drawn per sample)."""
+    """One randomly augmented view of every sample in `batch` (parameters drawn per sample).
+
+    Every parameter is drawn, used or not, so a view's draws never depend on its
+    probabilities; a step whose probability is 0 is skipped.
+    """
     params = draw_params(batch.shape[0], batch.shape[1], tuple(batch.shape[-2:]), config, generator)
-    return apply_params(batch, params, size)
+    return apply_params(batch, params, size, jitter=config.jitter_p > 0, blur=config.blur_p > 0)
 
 
 def byol_view_configs(colour_jitter: float = VIEW1.brightness) -> tuple[ViewConfig, ViewConfig]:
@@ -160,10 +173,13 @@ def byol_views(
     generator: torch.Generator | None = None,
     size: int | tuple[int, int] | None = None,
     colour_jitter: float = VIEW1.brightness,
+    second: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BYOL's two views of `batch`: `VIEW1` (always blurred) and `VIEW2` (blurred with p 0.1)."""
-    first, second = byol_view_configs(colour_jitter)
-    return augment(batch, first, generator, size), augment(batch, second, generator, size)
+    """BYOL's two views: `VIEW1` (always blurred) of `batch` and `VIEW2` (blurred with p 0.1)
+    of `second`, by default `batch` too (temporal positives pass the second date's images)."""
+    first_view, second_view = byol_view_configs(colour_jitter)
+    return (augment(batch, first_view, generator, size),
+            augment(batch if second is None else second, second_view, generator, size))
 
 
 def gaussian_blur(batch: torch.Tensor, sigma: torch.Tensor, where: torch.Tensor | None = None

@@ -46,7 +46,9 @@ class BandStats:
     def fingerprint(self) -> str:
         """A short content hash of the normalisation (means and stds), for provenance."""
         numbers = [list(self.mean), list(self.std)]
-        if self.per_source:  # absent before per-source statistics: older hashes stay valid
+        # hashed only when present, so statistics without per-source entries keep the hash
+        # that provenance records compare against
+        if self.per_source:
             numbers.append({name: [list(m), list(s)] for name, (m, s) in
                             sorted(self.per_source.items())})
         return hashlib.sha256(json.dumps(numbers).encode()).hexdigest()[:16]

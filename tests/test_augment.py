@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from rapid_utils import augment as augment_module
 from rapid_utils.augment import (
     VIEW1,
     VIEW2,
@@ -134,3 +135,34 @@ def test_colour_jitter_strength_zero_keeps_band_levels() -> None:
     assert (jittered.mean(dim=(2, 3)) - levels).abs().max() > 0.05
     with pytest.raises(ValueError, match="colour_jitter"):
         byol_views(flat, colour_jitter=1.5)
+
+
+def test_second_view_is_of_the_second_batch() -> None:
+    """Temporal positives: the second view comes from the second date's images, drawn as the
+    second view of a plain pair (same parameters)."""
+    first, second = torch.zeros(4, 4, 16, 16), torch.ones(4, 4, 16, 16)
+    view1, view2 = byol_views(first, torch.Generator().manual_seed(6), colour_jitter=0.0,
+                              second=second)
+    torch.testing.assert_close(view1, first)  # constants stay constant, up to rounding
+    torch.testing.assert_close(view2, second)
+    batch, other = torch.randn(4, 4, 16, 16), torch.randn(4, 4, 16, 16)
+    same = byol_views(batch, torch.Generator().manual_seed(7), second=batch)
+    plain = byol_views(batch, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(same, plain, strict=True))
+    paired = byol_views(batch, torch.Generator().manual_seed(7), second=other)
+    assert torch.equal(paired[0], plain[0]) and not torch.allclose(paired[1], plain[1])
+
+
+def test_a_view_without_jitter_or_blur_skips_them_with_the_same_output(monkeypatch) -> None:
+    flips_and_turns = replace(PLAIN, flip_p=0.5, rotate=True)
+    batch = torch.randn(6, 4, 16, 16)
+    params = draw_params(6, 4, (16, 16), flips_and_turns, torch.Generator().manual_seed(8))
+    everything = augment_module.apply_params(batch, params)  # jitter and blur computed, unused
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("a step whose probability is 0 was computed")
+
+    monkeypatch.setattr(augment_module, "gaussian_blur", not_called)
+    monkeypatch.setattr(augment_module, "_colour_jitter", not_called)
+    skipped = augment(batch, flips_and_turns, torch.Generator().manual_seed(8))
+    assert torch.equal(skipped, everything)

@@ -19,7 +19,8 @@ TINY = {"arch": "resnet18", "epochs": 1, "batch_size": 8, "num_workers": 0, "see
         "split_by": "site", "stats_sites": 4}
 NOTEBOOKS = {
     "03_byol_pretraining": {"image_size": 16, "positives": "augment"},
-    "04_finetuning": {"init": "byol", "positives": "augment", "label_fraction": 0.1},
+    "04_finetuning": {"init": "byol", "positives": "augment", "label_fraction": 0.1,
+                      "min_samples_per_epoch": 0},
 }
 FIGURES = [
     "byol_history_augment_seed0",
@@ -31,7 +32,7 @@ FIGURES = [
 
 
 def fake_results(n_epochs: int = 3) -> dict:
-    """A results dict shaped like `train.finetune`'s, with a known confusion matrix."""
+    """A results file's content (the unversioned form) with a known confusion matrix."""
     confusion = np.diag([5, 4, 3, 2, 1, 1, 2])
     confusion[1, 0] = 5  # half of the agricultural sites predicted as artificial
     confusion[5] = 0  # no wetlands site in the test split
@@ -51,6 +52,7 @@ def fake_results(n_epochs: int = 3) -> dict:
             "lr": [1e-3] * n_epochs,
         },
         "final": {"test": final, "val": final},
+        "complete": True,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,9 +30,10 @@ INITS = {"random": "random", "byol": "byol:/runs/byol/byol_augment_seed0/checkpo
          "imagenet": "imagenet"}
 
 
-def fake_results(scenario: str, seed: int, accuracy: float, epochs: int = EPOCHS,
-                 linear_probe: bool = False, complete: bool = True) -> dict:
-    """A results dict in `train.finetune`'s exact format with a known final test accuracy.
+def unversioned_results(scenario: str, seed: int, accuracy: float, epochs: int = EPOCHS,
+                        linear_probe: bool = False) -> dict:
+    """A results file's content in the form before `results.SCHEMA_VERSION` (no per-date
+    accuracy, classes or provenance), with a known final test accuracy.
 
     Per-class precision is `accuracy` for every class and recall `accuracy - 0.1`; macro-F1
     is `accuracy - 0.05`.
@@ -64,8 +66,20 @@ def fake_results(scenario: str, seed: int, accuracy: float, epochs: int = EPOCHS
         "final": {"test": final, "val": final},
         "versions": {"torch": "x", "torchvision": "x", "numpy": "x", "rapid_utils": "x"},
         "git_commit": None,
-        "complete": complete,
+        "complete": True,
     }
+
+
+def fake_results(scenario: str, seed: int, accuracy: float, epochs: int = EPOCHS,
+                 linear_probe: bool = False) -> results.RunResult:
+    """A run as `train.finetune` writes it, with the numbers of `unversioned_results`."""
+    old = unversioned_results(scenario, seed, accuracy, epochs, linear_probe)
+    return results.RunResult.from_json(old | {
+        "schema_version": results.SCHEMA_VERSION, "per_date_accuracy": {"test": {}, "val": {}},
+        "provenance": {}, "normalisation": None, "model": None, "unreadable_samples": {},
+        "classes": list(labels.CLASSES), "machine": None,
+        "parameters": old["parameters"] | {"eval_dates": "seasons", "test_every_epoch": False},
+    })
 
 
 def write_fake_results(directory: Path, accuracy: dict = ACCURACY) -> Path:
@@ -75,7 +89,7 @@ def write_fake_results(directory: Path, accuracy: dict = ACCURACY) -> Path:
         spec = results.SCENARIO_BY_KEY[scenario]
         for seed, value in by_seed.items():
             name = f"finetune_init-{spec.init}_frac-{spec.label_fraction:g}_seed-{seed}.json"
-            write_json_atomic(directory / name, fake_results(scenario, seed, value))
+            results.write_run(directory / name, fake_results(scenario, seed, value))
     results.write_skipped(directory, {"imagenet-100%": "ImageNet weights unavailable offline"})
     return directory
 
@@ -86,7 +100,7 @@ def results_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def loaded(results_dir: Path) -> list[dict]:
+def loaded(results_dir: Path) -> list[results.RunResult]:
     return results.load_results(results_dir)
 
 
@@ -105,16 +119,16 @@ def test_scenario_of_round_trips(scenario: str) -> None:
 def test_scenario_of_rejects_probes_and_other_fractions() -> None:
     assert results.scenario_of(fake_results("byol-1%", 0, 0.5, linear_probe=True)) is None
     other = fake_results("byol-1%", 0, 0.5)
-    other["parameters"]["label_fraction"] = 0.5
+    other.parameters["label_fraction"] = 0.5
     assert results.scenario_of(other) is None
     plain = fake_results("byol-10%", 0, 0.5)
-    plain["parameters"]["init"] = "byol"
+    plain.parameters["init"] = "byol"
     assert results.scenario_of(plain) == "byol-10%"
 
 
 def test_load_results_skips_incomplete_and_corrupt(results_dir: Path, caplog) -> None:
     write_json_atomic(results_dir / "finetune_init-byol_frac-1_seed-9.json",
-                      fake_results("byol-100%", 9, 0.9, complete=False))
+                      fake_results("byol-100%", 9, 0.9).to_json() | {"complete": False})
     (results_dir / "finetune_init-random_frac-1_seed-8.json").write_text('{"parameters": {')
     with caplog.at_level(logging.WARNING, logger="rapid_utils.results"):
         loaded = results.load_results(results_dir)
@@ -124,7 +138,7 @@ def test_load_results_skips_incomplete_and_corrupt(results_dir: Path, caplog) ->
     assert results.load_results(results_dir / "absent") == []
 
 
-def test_per_epoch_table(loaded: list[dict]) -> None:
+def test_per_epoch_table(loaded: list[results.RunResult]) -> None:
     table = results.per_epoch_table(loaded)
     assert list(table.columns) == ["scenario", "seed", "epoch", "test_accuracy", "val_accuracy",
                                    "train_loss"]
@@ -135,7 +149,7 @@ def test_per_epoch_table(loaded: list[dict]) -> None:
     assert last["test_accuracy"].tolist() == pytest.approx([0.55, 0.57, 0.59])
 
 
-def test_summary_means_and_stds(loaded: list[dict]) -> None:
+def test_summary_means_and_stds(loaded: list[results.RunResult]) -> None:
     summary = results.summary_table(loaded)
     assert list(summary.index) == ["scratch-100%", "byol-100%", "byol-10%", "byol-1%",
                                    "scratch-1%"]
@@ -152,7 +166,7 @@ def test_summary_means_and_stds(loaded: list[dict]) -> None:
     assert math.isnan(single.loc["byol-1%", "test_accuracy_std"])
 
 
-def test_claims_arithmetic(loaded: list[dict]) -> None:
+def test_claims_arithmetic(loaded: list[results.RunResult]) -> None:
     summary = results.summary_table(loaded)
     claims = results.poster_claims(summary)
     assert list(claims.index) == ["byol-100% - scratch-100%", "byol-1% - scratch-100%",
@@ -177,7 +191,7 @@ def test_claims_arithmetic(loaded: list[dict]) -> None:
     assert "+12.0" in results.claims_text(claims)
 
 
-def test_write_summary(loaded: list[dict], tmp_path: Path) -> None:
+def test_write_summary(loaded: list[results.RunResult], tmp_path: Path) -> None:
     summary = results.summary_table(loaded)
     csv_path, md_path = results.write_summary(summary, tmp_path / "figures",
                                               results.poster_claims(summary))
@@ -209,7 +223,7 @@ def test_plot_byol_diagram() -> None:
         assert word in texts
 
 
-def test_plot_accuracy_curves(loaded: list[dict]) -> None:
+def test_plot_accuracy_curves(loaded: list[results.RunResult]) -> None:
     table = results.per_epoch_table(loaded)
     fig = plots.plot_accuracy_curves(table, {"imagenet-100%": "offline"})
     ax = fig.axes[0]
@@ -219,7 +233,7 @@ def test_plot_accuracy_curves(loaded: list[dict]) -> None:
     assert "ImageNet 100% skipped: offline" in ax.get_title()
 
 
-def test_plot_class_scores(loaded: list[dict]) -> None:
+def test_plot_class_scores(loaded: list[results.RunResult]) -> None:
     summary = results.summary_table(loaded)
     fig = plots.plot_class_scores(summary, {"imagenet-100%": "offline"})
     precision_ax, recall_ax = fig.axes
@@ -248,13 +262,15 @@ def test_no_results_are_reported_in_words(tmp_path):
     with pytest.raises(results.NoResultsError, match=r"No complete fine-tuning results in .*"
                        r"Skipped by the batch:\n- byol-1%: BYOL pretraining failed"):
         results.require_results([], tmp_path, {"byol-1%": "BYOL pretraining failed"})
-    results.require_results([{"parameters": {}}], tmp_path, {})  # something to draw: no error
+    results.require_results([fake_results("byol-1%", 0, 0.5)], tmp_path, {})  # no error
 
 
-def test_accuracy_curves_of_runs_tested_after_the_last_epoch_only(loaded: list[dict]) -> None:
-    last_only = [run | {"per_epoch": run["per_epoch"] | {"test_accuracy": [
-        None] * (len(run["per_epoch"]["test_accuracy"]) - 1) + run["per_epoch"][
-        "test_accuracy"][-1:]}} for run in loaded]
+def test_accuracy_curves_of_runs_tested_after_the_last_epoch_only(
+    loaded: list[results.RunResult],
+) -> None:
+    last_only = [dataclasses.replace(run, per_epoch=run.per_epoch | {"test_accuracy": [
+        None] * (len(run.per_epoch["test_accuracy"]) - 1) + run.per_epoch[
+        "test_accuracy"][-1:]}) for run in loaded]
     table = results.per_epoch_table(last_only)
     assert table["test_accuracy"].isna().sum() == len(table) - len(last_only)
     ax = plots.plot_accuracy_curves(table).axes[0]
@@ -267,3 +283,33 @@ def test_accuracy_curves_of_runs_tested_after_the_last_epoch_only(loaded: list[d
     assert any(np.allclose(points, [byol]) for points in diamonds)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "test accuracy after the last epoch" in legend
+
+
+def test_a_results_file_round_trips_with_its_schema_version(tmp_path: Path) -> None:
+    run = fake_results("byol-1%", 2, 0.5)
+    results.write_run(tmp_path / "r.json", run)
+    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
+    assert results.read_run(tmp_path / "r.json") == run
+
+
+def test_unversioned_results_files_are_still_read(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "old.json", unversioned_results("byol-1%", 2, 0.5))
+    run = results.read_run(tmp_path / "old.json")
+    assert run.parameters["eval_dates"] == "first" and run.parameters["test_every_epoch"]
+    assert run.per_date_accuracy == {} and run.provenance is None and run.model is None
+    assert run.unreadable_samples == {}
+    assert run.classes == list(labels.CLASSES) and run.seed == 2
+    assert results.scenario_of(run) == "byol-1%"
+    assert "no per-date accuracy" in plots.plot_per_date_accuracy(run).axes[0].texts[0].get_text()
+
+
+def test_other_schema_versions_and_partial_files_are_refused_by_name(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "new.json", fake_results("byol-1%", 0, 0.5).to_json()
+                      | {"schema_version": 99})
+    with pytest.raises(results.ResultsFileError, match=r"new\.json has results schema version 99"):
+        results.read_run(tmp_path / "new.json")
+    partial = fake_results("byol-1%", 0, 0.5).to_json()
+    del partial["per_date_accuracy"]
+    write_json_atomic(tmp_path / "partial.json", partial)
+    with pytest.raises(results.ResultsFileError, match=r"partial\.json lacks per_date_accuracy"):
+        results.read_run(tmp_path / "partial.json")

@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from rapid_utils import datasets, distributed, io, metrics, models, provenance, splits, train
+from rapid_utils import (
+    datasets,
+    distributed,
+    io,
+    metrics,
+    models,
+    provenance,
+    results,
+    splits,
+    train,
+)
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
@@ -422,7 +432,8 @@ def test_stale_reasons_name_what_changed(data: dict, tmp_path: Path) -> None:
     reasons = train.stale_reasons(results, config, moved)
     assert any("another split" in r for r in reasons)
     assert any("other band statistics" in r for r in reasons)
-    older = {key: value for key, value in results.items() if key != "provenance"}
+    older = {key: value for key, value in results.items()
+             if key not in ("provenance", "schema_version")}  # unversioned, no provenance
     assert train.stale_reasons(older, config, provenance) == [
         "written before provenance was recorded"]
     with pytest.raises(ValueError, match=r"differs \(parameters changed: lr"):
@@ -523,11 +534,43 @@ def test_results_report_voted_and_per_date_accuracy(data: dict, tmp_path: Path) 
         tiny_finetune(eval_dates="winter")
 
 
-def test_results_from_before_eval_dates_count_as_first_date() -> None:
-    older = dataclasses.asdict(tiny_finetune())
-    del older["eval_dates"]
-    assert plumbing.changed_fields(tiny_finetune(eval_dates="first"), older) == []
-    assert plumbing.changed_fields(tiny_finetune(), older) == ["eval_dates"]
+def test_unversioned_results_from_before_eval_dates_count_as_first_date(
+    data: dict, tmp_path: Path
+) -> None:
+    config = tiny_finetune(epochs=1, eval_dates="first", test_every_epoch=True)
+    written = run_finetune(data, config, tmp_path / "r.json")
+    older = {key: value for key, value in written.items() if key != "schema_version"}
+    for key in ("eval_dates", "test_every_epoch"):
+        del older["parameters"][key]
+    provenance = written["provenance"]
+    assert train.stale_reasons(older, config, provenance) == []
+    assert train.stale_reasons(older, tiny_finetune(epochs=1), provenance) == [
+        "parameters changed: eval_dates, test_every_epoch"]
+
+
+def test_finetune_reads_back_what_it_wrote_and_reuses_it(data: dict, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    written = run_finetune(data, tiny_finetune(epochs=1), path)
+    run = results.read_run(path)
+    assert written["schema_version"] == results.SCHEMA_VERSION == run.schema_version
+    assert run.to_json() == written == json.loads(path.read_text())
+    # an incomplete file is run afresh; a newer schema is refused, naming the file
+    io.write_json_atomic(path, written | {"complete": False})
+    assert run_finetune(data, tiny_finetune(epochs=1), path)["final"] == written["final"]
+    io.write_json_atomic(path, written | {"schema_version": results.SCHEMA_VERSION + 1})
+    with pytest.raises(results.ResultsFileError, match=r"r\.json has results schema version"):
+        run_finetune(data, tiny_finetune(epochs=1), path)
+
+
+def test_split_finetune_keeps_the_seeded_weights(data: dict, tmp_path: Path) -> None:
+    """Two runs of one seed, through reuse check, setup, loop, evaluation and writing, give
+    the same weights and metrics bit for bit."""
+    a, b = (run_finetune(data, tiny_finetune(epochs=1), tmp_path / f"{n}.json",
+                         model_dir=tmp_path / n) for n in ("a", "b"))
+    assert {k: a[k] for k in ("per_epoch", "final", "per_date_accuracy")} == {
+        k: b[k] for k in ("per_epoch", "final", "per_date_accuracy")}
+    weights = [models.load_pretrained(run["model"]["path"])[0].state_dict() for run in (a, b)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_corrupt_checkpoint_resumes_from_the_previous_epoch(
@@ -623,3 +666,19 @@ def test_too_many_unreadable_reads_stop_the_run_with_the_list() -> None:
     log.note({"label": torch.zeros(150), "unreadable": [""] * 150})
     log.check()  # 2 of 200 is 1 %: within the share
     assert log.reasons == {"a": "corrupt", "b": "missing"}
+
+
+def test_temporal_views_are_of_the_two_dates(data: dict) -> None:
+    """Pretraining's views come from `augment.byol_views`: the second of a temporal pair is of
+    the second date's image."""
+    batch = {"image": torch.zeros(2, 4, 16, 16), "image2": torch.ones(2, 4, 16, 16)}
+    dataset = datasets.open_dataset(data["corpus_root"], data["train_index"], data["band_stats"],
+                                    date_sampling="pair")
+    config = tiny_pretrain(positives="temporal", colour_jitter=0.0)
+    view1, view2 = pretraining._byol_views(batch, config, torch.Generator().manual_seed(0),
+                                           torch.device("cpu"), dataset)
+    torch.testing.assert_close(view1, batch["image"])  # constants, up to rounding
+    torch.testing.assert_close(view2, batch["image2"])
+    same = pretraining._byol_views(batch, tiny_pretrain(colour_jitter=0.0),
+                                   torch.Generator().manual_seed(0), torch.device("cpu"), dataset)
+    torch.testing.assert_close(same[1], batch["image"])  # augment: both of the first image

@@ -10,6 +10,8 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from rapid_utils.results import RunResult
+
 # One colour per poster class (labels.CLASSES order), after CORINE's legend but darker where
 # CORINE's pastel tones would vanish on a light map; markers tell classes apart without colour.
 CLASS_COLORS: dict[str, str] = {
@@ -67,9 +69,9 @@ def class_handle(name: str, label: str, styles: Mapping[str, tuple[str, str]] | 
     )
 
 
-def run_title(results: Mapping) -> str:
+def run_title(run: RunResult) -> str:
     """A one-line title naming a fine-tuning run: architecture, init, label share, seed."""
-    p = results["parameters"]
+    p = run.parameters
     probe = ", linear probe" if p.get("linear_probe") else ""
     init = "byol" if str(p["init"]).startswith("byol:") else p["init"]
     return (f"{p['arch']}, init {init}, {100 * p['label_fraction']:g} % of labels{probe}, "

@@ -14,6 +14,7 @@ from matplotlib.patches import Patch
 
 from rapid_utils import results
 from rapid_utils.plots.common import class_styles, run_title
+from rapid_utils.results import RunResult, as_run
 
 # One colour per scenario in every figure: Okabe-Ito, safe for the common colour-vision
 # deficiencies; the BYOL fractions share a hue family (blues/green), markers add redundancy.
@@ -35,9 +36,11 @@ SCENARIO_MARKERS: dict[str, str] = {
 }
 
 
-def plot_precision_recall(results: Mapping, split: str = "test") -> Figure:
-    """Per-class precision and recall bars (poster Fig. 5) of a results dict's final metrics."""
-    final = results["final"][split]
+def plot_precision_recall(results: RunResult | Mapping, split: str = "test") -> Figure:
+    """Per-class precision and recall bars (poster Fig. 5) of a run's final metrics (a
+    `RunResult` or what `train.finetune` returns)."""
+    run = as_run(results)
+    final = run.final[split]
     names = list(final["precision"])  # the run's classes, in class-index order
     styles = class_styles(names)
     positions = np.arange(len(names))
@@ -55,18 +58,20 @@ def plot_precision_recall(results: Mapping, split: str = "test") -> Figure:
     ax.set_title(f"{split}: precision (plain) and recall (hatched) per class; "
                  f"accuracy {final['accuracy']:.1%}, macro-F1 {final['macro_f1']:.2f}, "
                  f"n {final['n']}", fontsize=9)
-    fig.suptitle(run_title(results))
+    fig.suptitle(run_title(run))
     return fig
 
 
-def plot_confusion(results: Mapping, split: str = "test") -> Figure:
-    """Row-normalised confusion matrix (true class rows, predicted columns) of a results dict."""
+def plot_confusion(results: RunResult | Mapping, split: str = "test") -> Figure:
+    """Row-normalised confusion matrix (true class rows, predicted columns) of a run (a
+    `RunResult` or what `train.finetune` returns)."""
     import seaborn as sns  # imported here: only this figure needs it
 
-    matrix = np.asarray(results["final"][split]["confusion_matrix"], dtype=float)
+    run = as_run(results)
+    matrix = np.asarray(run.final[split]["confusion_matrix"], dtype=float)
     rows = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, rows, out=np.full_like(matrix, np.nan), where=rows > 0)
-    names = list(results["final"][split]["precision"])  # the run's classes, in index order
+    names = list(run.final[split]["precision"])  # the run's classes, in index order
     side = max(7.0, 0.6 * len(names))
     fig = Figure(figsize=(side, side - 1.0), layout="constrained")
     ax = fig.subplots()
@@ -80,7 +85,7 @@ def plot_confusion(results: Mapping, split: str = "test") -> Figure:
     ax.set_yticklabels([f"{n} ({int(r)})" for n, r in zip(names, rows[:, 0], strict=True)],
                        rotation=0)
     ax.set_title(f"{split} confusion matrix, rows normalised (empty rows blank)", fontsize=9)
-    fig.suptitle(run_title(results))
+    fig.suptitle(run_title(run))
     return fig
 
 

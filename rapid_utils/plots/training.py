@@ -13,6 +13,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from rapid_utils import labels
 from rapid_utils.metrics import MIN_ENCODER_CHANGE
 from rapid_utils.plots.common import class_handle, class_styles, run_title
+from rapid_utils.results import RunResult, as_run
 
 
 def plot_pretraining_history(
@@ -89,9 +90,11 @@ def plot_embedding(features: np.ndarray, class_ids: Sequence[int],
     return fig
 
 
-def plot_finetune_curves(results: Mapping) -> Figure:
-    """Training loss, validation and test accuracy per epoch of one fine-tuning results dict."""
-    per_epoch = results["per_epoch"]
+def plot_finetune_curves(results: RunResult | Mapping) -> Figure:
+    """Training loss, validation and test accuracy per epoch of one fine-tuning run (a
+    `RunResult` or what `train.finetune` returns)."""
+    run = as_run(results)
+    per_epoch = run.per_epoch
     epochs = np.arange(1, len(per_epoch["train_loss"]) + 1)
     fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -110,33 +113,34 @@ def plot_finetune_curves(results: Mapping) -> Figure:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(run_title(results))
+    fig.suptitle(run_title(run))
     return fig
 
 
-def plot_per_date_accuracy(results: Mapping, split: str = "test") -> Figure:
+def plot_per_date_accuracy(results: RunResult | Mapping, split: str = "test") -> Figure:
     """Accuracy of single-date predictions at each evaluation date, beside the voted accuracy.
 
-    Results files older than `eval_dates` have no per-date accuracy; the figure says so.
+    A run read from a file without `schema_version` has no per-date accuracy; the figure says so.
     """
-    per_date = results.get("per_date_accuracy", {}).get(split, {})
+    run = as_run(results)
+    per_date = run.per_date_accuracy.get(split, {})
     fig = Figure(figsize=(max(5.0, 0.7 * len(per_date) + 2.5), 3.4), layout="constrained")
     ax = fig.subplots()
     if not per_date:
-        ax.text(0.5, 0.5, "no per-date accuracy in this results file\n(written before eval_dates)",
+        ax.text(0.5, 0.5, "no per-date accuracy in this results file\n(no schema_version)",
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
     dates = sorted(per_date)
     ax.bar(range(len(dates)), [100 * per_date[d] for d in dates], color="#d7263d", alpha=0.8,
            label="one date")
-    voted = 100 * results["final"][split]["accuracy"]
+    voted = 100 * run.final[split]["accuracy"]
     ax.axhline(voted, color="0.2", linestyle="--", label=f"vote over dates: {voted:.1f} %")
     ax.set_xticks(range(len(dates)), dates, rotation=45 if len(dates) > 6 else 0, ha="right"
                   if len(dates) > 6 else "center", fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel(f"{split} accuracy (%)")
-    ax.set_title(f"{split.capitalize()} accuracy per evaluation date\n{run_title(results)}",
+    ax.set_title(f"{split.capitalize()} accuracy per evaluation date\n{run_title(run)}",
                  fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="y")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rapid_utils import augment, distributed, labels, metrics, models, splits
+from rapid_utils import augment, distributed, labels, metrics, models, results, splits
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
-from rapid_utils.io import file_sha256, write_json_atomic
+from rapid_utils.io import file_sha256
 from rapid_utils.messages import report_progress
 from rapid_utils.provenance import git_commit, machine, versions
 from rapid_utils.train.plumbing import (
@@ -76,7 +76,7 @@ class FinetuneConfig:
     min_samples_per_epoch: int = 0
     # Dates at which validation and test sites are classified: "seasons" (one per season, a
     # soft vote over them), "all" (every monthly date, voted), "spread" (one per site, spread
-    # over the year) or "first" (each site's first date: early January, what runs did before).
+    # over the year) or "first" (each site's first date: early January, the cheapest).
     eval_dates: str = "seasons"
     # Test sites are classified after the last epoch only (validation after every epoch): at
     # poster scale, 75,000 test sites at four dates an epoch cost a long evaluation. True adds
@@ -123,14 +123,17 @@ def finetune_provenance(
     }
 
 
-def stale_reasons(results: dict, config: FinetuneConfig, provenance: dict) -> list[str]:
-    """Why a results file does not hold the run `config` and `provenance` describe (empty when
-    it does): changed parameters, another split, normalisation or BYOL checkpoint."""
+def stale_reasons(existing: results.RunResult | Mapping, config: FinetuneConfig,
+                  provenance: dict) -> list[str]:
+    """Why a run (a `RunResult` or a results file's content) is not the run `config` and
+    `provenance` describe (empty when it is): changed parameters, another split,
+    normalisation or BYOL checkpoint."""
+    run = results.as_run(existing)
     reasons = []
-    changed = changed_fields(config, results.get("parameters"))
+    changed = changed_fields(config, run.parameters)
     if changed:
         reasons.append(f"parameters changed: {', '.join(changed)}")
-    recorded = results.get("provenance") or {}
+    recorded = run.provenance or {}
     for key, what in (("split_fingerprint", "another split"),
                       ("band_stats_fingerprint", "other band statistics"),
                       ("init_checkpoint_sha256", "another BYOL checkpoint")):
@@ -182,7 +185,7 @@ def _build_optimizer(params: Sequence[nn.Parameter],
     Fused: one pass over each parameter tensor (CPU and CUDA) instead of the for-loop's dozen
     elementwise operations. On a 2-core CPU the for-loop AdamW step was a quarter to a third of a
     ResNet-18 fine-tuning step (`benchmarks/optimizer_step.py`). The update rule is the same;
-    float rounding differs, so a run is not bit-identical to one made before the switch.
+    float rounding differs, so the two do not give bit-identical weights.
     """
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
@@ -242,7 +245,8 @@ def finetune(
     check_pretraining_split: bool = True,
     model_dir: str | Path | None = None,
 ) -> dict:
-    """Fine-tune a classifier of `class_names` and write its results file; return the results.
+    """Fine-tune a classifier of `class_names` and write its results file (`results.RunResult`);
+    return the file's content.
 
     `class_names` are the classes the index's `label` numbers: the poster's 7 by default, a
     chips corpus's own (`Study.class_names`) otherwise; the results file records them.
@@ -264,23 +268,73 @@ def finetune(
     """
     results_path = Path(results_path)
     provenance = finetune_provenance(config, train_index, val_index, test_index, band_stats)
-    if results_path.is_file() and not force:
-        existing = json.loads(results_path.read_text())
-        if existing.get("complete"):
-            stale = stale_reasons(existing, config, provenance)
-            if stale and replace_stale:
-                log.info("replacing %s: %s", results_path, "; ".join(stale))
-            elif stale:
-                raise ValueError(
-                    f"{results_path} holds a run that differs ({'; '.join(stale)}); "
-                    "pass force=True to replace it or choose another results path"
-                )
-            else:
-                if model_dir is not None and not existing.get("model"):
-                    log.warning("%s was written without its model's weights; pass force=True to "
-                                "train again and save them to %s", results_path, model_dir)
-                return existing
+    if not force:
+        existing = _reusable(results_path, config, provenance, replace_stale, model_dir)
+        if existing is not None:
+            return existing.to_json()
+    run = _setup(config, corpus_root, train_index, val_index, test_index, band_stats,
+                 class_names, provenance, check_pretraining_split)
+    per_epoch, evaluations, unreadable = _train(run, config, progress)
+    if run.context.is_main:
+        _write(run, config, results_path, per_epoch, evaluations, unreadable, model_dir,
+               (train_index, val_index, test_index), band_stats, class_names, provenance)
+    distributed.barrier(run.context)
+    return results.read_run(results_path).to_json()
 
+
+def _reusable(results_path: Path, config: FinetuneConfig, provenance: dict,
+              replace_stale: bool, model_dir: str | Path | None) -> results.RunResult | None:
+    """The complete run in `results_path` when it is the one `config` and `provenance`
+    describe; None when there is none, an incomplete one, or a stale one that `replace_stale`
+    lets go.
+
+    Raises ValueError for a stale one otherwise, `results.ResultsFileError` for a file that is
+    no results file.
+    """
+    if not results_path.is_file():
+        return None
+    try:
+        existing = results.read_run(results_path)
+    except results.IncompleteRunError:
+        return None  # the run writes it afresh
+    stale = stale_reasons(existing, config, provenance)
+    if stale and replace_stale:
+        log.info("replacing %s: %s", results_path, "; ".join(stale))
+        return None
+    if stale:
+        raise ValueError(
+            f"{results_path} holds a run that differs ({'; '.join(stale)}); "
+            "pass force=True to replace it or choose another results path"
+        )
+    if model_dir is not None and not existing.model:
+        log.warning("%s was written without its model's weights; pass force=True to "
+                    "train again and save them to %s", results_path, model_dir)
+    return existing
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a fine-tuning run trains with, built by `_setup`."""
+
+    context: distributed.Context
+    device: torch.device
+    model: nn.Module  # on the device; evaluated and saved
+    trainer: nn.Module  # `model`, wrapped for DistributedDataParallel under torchrun
+    labelled: pd.DataFrame  # the training sites whose labels are used
+    train_set: Dataset
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]  # "val" and "test": this process's shard
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def _setup(config: FinetuneConfig, corpus_root: str | Path, train_index: pd.DataFrame,
+           val_index: pd.DataFrame, test_index: pd.DataFrame, band_stats: BandStats,
+           class_names: Sequence[str], provenance: dict, check_pretraining_split: bool) -> _Run:
+    """Check the inputs, seed, and build the model, loaders, optimizer and schedule.
+
+    The order of these steps fixes what the seed draws: keep it.
+    """
     if (train_index["label"] < 0).any():
         raise ValueError("fine-tuning needs labelled training sites, and train_index holds "
                          "unlabelled ones (label -1): pass Study.sites('train'), not "
@@ -336,94 +390,114 @@ def finetune(
         optimizer, T_max=max(1, config.epochs * len(train_loader))
     )
     trainer = wrap_ddp(model, device, context)
+    return _Run(context, device, model, trainer, labelled, train_set, train_loader,
+                eval_loaders, optimizer, scheduler)
 
+
+def _train(run: _Run, config: FinetuneConfig, progress: bool
+           ) -> tuple[dict[str, list[float | None]], dict[str, dict], UnreadableLog]:
+    """Train every epoch, evaluating after each; return the per-epoch curves, the last
+    evaluation of each split (`_evaluate`) and the unreadable samples met."""
     per_epoch: dict[str, list[float | None]] = {
         "train_loss": [], "val_accuracy": [], "test_accuracy": [], "lr": []
     }
     evaluations: dict[str, dict] = {}
-    unreadable = UnreadableLog(context=context)
+    unreadable = UnreadableLog(context=run.context)
     started = time.perf_counter()
     for epoch in range(config.epochs):
-        flips = augment_generator(config.seed + epoch + 100_003 * context.rank, device)
-        # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
-        model.train(not config.linear_probe)
-        per_epoch["lr"].append(scheduler.get_last_lr()[0])
-        loss_sum, steps = torch.zeros((), dtype=torch.float64, device=device), 0
-        train_loader.sampler.set_epoch(epoch)
-        for batch in tqdm(train_loader, desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
-                          disable=not (progress and context.is_main), leave=False):
-            unreadable.note(batch)
-            image = to_device(batch["image"], device, train_set)
-            if config.augment:
-                image = augment.augment(image, FINETUNE_VIEW, flips)
-            with autocast(device):
-                loss = F.cross_entropy(trainer(image).float(), batch["label"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()  # summed on the device: no host sync per step
-            steps += 1
-        unreadable.check()
-        per_epoch["train_loss"].append(mean_over_processes(loss_sum.item() / steps, context))
+        per_epoch["lr"].append(run.scheduler.get_last_lr()[0])
+        loss = _train_epoch(run, config, epoch, unreadable, progress)
+        per_epoch["train_loss"].append(mean_over_processes(loss, run.context))
         last = epoch == config.epochs - 1
-        distributed.broadcast_buffers(model, context)  # one model evaluates, in shards
+        distributed.broadcast_buffers(run.model, run.context)  # one model evaluates, in shards
         # every process classifies its shard of the evaluation sites
-        for name, eval_loader in eval_loaders.items():
+        for name, eval_loader in run.eval_loaders.items():
             if name == "test" and not (last or config.test_every_epoch):
                 per_epoch["test_accuracy"].append(None)  # JSON null: not evaluated
                 continue
-            evaluations[name] = _evaluate(model, eval_loader, device, unreadable, context)
+            evaluations[name] = _evaluate(run.model, eval_loader, run.device, unreadable,
+                                          run.context)
             y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
             per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
-        if context.is_main:
+        if run.context.is_main:
             report_progress(f"fine-tune epoch {epoch + 1}/{config.epochs}: loss "
                             f"{per_epoch['train_loss'][-1]:.3f}, validation accuracy "
                             f"{per_epoch['val_accuracy'][-1]:.1%}, "
                             f"{time.perf_counter() - started:.0f} s")
-        distributed.barrier(context)
-
+        distributed.barrier(run.context)
     unreadable.check()  # the last epoch's evaluation reads too
-    if context.is_main:
-        normalisation = models.Normalisation(
-            tuple(layout.BANDS), layout.REFLECTANCE_SCALE, band_stats.mean, band_stats.std,
-            int(train_set[0]["image"].shape[-1]), train_set.gsd_m)
-        saved = None
-        if model_dir is not None:
-            description = models.save_classifier(
-                model, model_dir, config.arch, class_names, normalisation,
-                provenance | {"results_file": results_path.name, "parameters": asdict(config),
-                              "git_commit": git_commit()})
-            saved = {"path": str(Path(model_dir).resolve()),
-                     "weights_sha256": json.loads(description.read_text())["weights_sha256"]}
-        write_json_atomic(results_path, {
-            "parameters": asdict(config) | {
-                "n_train": len(train_index),
-                "n_labelled": len(labelled),
-                "n_val": len(val_index),
-                "n_test": len(test_index),
-                "world_size": context.world_size,
-            },
-            "seed": config.seed,
-            "device": str(device),
-            "per_epoch": per_epoch,
-            "final": {
-                name: metrics.classification_metrics(
-                    evaluations[name]["y_true"], evaluations[name]["y_pred"],
-                    class_names=class_names)
-                for name in ("test", "val")
-            },
-            # accuracy of the last epoch's single-date predictions, at each evaluation date
-            "per_date_accuracy": {name: evaluations[name]["per_date"] for name in ("test", "val")},
-            "provenance": provenance,
-            "normalisation": normalisation.describe(),
-            "model": saved,  # the fine-tuned weights' folder, when saved
-            "unreadable_samples": unreadable.reasons,  # replaced by other samples, with why
-            "classes": list(class_names),
-            "versions": versions(),
-            "machine": machine(),
-            "git_commit": git_commit(),
-            "complete": True,
-        })
-    distributed.barrier(context)
-    return json.loads(results_path.read_text())
+    return per_epoch, evaluations, unreadable
+
+
+def _train_epoch(run: _Run, config: FinetuneConfig, epoch: int, unreadable: UnreadableLog,
+                 progress: bool) -> float:
+    """One pass over the training loader; the mean loss of this process's steps."""
+    flips = augment_generator(config.seed + epoch + 100_003 * run.context.rank, run.device)
+    # A linear probe keeps the encoder in eval mode so its BatchNorm statistics stay fixed.
+    run.model.train(not config.linear_probe)
+    loss_sum, steps = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    run.train_loader.sampler.set_epoch(epoch)
+    for batch in tqdm(run.train_loader, desc=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+                      disable=not (progress and run.context.is_main), leave=False):
+        unreadable.note(batch)
+        image = to_device(batch["image"], run.device, run.train_set)
+        if config.augment:
+            image = augment.augment(image, FINETUNE_VIEW, flips)
+        with autocast(run.device):
+            loss = F.cross_entropy(run.trainer(image).float(), batch["label"].to(run.device))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        loss_sum += loss.detach()  # summed on the device: no host sync per step
+        steps += 1
+    unreadable.check()
+    return loss_sum.item() / steps
+
+
+def _write(run: _Run, config: FinetuneConfig, results_path: Path,
+           per_epoch: dict[str, list[float | None]], evaluations: dict[str, dict],
+           unreadable: UnreadableLog, model_dir: str | Path | None,
+           indexes: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], band_stats: BandStats,
+           class_names: Sequence[str], provenance: dict) -> None:
+    """Save the classifier (with `model_dir`) and write the results file (rank 0 only)."""
+    train_index, val_index, test_index = indexes
+    normalisation = models.Normalisation(
+        tuple(layout.BANDS), layout.REFLECTANCE_SCALE, band_stats.mean, band_stats.std,
+        int(run.train_set[0]["image"].shape[-1]), run.train_set.gsd_m)
+    saved = None
+    if model_dir is not None:
+        description = models.save_classifier(
+            run.model, model_dir, config.arch, class_names, normalisation,
+            provenance | {"results_file": results_path.name, "parameters": asdict(config),
+                          "git_commit": git_commit()})
+        saved = {"path": str(Path(model_dir).resolve()),
+                 "weights_sha256": json.loads(description.read_text())["weights_sha256"]}
+    results.write_run(results_path, results.RunResult(
+        parameters=asdict(config) | {
+            "n_train": len(train_index),
+            "n_labelled": len(run.labelled),
+            "n_val": len(val_index),
+            "n_test": len(test_index),
+            "world_size": run.context.world_size,
+        },
+        seed=config.seed,
+        device=str(run.device),
+        per_epoch=per_epoch,
+        final={
+            name: metrics.classification_metrics(
+                evaluations[name]["y_true"], evaluations[name]["y_pred"],
+                class_names=class_names)
+            for name in ("test", "val")
+        },
+        # accuracy of the last epoch's single-date predictions, at each evaluation date
+        per_date_accuracy={name: evaluations[name]["per_date"] for name in ("test", "val")},
+        provenance=provenance,
+        normalisation=normalisation.describe(),
+        model=saved,
+        unreadable_samples=unreadable.reasons,
+        classes=list(class_names),
+        versions=versions(),
+        machine=machine(),
+        git_commit=git_commit(),
+    ))

@@ -31,19 +31,17 @@ def seed_everything(seed: int) -> None:
 # Config fields that change how fast batches arrive, not what is learnt: a run may resume, or
 # a result be reused, with other values.
 LOADER_FIELDS = ("num_workers", "pin_memory", "prefetch_factor")
-# What a run did before a config field existed, when that differs from the field's default:
-# a results file or checkpoint without the field is compared as holding this value.
-BEFORE_FIELD_EXISTED = {"eval_dates": "first", "test_every_epoch": True}
 
 
 def changed_fields(config: object, stored: dict | None) -> list[str]:
     """Config fields whose value differs from `stored`, loader settings aside.
 
-    A field missing from `stored` (written before the field existed) counts as its default.
+    A field missing from `stored` counts as its default, so adding a config field with a
+    default keeps the records written without it comparable.
     """
     if stored is None:
         return sorted(k for k in asdict(config) if k not in LOADER_FIELDS)
-    defaults = {f.name: f.default for f in fields(config)} | BEFORE_FIELD_EXISTED
+    defaults = {f.name: f.default for f in fields(config)}
     return sorted(
         k for k, v in asdict(config).items()
         if k not in LOADER_FIELDS and stored.get(k, defaults[k]) != v

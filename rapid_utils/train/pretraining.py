@@ -385,12 +385,10 @@ def _byol_views(
     batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device,
     dataset: Dataset,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two augmented views of a batch: of one image, or of two dates (temporal)."""
+    """The two augmented views of a batch (`augment.byol_views`): of one image, or of two
+    dates (temporal)."""
     image = to_device(batch["image"], device, dataset)
     temporal = config.positives == "temporal"
-    image2 = to_device(batch["image2"], device, dataset) if temporal else image
-    first, second = augment.byol_view_configs(config.colour_jitter)
-    return (
-        augment.augment(image, first, generator, config.image_size),
-        augment.augment(image2, second, generator, config.image_size),
-    )
+    image2 = to_device(batch["image2"], device, dataset) if temporal else None
+    return augment.byol_views(image, generator, config.image_size, config.colour_jitter,
+                              second=image2)
