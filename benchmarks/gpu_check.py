@@ -30,7 +30,6 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +91,10 @@ def batch_values(epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
 def train_profile(epochs: int) -> tuple[train.PretrainConfig, dict[str, list[float]]]:
     """Pretrain and fine-tune as notebooks 03 and 04 do with `batch_values`; per-epoch losses."""
     pre, fine = batch_values(epochs)
-    runs = Path(pre["runs_dir"])
-    data = study.load_study(paths.data_location(pre["store"] or pre["corpus_dir"]), runs,
-                            pre["split_by"], int(pre["split_seed"]), int(pre["stats_sites"]))
-    pretrain_config = train.PretrainConfig(
-        **{f.name: pre[f.name] for f in fields(train.PretrainConfig) if f.name in pre})
+    arguments = study.study_arguments(pre)
+    runs = arguments[1]
+    data = study.load_study(*arguments)
+    pretrain_config = study.pretrain_config(pre)
     history = train.pretrain(
         pretrain_config, data.corpus, data.pretraining_sites(), data.sites("val"),
         data.band_stats, paths.byol_run_dir(runs, pretrain_config.positives, pretrain_config.seed),
