@@ -24,7 +24,7 @@ from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 from rapid_utils.messages import gist
-from rapid_utils.profile import ProfileError, load_profile
+from rapid_utils.profile import Profile, ProfileError, load_profile
 
 
 class UsageError(ValueError):
@@ -113,9 +113,11 @@ def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> 
             parser.add_argument(flag, type=type(field.default), **shown)
 
 
-# The study options' defaults, and the init without --init (FinetuneConfig's).
-OPTION_DEFAULTS = {"store": "", "split_by": "site", "split_seed": 0, "stats_sites": 256,
-                   "init": "random"}
+# The study options' defaults (the Profile's; the split seed is its `seed`'s default), and the
+# init without --init (FinetuneConfig's): read from their one home, not copied.
+_PROFILE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Profile)}
+OPTION_DEFAULTS = {name: _PROFILE_DEFAULTS[name] for name in ("store", "split_by", "stats_sites")}
+OPTION_DEFAULTS |= {"split_seed": 0, "init": train.FinetuneConfig.init}
 STUDY_OPTIONS = ("corpus", "runs", "split_by", "split_seed", "stats_sites")
 
 

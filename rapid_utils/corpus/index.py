@@ -142,13 +142,13 @@ def _usable_label_table(root: Path) -> pd.DataFrame | None:
 
 def _label_table_problem(path: Path, columns: list[str]) -> str:
     """Why a label table's columns cannot be used ("" when they can)."""
+    shares = [c for c in columns if c.startswith("clc_")]
     unknown = []
-    for column in (c for c in columns if c.startswith("clc_")):
+    for column in shares:
         try:
             labels.parse_share_column(column)
         except labels.LabelError:
             unknown.append(column)
-    shares = [c for c in columns if c.startswith("clc_")]
     if "sample_id" in columns and shares and not unknown:
         return ""
     shown = ", ".join(repr(c) for c in columns[:12]) + (" ..." if len(columns) > 12 else "")
