@@ -2,15 +2,17 @@
 
 BYOL's image augmentations (Grill et al. 2020, Appendix B) without the parts that assume RGB
 (hue, saturation, greyscale, solarisation): random resized crop, flips and 90-degree rotations
-(one `grid_sample` for the whole batch), per-band brightness/contrast jitter, and Gaussian blur.
-Values are never clipped, so normalised reflectance (any sign, any band count) passes unchanged
-in kind. Random parameters are drawn with a `torch.Generator` on its own device and moved to the
-batch's device, so the same seed gives the same views on CPU and GPU.
+(one `grid_sample` for the whole batch), brightness/contrast jitter (per band, or shared by all
+bands so that the spectrum's shape survives), Gaussian blur and, optionally, additive Gaussian
+noise. Values are never clipped, so normalised reflectance (any sign, any band count) passes
+unchanged in kind. Random parameters are drawn with a `torch.Generator` on its own device and
+moved to the batch's device, so the same seed gives the same views on CPU and GPU.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,6 +31,22 @@ class ViewConfig:
     drawn from [1 - c, 1 + c] or [-b, b] like torchvision's ColorJitter, applied with
     probability `jitter_p` (BYOL: 0.8 with strengths 0.4). `blur_sigma` is in pixels of the
     output; the kernel spans about a tenth of it, as BYOL's 23 px at 224 px.
+
+    `jitter_bands="shared"` keeps what per-band jitter erases: land cover is largely in the
+    per-band reflectance levels, and independent per-band shifts teach the encoder to ignore
+    them (torchgeo's MoCo trainer drops colour jitter for multispectral data; SSL4EO-S12 draws
+    one factor for all bands). Per sample it draws one brightness factor f from
+    [1 - brightness, 1 + brightness] that multiplies the raw reflectance of every band, so the
+    ratios between bands (the spectrum's shape, NDVI) are kept pixel by pixel: an illumination
+    or gain change. Contrast is one factor for all bands around each band's mean over the view,
+    as SSL4EO-S12's: it keeps every band's mean level (so the ratios of the band means) and
+    stretches every band's spatial variation alike; a pixel's band ratios move towards or away
+    from the view's mean spectrum, which is the texture change contrast is meant to be. (A
+    contrast that kept pixel ratios would have to scale all bands of a pixel by one
+    brightness-dependent factor, which turns negative for dark pixels such as water at
+    factors above 1.) Shared jitter needs the normalisation the batch was made with (see
+    `draw_params`). `noise` is the standard deviation of additive Gaussian noise in the data's
+    units (normalised: 1 is a band's standard deviation), added last, after the blur; 0: none.
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -40,7 +58,25 @@ class ViewConfig:
     contrast: float = 0.4
     blur_p: float = 1.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    jitter_bands: str = "per-band"  # "per-band" or "shared" (one factor for all bands)
+    noise: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.jitter_bands not in JITTER_BANDS:
+            raise ValueError(
+                f"jitter_bands must be one of {JITTER_BANDS}, got {self.jitter_bands!r}")
+        if not (isinstance(self.noise, int | float) and 0 <= self.noise < math.inf):
+            raise ValueError(f"noise must be a finite number >= 0, got {self.noise!r}")
+        if self.jitter_bands == "shared" and not 0 <= self.brightness < 1:
+            raise ValueError("brightness must be in [0, 1) with shared jitter (a factor "
+                             f"1 +- brightness that stays positive), got {self.brightness}")
+
+
+Normalisation = tuple[Sequence[float] | torch.Tensor, Sequence[float] | torch.Tensor]
+"""(mean, std) per band, (C,) or (n, C), that a batch was normalised with: x' = (x - mean) / std."""
+
+JITTER_BANDS = ("per-band", "shared")
+"""`ViewConfig.jitter_bands`: one brightness and contrast draw per band, or one for all bands."""
 
 VIEW1 = ViewConfig(blur_p=1.0)
 """BYOL's first view: always blurred."""
@@ -54,7 +90,8 @@ class ViewParams:
 
     theta: torch.Tensor  # (n, 2, 3) affine map from output to input coordinates (grid_sample)
     jitter: torch.Tensor  # (n,) bool: brightness/contrast applied
-    brightness: torch.Tensor  # (n, C) additive shift per band
+    brightness: torch.Tensor  # (n, C) additive shift per band, after `gain`
+    gain: torch.Tensor  # (n, C) factor per band, after contrast (1 with per-band jitter)
     contrast: torch.Tensor  # (n, C) factor per band
     blur: torch.Tensor  # (n,) bool: blurred
     sigma: torch.Tensor  # (n,) blur standard deviation in pixels
@@ -66,8 +103,16 @@ def draw_params(
     image_hw: tuple[int, int],
     config: ViewConfig,
     generator: torch.Generator | None = None,
+    normalisation: Normalisation | None = None,
 ) -> ViewParams:
-    """Draw the parameters of `config` for `n` samples of `channels` bands and `image_hw` pixels."""
+    """Draw the parameters of `config` for `n` samples of `channels` bands and `image_hw` pixels.
+
+    Both jitter modes draw the same numbers (shared jitter uses each sample's first band's), so
+    a seed gives the same crops, flips and blur with either. `normalisation` is the per-band
+    (mean, std), (C,) or per sample (n, C), that made the batch, x' = (x - mean) / std from
+    raw reflectance x; shared jitter needs it: a factor f on raw values is, in normalised
+    units, x' -> f x' + (f - 1) mean / std (`gain` f, `brightness` (f - 1) mean / std).
+    """
     device = generator.device if generator is not None else torch.device("cpu")
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
@@ -100,14 +145,39 @@ def draw_params(
         ],
         dim=1,
     )
+    jitter = coin(config.jitter_p)
+    brightness = uniform(-config.brightness, config.brightness, n, channels)
+    contrast = uniform(1 - config.contrast, 1 + config.contrast, n, channels)
+    gain = torch.ones_like(brightness)
+    if config.jitter_bands == "shared":
+        gain = 1 + brightness[:, :1].expand(n, channels)
+        brightness = (gain - 1) * _raw_zero_offset(normalisation, n, channels, device)
+        contrast = contrast[:, :1].expand(n, channels)
     return ViewParams(
         theta=theta,
-        jitter=coin(config.jitter_p),
-        brightness=uniform(-config.brightness, config.brightness, n, channels),
-        contrast=uniform(1 - config.contrast, 1 + config.contrast, n, channels),
+        jitter=jitter,
+        brightness=brightness,
+        gain=gain,
+        contrast=contrast,
         blur=coin(config.blur_p),
         sigma=uniform(*config.blur_sigma, n),
     )
+
+
+def _raw_zero_offset(
+    normalisation: Normalisation | None,
+    n: int, channels: int, device: torch.device,
+) -> torch.Tensor:
+    """mean / std per band as (n, C): minus the normalised value of raw reflectance 0."""
+    if normalisation is None:
+        raise ValueError("jitter_bands='shared' needs the normalisation (mean, std per band) "
+                         "the batch was made with, to scale raw reflectance")
+    mean, std = (torch.as_tensor(v, dtype=torch.float64) for v in normalisation)
+    if (mean.shape != std.shape or mean.shape[-1:] != (channels,) or mean.dim() > 2
+            or mean.dim() == 2 and len(mean) != n):
+        raise ValueError(f"normalisation must be a mean and a std of {channels} bands, (C,) or "
+                         f"({n}, C), got shapes {tuple(mean.shape)} and {tuple(std.shape)}")
+    return (mean / std).to(device, torch.float32).expand(n, channels)
 
 
 def apply_params(
@@ -132,10 +202,14 @@ def apply_params(
 
 
 def _colour_jitter(batch: torch.Tensor, params: ViewParams) -> torch.Tensor:
-    """Per-band contrast around each sample's band mean, then brightness, where `params.jitter`."""
+    """Contrast around each sample's band mean, then gain and brightness, where `params.jitter`.
+
+    With per-band jitter the gain is exactly 1, so the views are those of the additive shift
+    alone, bit for bit.
+    """
     mean = batch.mean(dim=(-2, -1), keepdim=True)
     jittered = (
-        (batch - mean) * params.contrast[..., None, None] + mean
+        ((batch - mean) * params.contrast[..., None, None] + mean) * params.gain[..., None, None]
         + params.brightness[..., None, None]
     )
     return torch.where(params.jitter[:, None, None, None], jittered, batch)
@@ -146,25 +220,48 @@ def augment(
     config: ViewConfig,
     generator: torch.Generator | None = None,
     size: int | tuple[int, int] | None = None,
+    normalisation: Normalisation | None = None,
 ) -> torch.Tensor:
     """One randomly augmented view of every sample in `batch` (parameters drawn per sample).
 
     Every parameter is drawn, used or not, so a view's draws never depend on its
-    probabilities; a step whose probability is 0 is skipped.
+    probabilities; a step whose probability is 0 is skipped. The noise (`config.noise` > 0)
+    is drawn last, after the view's other parameters. `normalisation`: see `draw_params`.
     """
-    params = draw_params(batch.shape[0], batch.shape[1], tuple(batch.shape[-2:]), config, generator)
-    return apply_params(batch, params, size, jitter=config.jitter_p > 0, blur=config.blur_p > 0)
+    params = draw_params(batch.shape[0], batch.shape[1], tuple(batch.shape[-2:]), config,
+                         generator, normalisation)
+    out = apply_params(batch, params, size, jitter=config.jitter_p > 0, blur=config.blur_p > 0)
+    if config.noise > 0:
+        # drawn on the generator's device, as the other parameters: same views on CPU and GPU
+        device = generator.device if generator is not None else torch.device("cpu")
+        out = out + config.noise * torch.randn(
+            out.shape, generator=generator, device=device).to(out.device, out.dtype)
+    return out
 
 
-def byol_view_configs(colour_jitter: float = VIEW1.brightness) -> tuple[ViewConfig, ViewConfig]:
-    """`VIEW1` and `VIEW2` with brightness and contrast strength `colour_jitter` (0: none).
+def byol_view_configs(
+    colour_jitter: float = VIEW1.brightness,
+    jitter_bands: str = VIEW1.jitter_bands,
+    blur: bool = True,
+    noise: float = VIEW1.noise,
+) -> tuple[ViewConfig, ViewConfig]:
+    """`VIEW1` and `VIEW2` with brightness and contrast strength `colour_jitter` (0: none),
+    jitter per band or shared by all bands (`jitter_bands`), blur or none (`blur` False: neither
+    view is blurred) and additive Gaussian noise of std `noise` (normalised units; 0: none).
 
-    Land cover is largely in per-band reflectance levels, which colour jitter asks the encoder
-    to ignore; the strength is a parameter so that trade-off can be measured.
+    Land cover is largely in per-band reflectance levels, which per-band colour jitter asks the
+    encoder to ignore; and BYOL's blur (sigma up to 2 px) is strong on views of a few dozen
+    pixels (solo-learn's and lightly's CIFAR recipes drop it). These are parameters so that
+    the trade-offs can be measured; the defaults are BYOL's views.
     """
     if not 0 <= colour_jitter < 1:
         raise ValueError(f"colour_jitter must be in [0, 1), got {colour_jitter}")
-    return tuple(replace(view, brightness=colour_jitter, contrast=colour_jitter)
+    if not isinstance(blur, bool):
+        raise ValueError(f"blur must be True or False, got {blur!r}")
+    # the blur draws stay (`augment` draws every parameter), so only the blur itself goes
+    no_blur = {} if blur else {"blur_p": 0.0}
+    return tuple(replace(view, brightness=colour_jitter, contrast=colour_jitter,
+                         jitter_bands=jitter_bands, noise=noise, **no_blur)
                  for view in (VIEW1, VIEW2))
 
 
@@ -174,12 +271,22 @@ def byol_views(
     size: int | tuple[int, int] | None = None,
     colour_jitter: float = VIEW1.brightness,
     second: torch.Tensor | None = None,
+    *,
+    jitter_bands: str = VIEW1.jitter_bands,
+    blur: bool = True,
+    noise: float = VIEW1.noise,
+    normalisation: Normalisation | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BYOL's two views: `VIEW1` (always blurred) of `batch` and `VIEW2` (blurred with p 0.1)
-    of `second`, by default `batch` too (temporal positives pass the second date's images)."""
-    first_view, second_view = byol_view_configs(colour_jitter)
-    return (augment(batch, first_view, generator, size),
-            augment(batch if second is None else second, second_view, generator, size))
+    of `second`, by default `batch` too (temporal positives pass the second date's images).
+
+    `jitter_bands`, `blur` and `noise` change both views (`byol_view_configs`); shared jitter
+    needs the `normalisation` (mean, std per band) that made the batch (`draw_params`).
+    """
+    first_view, second_view = byol_view_configs(colour_jitter, jitter_bands, blur, noise)
+    return (augment(batch, first_view, generator, size, normalisation),
+            augment(batch if second is None else second, second_view, generator, size,
+                    normalisation))
 
 
 def gaussian_blur(batch: torch.Tensor, sigma: torch.Tensor, where: torch.Tensor | None = None

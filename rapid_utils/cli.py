@@ -199,7 +199,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = study.load_study(*arguments)
     out_dir = paths.byol_run_dir(arguments[1], config.positives, config.seed)
     history = train.pretrain(config, data.corpus, data.pretraining_sites(), data.sites("val"),
-                             data.band_stats, out_dir, split_fingerprint=data.split_fingerprint)
+                             data.band_stats, out_dir, split_fingerprint=data.split_fingerprint,
+                             guard_index=data.sites("train"))
     logging.info("pretrained %d epochs -> %s", len(history), out_dir / train.CHECKPOINT_FILE)
     return 0
 
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("papermill").setLevel(logging.WARNING)  # our one line per notebook suffices
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with distributed.process_group():  # torchrun's group, joined by the command, is left
+            return args.func(args)
     except (ProfileError, UsageError, batch.CorpusCheckError, batch.MissingResultsError,
             CorpusError, FileExistsError, FileNotFoundError,
             models.WeightsUnavailableError) as error:  # expected: the message says it all

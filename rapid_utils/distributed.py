@@ -7,10 +7,12 @@ and on a multi-GPU node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,8 @@ class Context:
 
 
 def setup() -> Context:
-    """Join the process group torchrun describes (NCCL on CUDA, Gloo on CPU), if any."""
+    """Join the process group torchrun describes (NCCL on CUDA, Gloo on CPU), if any (left at
+    the end of a `process_group` block: `cli.main` is one)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Context()
@@ -53,6 +56,22 @@ def setup() -> Context:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return context
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """Leave the process group that `setup` joins inside this block when the block ends, by
+    error or not; a group joined before the block is left to whoever joined it.
+
+    A process that exits still in its group makes torch warn, and can leave NCCL's
+    communicators and their GPU memory behind until the driver reclaims them.
+    """
+    joined_before = dist.is_available() and dist.is_initialized()
+    try:
+        yield
+    finally:
+        if not joined_before and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def device(context: Context) -> torch.device:

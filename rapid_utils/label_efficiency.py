@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,22 @@ RANDOM_INIT = "random-init"  # the network untrained (seeded); fine-tuned, it is
 ENCODERS = ("byol", RANDOM_INIT, "imagenet")
 MIN_FROZEN_REPEATS = 10  # repeats the field reports for frozen evaluations at <= 5 labels
 MIN_FINETUNE_REPEATS = 5
+PROTOCOLS = ("test", "validation")
+COMBINED = f"{IMAGESTATS}+"  # prefix of a network's features joined to imagestats (probe only)
+
+
+def suite_config(values: Mapping[str, object]) -> SuiteConfig:
+    """The study's `SuiteConfig` from a profile's (or notebook 06's) `suite_*` values and seed:
+    each `suite_<field>` sets `<field>`, so a new field needs no copy here."""
+    chosen = {f.name: values[f"suite_{f.name}"] for f in fields(SuiteConfig)
+              if f"suite_{f.name}" in values}
+    for name in ("encoders", "finetune_encoders", "knn_k"):
+        if name in chosen:
+            chosen[name] = tuple(chosen[name])
+    if "labels_per_class" in chosen:
+        chosen["labels_per_class"] = tuple(None if k == "all" else int(k)
+                                           for k in chosen["labels_per_class"])
+    return SuiteConfig(seed=int(values["seed"]), **chosen)
 
 
 @dataclass(frozen=True)
@@ -45,9 +61,11 @@ class SuiteConfig:
     finetune_repeats: int = MIN_FINETUNE_REPEATS  # the first repeats fine-tuned; 0: none
     finetune_encoders: tuple[str, ...] = ("byol", RANDOM_INIT)
     test_share: float = 0.5  # share of each class held out for testing in every repeat
-    knn_k: int = 20
+    knn_k: tuple[int, ...] = evaluation.KNN_K  # one kNN per k
     seed: int = 0  # seeds the splits, the subsets and the random-init network
     max_items: int | None = 20_000  # labelled items evaluated (a stable per-class draw)
+    bn_images: int = 1024  # pool images that re-estimate each network's BatchNorm; 0: none
+    protocol: str = "test"  # "validation": `evaluation.validation_subsets`, to choose settings
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders + self.finetune_encoders) - set(ENCODERS))
@@ -56,6 +74,8 @@ class SuiteConfig:
         if not 0 <= self.finetune_repeats <= self.repeats:
             raise ValueError(f"finetune_repeats must be between 0 and repeats ({self.repeats}), "
                              f"got {self.finetune_repeats}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.repeats < MIN_FROZEN_REPEATS or 0 < self.finetune_repeats < MIN_FINETUNE_REPEATS:
             log.warning("%d frozen and %d fine-tuning repeats: fewer than the %d and %d that "
                         "give intervals worth reading (fine for a test run)", self.repeats,
@@ -82,21 +102,33 @@ def suite_items(labelled: pd.DataFrame, max_items: int | None, seed: int = 0
 
 def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, str],
                     arch: str, seed: int = 0, imagenet_weights_path: str | None = None,
-                    batch_size: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
+                    batch_size: int = 64, progress: bool = True, bn_images: int = 0,
+                    stem: str = "imagenet") -> dict[str, np.ndarray]:
     """Features (N, D) of each encoder and the imagestats baseline on `index`'s images.
 
     The images are those the encoders see (normalised, one date per site spread over the
     year; chips have one), read once in batches by `evaluation.extract_features`, so memory
     holds features, not images. A "random" init is seeded by `seed`, so random-init features
-    are the same network in every run; torch's global random state is left as it was.
+    are the same network in every run; torch's global random state is left as it was. With
+    `bn_images`, each network's BatchNorm statistics are first re-estimated on that many images
+    of the pretraining pool (`Study.pretraining_sites`, a stable draw), at evaluation size.
+    Random inits take `stem`, a BYOL init its checkpoint's (`models.init_stem`).
     """
     device = distributed.device(distributed.Context())
     encoders = {}
     for name, init in inits.items():
         with torch.random.fork_rng(devices=[]):  # built on the CPU; the caller's RNG untouched
             torch.manual_seed(seed)
-            encoder = models.build_model(arch, 4, 0, init, imagenet_weights_path)
+            encoder = models.build_model(arch, 4, 0, init, imagenet_weights_path,
+                                         stem=models.init_stem(init, stem))
         encoders[name] = encoder.to(device)
+    if bn_images and encoders:
+        pool = data.pretraining_sites()
+        pool = pool.iloc[np.sort(np.random.default_rng(seed).permutation(len(pool))[:bn_images])]
+        pool_loader = train.make_loader(
+            open_dataset(data.corpus, pool, data.band_stats, date_sampling="spread"),
+            batch_size, seed, shuffle=False)
+        evaluation.recalibrate_batchnorm(encoders, pool_loader, device, progress=progress)
     dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
     loader = train.make_loader(dataset, batch_size, seed, shuffle=False)  # store: batched reads
     features, _ = evaluation.extract_features(encoders, loader, device, imagestats=True,
@@ -131,10 +163,11 @@ def finetune_records(
     classifier = f"fine-tuned {base.arch} ({base.epochs} epochs, last epoch scored)"
     rows = []
     for name, init in inits.items():
+        stem = models.init_stem(init, base.stem)  # a BYOL init: its checkpoint's
         for subset in tqdm(chosen, desc=f"fine-tuning {name}", unit="run",
                            disable=not progress):
             k = "all" if subset.labels_per_class is None else subset.labels_per_class
-            config = replace(base, init=init, label_fraction=1.0, seed=subset.repeat)
+            config = replace(base, init=init, stem=stem, label_fraction=1.0, seed=subset.repeat)
             test = labelled.iloc[subset.test]
             result = train.finetune(
                 config, data.corpus, labelled.iloc[subset.train], test, test, data.band_stats,
@@ -151,33 +184,82 @@ def finetune_records(
     return pd.DataFrame(rows, columns=list(evaluation.RECORD_COLUMNS))
 
 
+@dataclass(frozen=True)
+class SuiteResult:
+    """What `run_suite` found: per-repeat `records`, their `summary` (means and intervals) and
+    the `paired` differences of the first encoder against every other row of the table."""
+
+    records: pd.DataFrame
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+
+
 def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Path,
               finetune_base: train.FinetuneConfig, inits: Mapping[str, str],
-              imagenet_weights_path: str | None = None, progress: bool = True
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records, summary) of the whole study on the study's labelled sites or chips.
+              imagenet_weights_path: str | None = None, progress: bool = True,
+              stem: str = "imagenet") -> SuiteResult:
+    """The whole study on the study's labelled sites or chips.
 
-    Records (one row per encoder, evaluation, labels per class and repeat) and the subsets
-    (by sample id) are also written to `paths.label_efficiency_dir(runs)`; the summary is
-    `evaluation.summarise`'s table.
+    Frozen evaluations score each network, imagestats, and (probe only) each network's
+    features joined to imagestats (`COMBINED` + name: what a practitioner would deploy).
+    Records, the paired table and the subsets (by sample id) are written to
+    `paths.label_efficiency_dir(runs)`, or its `validation/` folder under the validation
+    protocol. Paired: the first encoder minus imagestats and each other network, and its
+    joined features minus imagestats and the others' joined features, with a Student-t interval
+    over repeats and, for frozen evaluations, a bootstrap interval over items. Random inits
+    take `stem` (fine-tuned: `finetune_base.stem`), BYOL inits their checkpoint's.
     """
     labelled = suite_items(data.index, config.max_items, config.seed)
     labels = labelled["label"].to_numpy()
     subsets = evaluation.few_label_subsets(labels, config.labels_per_class, config.repeats,
                                            config.test_share, config.seed)
-    features = frozen_features(data, labelled, {name: inits[name] for name in config.encoders},
-                               arch, config.seed, imagenet_weights_path, progress=progress)
-    parts = [evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
-                                        seed=config.seed, progress=progress)]
     folder = paths.label_efficiency_dir(runs)
+    if config.protocol == "validation":
+        subsets = evaluation.validation_subsets(labels, subsets, config.test_share, config.seed)
+        folder = folder / "validation"
+    networks = [name for name in config.encoders]
+    features = frozen_features(data, labelled, {name: inits[name] for name in networks},
+                               arch, config.seed, imagenet_weights_path, progress=progress,
+                               bn_images=config.bn_images, stem=stem)
+    frozen = evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
+                                        seed=config.seed, progress=progress)
+    combined = evaluation.evaluate_frozen(
+        {COMBINED + name: np.hstack([features[IMAGESTATS], features[name]]) for name in networks},
+        labels, subsets, evaluations=("linear-probe",), seed=config.seed, progress=progress)
+    parts = [frozen.records, combined.records]
     if config.finetune_repeats:
         parts.append(finetune_records(
             data, labelled, {name: inits[name] for name in config.finetune_encoders}, subsets,
             finetune_base, folder, config.finetune_repeats, progress))
     records = pd.concat(parts, ignore_index=True)
+    paired = _paired_table(records, frozen, combined, networks)
     evaluation.write_table(records, folder / "records.csv")
+    evaluation.write_table(paired, folder / "paired.csv")
     write_json_atomic(folder / "subsets.json", [  # the paired subsets, by sample id
         {"repeat": s.repeat, "labels_per_class": s.labels_per_class,
          "train": labelled["sample_id"].iloc[s.train].tolist(),
          "test": labelled["sample_id"].iloc[s.test].tolist()} for s in subsets])
-    return records, evaluation.summarise(records)
+    return SuiteResult(records, evaluation.summarise(records), paired)
+
+
+def _paired_table(records: pd.DataFrame, frozen: evaluation.FrozenPredictions,
+                  combined: evaluation.FrozenPredictions, networks: Sequence[str]
+                  ) -> pd.DataFrame:
+    """The first network against imagestats and the other networks, alone and joined to
+    imagestats: Student-t intervals over repeats, bootstrap intervals over items beside them."""
+    if not networks:
+        return pd.DataFrame()
+    first, others = networks[0], networks[1:]
+    pairs = [(first, IMAGESTATS, frozen), *((first, other, frozen) for other in others),
+             (COMBINED + first, IMAGESTATS, None),
+             *((COMBINED + first, COMBINED + other, combined) for other in others)]
+    keys = ["encoder", "baseline", "evaluation", "classifier", "labels_per_class"]
+    tables = []
+    for encoder, baseline, predictions in pairs:
+        table = evaluation.paired_differences(records, encoder, baseline)
+        if predictions is not None:
+            boot = evaluation.bootstrap_differences(predictions, encoder, baseline)
+            table = table.merge(boot.drop(columns=["n_repeats", "difference_mean", "n_boot"]),
+                                on=keys, how="left")
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)

@@ -1,8 +1,9 @@
 """The model factory: torchvision ResNets for 4-band (Blue, Green, Red, NIR) Planet Fusion chips.
 
 One function, `build_model`, makes every network of the compendium from explicit arguments: the
-architecture, the number of input bands, the number of classes (0 for a bare encoder) and where the
-initial weights come from (`random`, `imagenet`, or `byol:<checkpoint path>`).
+architecture, the number of input bands, the number of classes (0 for a bare encoder), where the
+initial weights come from (`random`, `imagenet`, or `byol:<checkpoint path>`) and the stem (`STEMS`:
+ImageNet's, or a small-input one for chips of a few dozen pixels).
 
 `export_encoder` writes a BYOL checkpoint's encoder as weights that describe themselves (safetensors
 plus a JSON of bands, scale, per-band statistics, input size and ground sampling distance, and a
@@ -39,6 +40,18 @@ _RGB_INDEX_OF_BAND = (2, 1, 0)
 BYOL_ENCODER_KEY = "online_encoder"
 """Key of the encoder state dict inside a BYOL checkpoint file (see `build_model`)."""
 
+STEMS = ("imagenet", "small", "small-stride2")
+"""The stems (`conv1` and `maxpool`) `build_model` offers; `conv1` reads `in_channels` bands into
+the architecture's own width (64), without bias.
+
+- ``"imagenet"``: torchvision's, a 7x7 stride-2 conv1 then a 3x3 stride-2 max-pool: a quarter of
+  the input side (32 px views -> 8 x 8 feature maps). The only stem ImageNet weights fit.
+- ``"small"``: a 3x3 stride-1 conv1 and no max-pool (`nn.Identity`), the small-image stem of
+  SimCLR and BYOL on CIFAR, solo-learn and lightly: the full input side (32 -> 32).
+- ``"small-stride2"``: a 3x3 stride-2 conv1 and no max-pool: half the input side (32 -> 16), a
+  quarter of "small"'s compute.
+"""
+
 
 class WeightsUnavailableError(RuntimeError):
     """The initial weights an `init` asks for cannot be had (no network, missing or broken file)."""
@@ -50,6 +63,7 @@ def build_model(
     num_classes: int | None = 7,
     init: str = "random",
     imagenet_weights_path: str | Path | None = None,
+    stem: str | None = None,
 ) -> nn.Module:
     """Build a torchvision ResNet for `in_channels` bands with a new `num_classes` head.
 
@@ -72,13 +86,36 @@ def build_model(
       ImageNet's scale.
     - ``"byol:<path>"``: the encoder of a BYOL checkpoint, a file written with `torch.save` holding
       a dict whose key ``"online_encoder"`` is the state dict of
-      ``build_model(arch, in_channels, num_classes=0)``. The classifier head is new.
+      ``build_model(arch, in_channels, num_classes=0, stem=<its config's stem>)``. The
+      classifier head is new.
+
+    `stem` is one of `STEMS`; None means "imagenet", or for a BYOL init the stem its checkpoint
+    records (``checkpoint["config"]["stem"]``; "imagenet" for checkpoints older than the field).
+    A stem given explicitly that differs from the checkpoint's, or init "imagenet" with another
+    stem than "imagenet" (ImageNet's 7x7 filters fit no other), raises ValueError. The stem is
+    recorded as ``model.stem`` (`model_stem`).
 
     Raises `WeightsUnavailableError` (with what to do) when the weights cannot be loaded; it never
     falls back to random weights.
     """
     if init not in ("random", "imagenet") and not init.startswith("byol:"):
         raise ValueError(f"init must be 'random', 'imagenet' or 'byol:<path>', got {init!r}")
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    byol_state = None
+    if init.startswith("byol:"):
+        path = Path(init.removeprefix("byol:"))
+        checkpoint = _read_state_dict(path, "BYOL checkpoint", _BYOL_HINT)
+        byol_state = _encoder_entry(checkpoint, path)
+        recorded = _recorded_stem(checkpoint)
+        if stem not in (None, recorded):
+            raise ValueError(f"stem {stem!r} differs from the stem {recorded!r} that BYOL "
+                             f"checkpoint {path} was pretrained with: set stem to {recorded!r}")
+        stem = recorded
+    stem = stem or "imagenet"
+    if init == "imagenet" and stem != "imagenet":
+        raise ValueError(f"init='imagenet' needs stem='imagenet' (ImageNet's 7x7 stride-2 conv1 "
+                         f"filters fit no other), got stem={stem!r}")
     model = torchvision.models.get_model(arch, weights=None)
     if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "fc")):
         raise ValueError(f"{arch!r} lacks a ResNet-style conv1 and fc; use a torchvision ResNet")
@@ -91,23 +128,54 @@ def build_model(
         state = _imagenet_state_dict(arch, imagenet_weights_path)
         _load(model, state, f"ImageNet weights for {arch}")
         model.conv1 = _adapt_conv1(model.conv1)
-    else:
+    elif stem == "imagenet":
         model.conv1 = _replace_in_channels(model.conv1, in_channels)
+    else:
+        model.conv1 = _small_conv1(model.conv1, in_channels, stride=1 if stem == "small" else 2)
+        model.maxpool = nn.Identity()
 
     width = model.fc.in_features
     model.fc = nn.Identity()
-    if init.startswith("byol:"):
-        path = Path(init.removeprefix("byol:"))
-        _load(model, _byol_encoder_state_dict(path), f"BYOL checkpoint {path}")
+    if byol_state is not None:
+        _load(model, byol_state, f"BYOL checkpoint {init.removeprefix('byol:')}")
     if num_classes:
         model.fc = nn.Linear(width, num_classes)
     model.feature_dim = width
+    model.stem = stem
     return model
 
 
 def feature_dim(model: nn.Module) -> int:
     """Width of the features a `build_model` network feeds its head (2048 for resnet50)."""
     return int(model.feature_dim)
+
+
+def model_stem(model: nn.Module) -> str:
+    """The stem (one of `STEMS`) a `build_model` network was built with."""
+    return str(model.stem)
+
+
+def init_stem(init: str, stem: str) -> str:
+    """The stem a network of `init` takes in a study whose own networks use `stem`: "imagenet"
+    for init "imagenet" (its weights fit no other), the recorded one for a BYOL checkpoint
+    (read from the file), else `stem`."""
+    if init == "imagenet":
+        return "imagenet"
+    if init.startswith("byol:"):
+        path = Path(init.removeprefix("byol:"))
+        return _recorded_stem(_read_state_dict(path, "BYOL checkpoint", _BYOL_HINT))
+    return stem
+
+
+def _recorded_stem(checkpoint: dict) -> str:
+    """The stem a BYOL checkpoint's encoder has: its config's, "imagenet" when older than it."""
+    return (checkpoint.get("config") or {}).get("stem", "imagenet")
+
+
+def _small_conv1(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
+    """A freshly initialised 3x3 conv1 of `conv`'s width, reading `in_channels` (small stems)."""
+    return nn.Conv2d(in_channels, conv.out_channels, kernel_size=3, stride=stride, padding=1,
+                     bias=False)
 
 
 def adapt_rgb_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -167,10 +235,6 @@ def _imagenet_state_dict(arch: str, path: str | Path | None) -> dict[str, torch.
 
 
 _BYOL_HINT = "Run BYOL pretraining first, or pass the path of an existing checkpoint."
-
-
-def _byol_encoder_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    return _encoder_entry(_read_state_dict(path, "BYOL checkpoint", _BYOL_HINT), path)
 
 
 def _encoder_entry(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -295,6 +359,7 @@ def _describe(path: Path, checkpoint: dict) -> dict:
         "format": EXPORT_FORMAT,
         "arch": config["arch"],
         "in_channels": len(bands),
+        "stem": _recorded_stem(checkpoint),
         "class_names": None,  # an encoder has no classifier head
         "bands": bands,
         "scale": provenance["scale"],
@@ -343,7 +408,8 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
     content = _read_state_dict(path, "BYOL checkpoint", _BYOL_HINT)
     state = _encoder_entry(content, path)
     description = _describe(path, content)
-    model = build_model(description["arch"], description["in_channels"], 0)
+    model = build_model(description["arch"], description["in_channels"], 0,
+                        stem=description["stem"])
     _load(model, state, f"BYOL checkpoint {path}")
     json_path = _write_described(model, description, out, EXPORT_WEIGHTS, EXPORT_DESCRIPTION)
     with atomic_path(out / EXPORT_CARD) as tmp:
@@ -355,8 +421,8 @@ def save_classifier(model: nn.Module, out_dir: str | Path, arch: str,
                     class_names: Sequence[str], normalisation: Normalisation,
                     provenance: dict) -> Path:
     """Write a fine-tuned classifier to `out_dir` as model.safetensors and model.json (arch,
-    class names, its input's `Normalisation`, `provenance`: split and statistics fingerprints,
-    init checkpoint, results file, versions); return model.json's path.
+    stem (`model_stem`), class names, its input's `Normalisation`, `provenance`: split and
+    statistics fingerprints, init checkpoint, results file, versions); return model.json's path.
 
     `load_pretrained(out_dir)` reads it back, head included.
     """
@@ -364,6 +430,7 @@ def save_classifier(model: nn.Module, out_dir: str | Path, arch: str,
         "format": EXPORT_FORMAT,
         "arch": arch,
         "in_channels": len(normalisation.bands),
+        "stem": model_stem(model),
         "class_names": list(class_names),
         **normalisation.describe(),
         **provenance,
@@ -377,8 +444,9 @@ def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
     """The model of an export folder (or its JSON), in eval mode, and its normalisation.
 
     An encoder export (`export_encoder`: encoder.json) gives ``build_model(arch, in_channels,
-    0)`` (4-band conv1, `fc` = Identity); a fine-tuned classifier (`save_classifier`:
-    model.json) gives the network with its head, one output per entry of its `class_names`.
+    0, stem=stem)`` (4-band conv1, `fc` = Identity; exports without `stem` are "imagenet"); a
+    fine-tuned classifier (`save_classifier`: model.json) gives the network with its head, one
+    output per entry of its `class_names`.
     Check your data with ``normalisation.check(bands, scale)`` and feed it
     ``normalisation.normalise(values)``.
     """
@@ -408,14 +476,26 @@ def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
         raise WeightsUnavailableError(f"{weights} is not the file {json_path} describes (sha256 "
                                       f"differs): export again into one folder. {hint}")
     model = build_model(description["arch"], description["in_channels"],
-                        len(description.get("class_names") or ()))
+                        len(description.get("class_names") or ()),
+                        stem=description.get("stem", "imagenet"))
     _load(model, safetensors.torch.load_file(weights), f"model weights {weights}")
     return model.eval(), Normalisation.from_description(description)
+
+
+def _stem_recipe(stem: str, in_channels: int) -> str:
+    """How to rebuild a `stem` on a plain torchvision ResNet, in words and code (model card)."""
+    if stem == "imagenet":
+        return (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 7, stride=2, padding=3, "
+                "bias=False)` (torchvision's stem, max-pool kept)")
+    stride = 1 if stem == "small" else 2
+    return (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 3, stride={stride}, padding=1, "
+            f"bias=False)` and maxpool by `nn.Identity()` (the {stem!r} stem)")
 
 
 def _model_card(d: dict) -> str:
     """MODEL_CARD.md of an export: what it is, how it was trained, its input, how to load it."""
     config, last = d["pretraining"], d["last_epoch"] or {}
+    stem = d.get("stem", "imagenet")
     epochs = config.get("epochs")
     trained = (f"{d['checkpoint_epoch']} of {epochs} epochs"
                + (" (an interrupted run)" if d["checkpoint_epoch"] != epochs else ""))
@@ -437,8 +517,8 @@ def _model_card(d: dict) -> str:
                     "random initialisation in pretraining: its features are close to random ones.")
     return f"""# BYOL encoder: {d['arch']}, {d['in_channels']} bands
 
-A torchvision `{d['arch']}` encoder (conv1 reading {d['in_channels']} bands, `fc` = Identity, no
-classifier head) pretrained with BYOL (Grill et al. 2020) by `rapid_utils`. It maps a
+A torchvision `{d['arch']}` encoder (conv1 reading {d['in_channels']} bands, stem `{stem}`, `fc` =
+Identity, no classifier head) pretrained with BYOL (Grill et al. 2020) by `rapid_utils`. It maps a
 ({d['in_channels']}, H, W) chip to a {d['feature_dim']}-dimensional feature vector. Exported from
 `{d['checkpoint_path']}` (sha256 `{d['checkpoint_sha256']}`), {trained}.
 
@@ -475,9 +555,9 @@ normalisation.check(bands=your_bands, scale=your_scale)  # ValueError if they di
 features = model(normalisation.normalise(values))  # values: (N, {d['in_channels']}, H, W) stored
 ```
 
-Without `rapid_utils`: `torchvision.models.get_model("{d['arch']}")`, conv1 replaced by
-`nn.Conv2d({d['in_channels']}, 64, 7, stride=2, padding=3, bias=False)`, fc by `nn.Identity()`,
-then `load_state_dict(safetensors.torch.load_file("{EXPORT_WEIGHTS}"))`; `{EXPORT_DESCRIPTION}`
+Without `rapid_utils`: `torchvision.models.get_model("{d['arch']}")`,
+{_stem_recipe(stem, d['in_channels'])}, fc by `nn.Identity()`, then
+`load_state_dict(safetensors.torch.load_file("{EXPORT_WEIGHTS}"))`; `{EXPORT_DESCRIPTION}`
 holds the statistics above.
 
 ## Limitations

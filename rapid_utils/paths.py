@@ -14,6 +14,7 @@ _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 # File names inside a runs folder (notebooks receive the folder as a parameter).
 BAND_STATS_FILE = "band_stats.json"
 SPLITS_FILE = "splits.csv"
+SPLITS_RECORD_FILE = "splits.json"  # the inputs and content hash of splits.csv
 CHECKPOINT_FILE = "checkpoint.pt"  # inside a BYOL run folder
 
 

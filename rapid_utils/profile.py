@@ -67,7 +67,7 @@ class Profile:
     chips_class_map: str | dict | None = None
     chips_nodata: float | Literal[""] | None = None
     chips_normalisation: Literal["pooled", "per-source"] | None = None
-    chips_pretrain_on_labelled_images: bool | None = None
+    chips_pretrain_on_labelled_images: bool | Literal["none", "train", "all"] | None = None
     # the split and the exploration (notebooks 01, 02)
     split_by: Literal["site", "tile"] = "site"
     label_fractions: tuple[float, ...] = _share((0.01, 0.1, 1.0))
@@ -81,9 +81,17 @@ class Profile:
     qa_max_days: int | Literal[""] = ""
     # BYOL pretraining (notebook 03; PretrainConfig)
     arch: str = "resnet18"
+    # models.STEMS, for BYOL and the random and BYOL inits of 04 (imagenet keeps ImageNet's):
+    # "imagenet" (32 px -> 8 x 8 after the stem), "small" (32 -> 32), "small-stride2" (-> 16)
+    stem: Literal["imagenet", "small", "small-stride2"] = "imagenet"
     image_size: int = _at_least(8, 64)
     positives: Literal["augment", "temporal"] = "augment"
     colour_jitter: float = _at_least(0, 0.4)
+    # the views' jitter per band (BYOL) or shared by all bands (band ratios kept), their blur
+    # (False: none) and additive noise std in normalised units (augment.byol_view_configs)
+    jitter_bands: Literal["per-band", "shared"] = "per-band"
+    blur: bool = True
+    view_noise: float = _at_least(0, 0.0)
     pretrain_epochs: int = _at_least(1, 10)
     pretrain_batch_size: int = _at_least(1, 64)
     base_lr: float = _at_least(0, 0.2)
@@ -95,7 +103,7 @@ class Profile:
     hidden_dim: int = _at_least(1, 4096)
     projection_dim: int = _at_least(1, 256)
     knn_sites: int = _at_least(1, 1000)
-    knn_k: int = _at_least(1, 20)
+    knn_k: int = _at_least(1, 5)
     # fine-tuning (notebook 04, once per scenario and seed; FinetuneConfig)
     finetune_epochs: int = _at_least(1, 10)
     finetune_batch_size: int = _at_least(1, 64)
@@ -117,7 +125,9 @@ class Profile:
     suite_finetune_repeats: int = _at_least(0, 5)
     suite_finetune_encoders: tuple[str, ...] = ("byol", "random-init")
     suite_test_share: float = _share(0.5)
-    suite_knn_k: int = _at_least(1, 20)
+    suite_knn_k: tuple[int, ...] = _at_least(1, (5, 1))  # one kNN per k
+    suite_bn_images: int = _at_least(0, 1024)  # pool images re-estimating BatchNorm; 0: none
+    suite_protocol: Literal["test", "validation"] = "test"  # validation: choose settings
     suite_max_items: int = _at_least(1, 20000)
 
     @property

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rapid_utils.io import atomic_path
 from rapid_utils.labels import CLASSES
 
 SHARES = {"train": 0.75, "val": 0.10, "test": 0.15}
 SPLITS = tuple(SHARES)
 MIN_TILES = 20  # fewer tiles cut the 75/10/15 shares too coarsely (5 % a tile)
+PLACEMENT = 1  # the rule `assign_splits` places sites by: a new rule must redraw stored splits
 
 
 def unit_hash(keys: Iterable[str], seed: int, purpose: str) -> np.ndarray:
@@ -116,6 +115,22 @@ def fingerprint(index: pd.DataFrame, split: pd.Series) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+def inputs_fingerprint(index: pd.DataFrame, by: str = "site", seed: int = 0) -> str:
+    """A short hash of all that `assign_splits(index, by, seed)` depends on: the sites, their
+    class (and tile, by tile), `by`, `seed`, the shares and the placement rule.
+
+    Equal inputs give an equal split, so a split stored with this fingerprint
+    (`study.write_split`) is read instead of drawn again, and one of other inputs is replaced.
+    """
+    if by not in ("site", "tile"):
+        raise ValueError(f"split by must be 'site' or 'tile', got {by!r}")
+    rows = index["sample_id"].astype(str) + "\t" + index["label"].astype(str)
+    if by == "tile":
+        rows = rows + "\t" + index["tile"].astype(str)
+    head = f"placement {PLACEMENT}\tby {by}\tseed {seed}\tshares {sorted(SHARES.items())}"
+    return hashlib.sha256("\n".join([head, *sorted(rows)]).encode()).hexdigest()[:16]
+
+
 def fraction_column(fraction: float) -> str:
     """Column name of a label fraction in `split_size_table`, e.g. 'train 10%'."""
     return f"train {100 * fraction:g}%"
@@ -145,12 +160,3 @@ def split_size_table(
     table.index.name = "class"
     return table.astype("int64")
 
-
-def write_splits_csv(path: str | Path, index: pd.DataFrame, splits: pd.Series) -> Path:
-    """Write `sample_id,split,label` (label = dominant class index) atomically; return path."""
-    table = pd.DataFrame(
-        {"sample_id": index["sample_id"], "split": splits, "label": index["label"]}
-    ).sort_values("sample_id")
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return Path(path)

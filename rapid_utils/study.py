@@ -1,14 +1,19 @@
 """The data every training run of a study starts from: index, split and normalisation.
 
-Notebooks 03 and 04 and the `rapid-utils pretrain|finetune` commands all call `load_study`,
-so a pretraining run and the fine-tuning runs that follow it see the same split and the
-same band statistics. `pretrain_config`, `finetune_config` and `study_arguments` turn the
+The split and the band statistics are drawn once per study and kept in its runs folder:
+`write_split` is the one writer of `splits.csv`, `write_band_stats` of `band_stats.json`,
+and everything else reads them (`read_split`, `read_band_stats`). Notebooks 01 to 04 and 06
+and the `rapid-utils pretrain|finetune` commands all go through `load_study` (notebook 02,
+which needs no statistics, through `write_split` and `read_split`), so a pretraining run and
+the fine-tuning runs that follow it see the same split and the same band statistics.
+`pretrain_config`, `finetune_config` and `study_arguments` turn the
 notebooks' parameter values into configs and `load_study` arguments: one mapping for notebooks
 03 and 04, the batch's reuse check and `rapid-utils pretrain|finetune --profile`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +33,7 @@ from rapid_utils.datasets import (
     band_stats_recipe,
     compute_band_stats,
 )
+from rapid_utils.io import atomic_path, file_sha256, write_json_atomic
 from rapid_utils.train import FinetuneConfig, PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ class Study:
     band_stats: BandStats
     class_names: tuple[str, ...] = labels.CLASSES
     unlabelled: pd.DataFrame | None = None
+    pretrain_on_train: bool = True  # False: pretraining sees `unlabelled` alone
 
     def sites(self, name: str) -> pd.DataFrame:
         """The index rows of one split: 'train', 'val' or 'test'."""
@@ -55,10 +62,16 @@ class Study:
         return self.index[self.split == name]
 
     def pretraining_sites(self) -> pd.DataFrame:
-        """The training sites plus the unlabelled ones: what self-supervised pretraining sees."""
-        if self.unlabelled is None or self.unlabelled.empty:
-            return self.sites("train")
-        return pd.concat([self.sites("train"), self.unlabelled], ignore_index=True)
+        """The training sites plus the unlabelled ones: what self-supervised pretraining sees
+        (the unlabelled ones alone without `pretrain_on_train`)."""
+        parts = [self.sites("train")] if self.pretrain_on_train else []
+        if self.unlabelled is not None and not self.unlabelled.empty:
+            parts.append(self.unlabelled)
+        if not parts:
+            raise ValueError("this study pretrains on its unlabelled images alone, and it has "
+                             "none: add unlabelled chips, or set pretrain_on_labelled_images "
+                             "to 'train'")
+        return pd.concat(parts, ignore_index=True)
 
     @property
     def split_fingerprint(self) -> str:
@@ -116,10 +129,11 @@ def load_study(
     stats_sites: int = 256,
     indexed: IndexedCorpus | None = None,
 ) -> Study:
-    """Index the corpus, split it, and read (or compute and store) its band statistics.
+    """Index the corpus, and read its split and band statistics from the `runs` folder, each
+    written there first when missing or made from other inputs (`write_split`,
+    `write_band_stats`: the one place both files are created).
 
-    Band statistics come from `runs/band_stats.json` (notebook 01 writes it); when it is
-    missing they are computed from the training sites with the same seed and stored there.
+    Statistics are drawn from the training sites of the split, with the same seed.
     `corpus` may be a packed store (`rapid-utils pack`): its index has the same rows as the
     corpus's (less samples skipped when packing), so split and statistics are the same too.
     A chips corpus (a chips spec, see `corpus.chips`) is split by chip (`_load_chips_study`).
@@ -129,15 +143,17 @@ def load_study(
     if indexed.chips is not None:
         return _load_chips_study(indexed, runs, split_by, seed, stats_sites)
     location, index = indexed.location, indexed.index
-    split = splits.assign_splits(index, by=split_by, seed=seed)
+    write_split(runs, index, split_by, seed)
+    split = read_split(runs, index, split_by, seed)
 
     def compute(split_fingerprint: str) -> BandStats:
         return compute_band_stats(location, index[split == "train"], n_sites=stats_sites,
                                   seed=seed, progress=False, split_fingerprint=split_fingerprint)
 
     recipe = band_stats_recipe(stats_sites, STATS_DATES_PER_SITE, STATS_DATES, seed)
-    stats = stored_band_stats(runs, splits.fingerprint(index, split), compute, recipe)
-    return Study(location, index, split, stats)
+    fingerprint = splits.fingerprint(index, split)
+    write_band_stats(runs, fingerprint, compute, recipe)
+    return Study(location, index, split, read_band_stats(runs, fingerprint, recipe))
 
 
 def _load_chips_study(indexed: IndexedCorpus, runs: str | Path, split_by: str, seed: int,
@@ -145,55 +161,158 @@ def _load_chips_study(indexed: IndexedCorpus, runs: str | Path, split_by: str, s
     """`load_study` for a chips corpus: labelled chips split 75/10/15 by class.
 
     Unlabelled chips join no split; `Study.pretraining_sites()` adds them to the training
-    chips, and with `pretrain_on_labelled_images` the validation and test chips' images too
-    (without labels: a label-efficiency study pretrains on every image it has). Band
-    statistics (`runs/band_stats.json`, computed when missing) are `chips.study_band_stats`.
+    chips, with `pretrain_on_labelled_images` "all" the validation and test chips' images too
+    (without labels: a transductive variant), and with "none" no labelled chip at all (the
+    label-efficiency study, whose repeats test every labelled chip in turn). Band
+    statistics (`runs/band_stats.json`, written when missing) are `chips.study_band_stats`.
     """
     if split_by != "site":
         raise chips.ChipsError(f"a chips corpus is split by chip (split_by: site); chips have "
                                f"no tiles to split by {split_by!r}")
     spec, found = indexed.spec, indexed.chips
     labelled = found.labelled
-    split = splits.assign_splits(labelled, by="site", seed=seed)
-    stats = stored_band_stats(
-        runs, splits.fingerprint(labelled, split),
+    write_split(runs, labelled, "site", seed)
+    split = read_split(runs, labelled, "site", seed)
+    fingerprint = splits.fingerprint(labelled, split)
+    recipe = chips.band_stats_recipe(spec, stats_sites, seed)
+    write_band_stats(
+        runs, fingerprint,
         lambda _: chips.study_band_stats(spec, labelled, split, found.unlabelled, stats_sites,
                                          seed),
-        chips.band_stats_recipe(spec, stats_sites, seed))
+        recipe)
+    stats = read_band_stats(runs, fingerprint, recipe)
     unlabelled = found.unlabelled
-    if spec.pretrain_on_labelled_images:
+    if spec.pretrain_on_labelled_images == "all":
         images = labelled[split != "train"].assign(label=chips.UNLABELLED, label_name="")
         unlabelled = pd.concat([unlabelled, images], ignore_index=True)
     return Study(indexed.location, labelled, split, stats, class_names=found.classes,
-                 unlabelled=unlabelled)
+                 unlabelled=unlabelled,
+                 pretrain_on_train=spec.pretrain_on_labelled_images != "none")
 
 
-def stored_band_stats(
+class StudyFileError(FileNotFoundError):
+    """A file of a runs folder (`splits.csv`, `band_stats.json`) is missing or was made from
+    other inputs; the message names the file and what writes it."""
+
+
+def write_split(runs: str | Path, index: pd.DataFrame, by: str = "site", seed: int = 0) -> Path:
+    """Write the split of `index` (`splits.assign_splits`) to `runs/splits.csv`, unless it
+    already holds the split of these inputs (`splits.inputs_fingerprint`); return its path.
+
+    The one writer of the split: `sample_id,split,label` (label: the dominant class index),
+    atomically, with `runs/splits.json` recording its inputs and content hash. A file of
+    other inputs (sites added or removed, another `by` or `seed`) or edited by hand is
+    replaced, with a warning that says why. Everything else reads it (`read_split`).
+    """
+    csv_path, record_path = Path(runs) / paths.SPLITS_FILE, Path(runs) / paths.SPLITS_RECORD_FILE
+    inputs = splits.inputs_fingerprint(index, by, seed)
+    why = _split_mismatch(Path(runs), inputs)
+    if not why:
+        return csv_path
+    if csv_path.is_file():
+        log.warning("%s %s; drawing it again", csv_path, why)
+    split = splits.assign_splits(index, by=by, seed=seed)
+    table = pd.DataFrame({"sample_id": index["sample_id"], "split": split,
+                          "label": index["label"]}).sort_values("sample_id")
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json_atomic(record_path, {
+        "split_by": by, "seed": seed, "sites": len(index), "inputs_fingerprint": inputs,
+        "split_fingerprint": splits.fingerprint(index, split),
+        "csv_sha256": file_sha256(csv_path),
+    })
+    log.info("split of %d sites by %s, seed %d -> %s", len(index), by, seed, csv_path)
+    return csv_path
+
+
+def read_split(runs: str | Path, index: pd.DataFrame, by: str = "site", seed: int = 0
+               ) -> pd.Series:
+    """'train' / 'val' / 'test' per row of `index`, as `runs/splits.csv` holds them.
+
+    Raises `StudyFileError` when the file is missing or holds the split of other inputs:
+    `write_split(runs, index, by, seed)` writes it (`load_study` and notebook 02 do).
+    """
+    csv_path = Path(runs) / paths.SPLITS_FILE
+    why = _split_mismatch(Path(runs), splits.inputs_fingerprint(index, by, seed))
+    if why:
+        raise StudyFileError(
+            f"{csv_path} {why}: write the split of these {len(index)} sites by {by} with seed "
+            f"{seed} with `study.write_split` (notebooks 01 and 02 and `load_study` do)")
+    table = pd.read_csv(csv_path, dtype={"sample_id": str, "split": str})
+    of_site = dict(zip(table["sample_id"], table["split"], strict=True))
+    return pd.Series(index["sample_id"].astype(str).map(of_site).to_numpy(dtype=object),
+                     index=index.index, name="split")
+
+
+def _split_mismatch(runs: Path, inputs: str) -> str:
+    """Why `runs/splits.csv` is not the split of these inputs ('' when it is)."""
+    csv_path, record_path = runs / paths.SPLITS_FILE, runs / paths.SPLITS_RECORD_FILE
+    if not csv_path.is_file():
+        return "is missing"
+    try:
+        record = json.loads(record_path.read_text())
+        if record["inputs_fingerprint"] != inputs:
+            return (f"holds another split ({record['sites']} sites by {record['split_by']}, "
+                    f"seed {record['seed']}, inputs {record['inputs_fingerprint']!r}; these "
+                    f"inputs {inputs!r})")
+        if record["csv_sha256"] != file_sha256(csv_path):
+            return "was changed after it was written"
+    except (OSError, ValueError, KeyError):
+        return f"has no readable record of its inputs ({record_path.name})"
+    return ""
+
+
+def write_band_stats(
     runs: str | Path, split_fingerprint: str, compute: Callable[[str], BandStats],
     recipe: str = "",
-) -> BandStats:
-    """The band statistics in `runs/band_stats.json` when they come from this split and were
-    drawn by this `recipe`, else `compute(split_fingerprint)`, stored there.
+) -> Path:
+    """Write `compute(split_fingerprint)` to `runs/band_stats.json`, unless it already holds
+    the statistics of this split drawn by this `recipe`; return its path.
 
-    Statistics of another split (another seed, sites added or removed, or a file older than
-    split fingerprints) would normalise with validation or test pixels, and those of another
-    recipe (sample size, seed, pool, per-source or pooled) are not the ones asked for: both
-    are replaced, with a warning that says why.
+    The one writer of the file (`load_study` calls it); everything else reads it
+    (`read_band_stats`). Statistics of another split (another seed, sites added or removed, or
+    a file older than split fingerprints) would normalise with validation or test pixels, and
+    those of another recipe (sample size, seed, pool, per-source or pooled) are not the ones
+    asked for: both are replaced, with a warning that says why.
     """
     stats_path = Path(runs) / paths.BAND_STATS_FILE
+    why = _band_stats_mismatch(stats_path, split_fingerprint, recipe)
+    if not why:
+        return stats_path
     if stats_path.is_file():
-        stats = BandStats.load(stats_path)
-        if stats.split_fingerprint == split_fingerprint and stats.recipe == recipe:
-            log.info("band statistics from %s", stats_path)
-            return stats
-        why = (f"another split (fingerprint {stats.split_fingerprint!r}, this split "
-               f"{split_fingerprint!r})" if stats.split_fingerprint != split_fingerprint
-               else f"another recipe ({stats.recipe!r}, now {recipe!r})")
-        log.warning("%s was computed on %s; recomputing it", stats_path, why)
+        log.warning("%s %s; recomputing it", stats_path, why)
     stats = compute(split_fingerprint)
     stats.save(stats_path)  # atomic: concurrent processes write the same numbers safely
     log.info("computed band statistics of %d training sites -> %s", stats.n_sites, stats_path)
-    return stats
+    return stats_path
+
+
+def read_band_stats(runs: str | Path, split_fingerprint: str, recipe: str = "") -> BandStats:
+    """The band statistics in `runs/band_stats.json`.
+
+    Raises `StudyFileError` when the file is missing or holds the statistics of another split
+    or recipe: `write_band_stats` writes it (`load_study` does, and so notebook 01).
+    """
+    stats_path = Path(runs) / paths.BAND_STATS_FILE
+    why = _band_stats_mismatch(stats_path, split_fingerprint, recipe)
+    if why:
+        raise StudyFileError(f"{stats_path} {why}: write it with `study.load_study` (notebook "
+                             "01 does) for this split and these statistics settings")
+    log.info("band statistics from %s", stats_path)
+    return BandStats.load(stats_path)
+
+
+def _band_stats_mismatch(stats_path: Path, split_fingerprint: str, recipe: str) -> str:
+    """Why `stats_path` does not hold the statistics of this split and recipe ('' when it does)."""
+    if not stats_path.is_file():
+        return "is missing"
+    stats = BandStats.load(stats_path)
+    if stats.split_fingerprint != split_fingerprint:
+        return (f"was computed on another split (fingerprint {stats.split_fingerprint!r}, this "
+                f"split {split_fingerprint!r})")
+    if stats.recipe != recipe:
+        return f"was computed by another recipe ({stats.recipe!r}, now {recipe!r})"
+    return ""
 
 
 def study_arguments(values: Mapping[str, Any]) -> tuple[Path | str, Path, str, int, int]:
@@ -218,13 +337,16 @@ def finetune_config(values: Mapping[str, Any], runs: str | Path) -> FinetuneConf
     `positives`, `byol_seed`, `byol_checkpoint` (which BYOL checkpoint 'byol' means) and
     `imagenet_weights_path` ('' for torchvision's cache), and any `FinetuneConfig` field;
     other keys are ignored. One function for both, so the batch knows which run a results
-    file must hold before it reuses it.
+    file must hold before it reuses it. The profile's `stem` is the one BYOL pretrains with
+    and random inits take; init 'imagenet' keeps ImageNet's stem, the only one its weights fit.
     """
     init = resolve_init(values["init"], runs, values.get("positives", "augment"),
                         int(values.get("byol_seed", 0)), values.get("byol_checkpoint", ""))
     weights = values.get("imagenet_weights_path") or ""
     chosen = {f.name: values[f.name] for f in fields(FinetuneConfig)
               if f.name in values and f.name not in ("init", "imagenet_weights_path")}
+    if init == "imagenet":
+        chosen["stem"] = "imagenet"
     return FinetuneConfig(
         init=init, imagenet_weights_path=str(Path(weights).expanduser().resolve()) if weights
         else None, **chosen,

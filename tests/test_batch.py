@@ -84,7 +84,10 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     assert list(skipped) == ["imagenet-100%"]
     efficiency = pd.read_csv(figures / "label_efficiency.csv")
     assert set(efficiency["evaluation"]) == {"knn", "linear-probe", "finetune"}
-    assert set(efficiency["encoder"]) == {"byol", "random-init", "imagestats"}
+    assert set(efficiency["encoder"]) == {"byol", "random-init", "imagestats",
+                                          "imagestats+byol", "imagestats+random-init"}
+    paired = pd.read_csv(figures / "label_efficiency_paired.csv")
+    assert {"bootstrap_ci_low", "bootstrap_ci_high"} <= set(paired.columns)
 
     index = docs.build_docs("ci")
     page = index.read_text()

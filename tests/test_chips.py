@@ -238,6 +238,14 @@ def test_unlabelled_sources_with_own_bands_per_source_statistics_and_empty_chips
     assert "pooled" in pooled_study.band_stats.recipe
     assert study.load_study(tmp_path / "chips.yaml", tmp_path / "runs",
                             stats_sites=50).band_stats.recipe.endswith("n_chips=50 seed=0")
+    # "none": the pool holds no labelled chip (each is a test chip in some repeat of notebook 06)
+    assert spec.pretrain_on_labelled_images == "all"  # true, as older specs wrote it
+    dataclasses.replace(spec, pretrain_on_labelled_images="none").save(tmp_path / "chips.yaml")
+    apart = study.load_study(tmp_path / "chips.yaml", tmp_path / "runs", stats_sites=100)
+    assert set(apart.pretraining_sites()["sample_id"]) == set(found.unlabelled["sample_id"])
+    assert "labelled_images=True" in data.band_stats.recipe  # older recipes read unchanged
+    with pytest.raises(chips.ChipsError, match="pretrain_on_labelled_images must be one of"):
+        dataclasses.replace(spec, pretrain_on_labelled_images="some")
 
 
 def test_study_and_dataset_on_a_chips_spec(chips_root: Path, tmp_path: Path) -> None:

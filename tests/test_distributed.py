@@ -146,8 +146,11 @@ def test_every_rank_stops_together_on_unreadable_samples(tmp_path: Path) -> None
 def _cli_worker(rank: int, port: int, commands: list[list[str]]) -> None:
     """`torchrun -m rapid_utils.cli COMMAND` in process `rank`, for each command in turn."""
     _as_torchrun(rank, port)
+    # joined here, so the commands share one group: `cli.main` leaves only a group it joined
+    distributed.setup()
     for argv in commands:
         assert cli.main(argv) == 0, argv
+        assert dist.is_initialized(), argv
     dist.destroy_process_group()
 
 
@@ -187,6 +190,36 @@ def test_torchrun_runs_of_a_profile_are_what_the_batch_draws(tmp_path: Path, mon
     for name in ("fig4_test_accuracy", "fig5_class_precision_recall"):
         assert (figures / f"{name}.png").stat().st_size > 10_000, name
     assert "byol-1%" in (figures / "results.md").read_text()
+
+
+def _join_a_group_of_one() -> None:
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+@pytest.mark.parametrize("outcome", [0, ValueError("a bad value")])
+def test_cli_main_leaves_the_process_group_its_command_joined(outcome, monkeypatch) -> None:
+    """Under torchrun a command joins the group (`distributed.setup`); `cli.main` leaves it
+    when the command ends, by error or not."""
+
+    def command(args) -> int:
+        _join_a_group_of_one()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(cli, "_pretrain", command)
+    assert cli.main(["pretrain"]) == (0 if outcome == 0 else 2)
+    assert not dist.is_initialized()
+
+
+def test_a_group_joined_before_the_block_is_kept() -> None:
+    _join_a_group_of_one()
+    try:
+        with distributed.process_group():
+            pass
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

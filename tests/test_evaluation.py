@@ -32,25 +32,40 @@ def _blobs(n_per_class: int, n_classes: int = 3, seed: int = 0) -> tuple[np.ndar
     return centres[y] + rng.normal(scale=0.5, size=(len(y), n_classes)), y
 
 
-def test_knn_uses_cosine_neighbours_and_similarity_weights():
-    # Class 0 lies far away but in the query's direction, class 1 close by but at ~50 degrees.
-    train_x = np.array([[10.0, 1.0], [8.0, -1.0], [1.0, 1.2], [0.9, -1.1]])
+def test_knn_reads_directions_from_the_training_mean():
+    # The training mean is (0, 0) here: class 0 lies far away but on the query's side of it
+    # (~72 degrees off), class 1 close by but opposite.
+    train_x = np.array([[1.0, 3.0], [1.0, -3.0], [-1.0, 0.1], [-1.0, -0.1]])
     train_y = np.array([0, 0, 1, 1])
-    query = np.array([[1.0, 0.0]])
+    assert np.allclose(train_x.mean(axis=0), 0)
+    query = np.array([[0.3, 0.0]])
     euclidean = np.argsort(np.linalg.norm(train_x - query, axis=1))[:2]
-    assert set(train_y[euclidean]) == {1}  # the case tells the two metrics apart
-    assert evaluation.knn_predict(train_x, train_y, query, k=2).tolist() == [0]
-    # (0, 1), k = 2: cosine neighbours (1, 1.2) of class 1 (similarity 0.768) and (10, 1) of
-    # class 0 (0.0995); a uniform vote would tie, the weights exp(s / 0.07) give class 1
-    assert np.exp(0.768 / 0.07) > np.exp(0.0995 / 0.07)
-    assert evaluation.knn_predict(train_x, train_y, np.array([[0.0, 1.0]]), k=2).tolist() == [1]
-    # (0, 1), k = 3 adds (8, -1) of class 0 (-0.124): still class 1 by weight, 2 to 1 by count
-    assert evaluation.knn_predict(train_x, train_y, np.array([[0.0, 1.0]]), k=3).tolist() == [1]
-    # k beyond the training set is capped at 4: class 0 (0.995, 0.992) beats (0.640, 0.633)
-    assert evaluation.knn_predict(train_x, train_y, query, k=20).tolist() == [0]
-    # an exact tie in weight goes to the class that sorts first
-    tie = evaluation.knn_predict(np.array([[1.0, 1.0], [1.0, -1.0]]), np.array([5, 3]), query, k=2)
-    assert tie.tolist() == [3]
+    assert set(train_y[euclidean]) == {1}  # Euclidean distance would say class 1 ...
+    assert evaluation.knn_predict(train_x, train_y, query, k=2).tolist() == [0]  # direction: 0
+    # A shared offset (all features positive, as after a ReLU) changes nothing: raw cosine
+    # similarities would all crowd near 1 and follow the offset instead.
+    offset = np.array([1000.0, 1000.0])
+    assert evaluation.knn_predict(train_x + offset, train_y, query + offset, k=2).tolist() == [0]
+    rng = np.random.default_rng(0)
+    x, y, q = rng.normal(size=(40, 8)), rng.integers(0, 4, 40), rng.normal(size=(25, 8))
+    shift = rng.uniform(5, 50, size=8)
+    assert (evaluation.knn_predict(x, y, q, k=5)
+            == evaluation.knn_predict(x + shift, y, q + shift, k=5)).all()
+
+
+def test_knn_votes_by_distance_so_one_label_per_class_is_not_a_tie():
+    # One item per class and k = 5 > classes: a uniform vote would tie every class and pick
+    # the one that sorts first; the distance-weighted vote picks the nearest.
+    train_x = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    train_y = np.array([3, 2, 1, 0])
+    for item in range(4):
+        query = train_x[item:item + 1] * 0.8 + 0.05
+        assert evaluation.knn_predict(train_x, train_y, query, k=5).tolist() == [train_y[item]]
+    # k = 1 is the nearest neighbour; k beyond the training set is capped
+    assert evaluation.knn_predict(train_x, train_y, np.array([[0.1, 0.9]]), k=1).tolist() == [2]
+    assert evaluation.knn_predict(train_x, train_y, np.array([[0.1, 0.9]]), k=99).tolist() == [2]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        evaluation.knn_predict(train_x, train_y, train_x, k=0)
 
 
 def test_linear_probe_is_perfect_on_separable_data():
@@ -124,13 +139,23 @@ def test_evaluate_frozen_pairs_encoders_on_identical_subsets():
     rng = np.random.default_rng(0)
     features = {"a": rng.normal(size=(len(LABELS), 6)),
                 "b": np.eye(len(SIZES), 3)[LABELS] + rng.normal(scale=0.1, size=(len(LABELS), 3))}
-    records = evaluation.evaluate_frozen(features, LABELS, subsets)
+    frozen = evaluation.evaluate_frozen(features, LABELS, subsets)
+    records = frozen.records
     assert list(records.columns) == list(evaluation.RECORD_COLUMNS)
-    assert len(records) == 2 * 2 * len(subsets)
+    assert len(records) == 2 * 3 * len(subsets)  # kNN k = 5, 1-NN and the probe
     assert set(records["labels_per_class"]) == {1, 5, "all"}
     assert set(zip(records["evaluation"], records["classifier"], strict=True)) == {
-        ("knn", "knn (k=20, cosine, T=0.07 weighted)"), ("linear-probe", evaluation.probe_name())}
-    keys = ["evaluation", "labels_per_class", "repeat"]
+        ("knn", "knn (k=5, centred + L2, distance-weighted)"),
+        ("knn", "knn (k=1, centred + L2, distance-weighted)"),
+        ("linear-probe", evaluation.probe_name())}
+    # the predictions behind each record: its accuracy recomputed from them
+    for row in records.itertuples():
+        subset = next(s for s in subsets if s.repeat == row.repeat and (
+            s.labels_per_class or "all") == row.labels_per_class)
+        guess = frozen.predicted[(row.encoder, row.evaluation, row.classifier,
+                                  row.labels_per_class, row.repeat)]
+        assert np.mean(guess == LABELS[subset.test]) == pytest.approx(row.accuracy)
+    keys = ["evaluation", "classifier", "labels_per_class", "repeat"]
     a, b = (records[records["encoder"] == e].set_index(keys)[["n_train", "n_test"]]
             for e in ("a", "b"))
     pd.testing.assert_frame_equal(a, b)
@@ -305,7 +330,8 @@ def test_the_byol_guard_and_notebook_06_give_the_same_knn_accuracy() -> None:
         {"byol": encoder}, DataLoader(_Images(images, labels), batch_size=16), torch.device("cpu"))
     subset = FewLabelSubset(repeat=0, labels_per_class=None, train=np.arange(24),
                             test=np.arange(24, 40))
-    records = evaluation.evaluate_frozen(features, y, [subset], evaluations=("knn",), knn_k=5)
+    records = evaluation.evaluate_frozen(features, y, [subset], evaluations=("knn",),
+                                         knn_k=5).records
     assert records["classifier"].tolist() == [evaluation.knn_name(5)]
     assert guard["knn_accuracy"] == records["accuracy"].iloc[0]
     assert 0 < guard["knn_accuracy"] < 1  # neither trivial nor empty
@@ -333,3 +359,61 @@ def test_feature_extraction_leaves_the_global_rng_and_the_mode_as_they_were() ->
     np.testing.assert_allclose(features["e"], expected, rtol=1e-6)
     np.testing.assert_allclose(features[evaluation.IMAGESTATS],
                                evaluation.imagestats_features(images.numpy()))
+
+
+def test_validation_subsets_never_read_a_repeats_test_part():
+    with pytest.raises(ValueError, match="at least 2 training items of every class"):
+        evaluation.validation_subsets(LABELS, evaluation.few_label_subsets(LABELS, repeats=1))
+    labels = np.repeat(np.arange(4), (30, 20, 12, 5))
+    subsets = evaluation.few_label_subsets(labels, labels_per_class=(1, 5, None), repeats=3)
+    chosen = evaluation.validation_subsets(labels, subsets, test_share=0.5, seed=0)
+    assert [(s.repeat, s.labels_per_class) for s in chosen] == [
+        (s.repeat, s.labels_per_class) for s in subsets]
+    for inner in chosen:
+        outer = next(s for s in subsets if s.repeat == inner.repeat and s.labels_per_class is None)
+        used = np.concatenate([inner.train, inner.test])
+        assert np.isin(used, outer.train).all()  # inside the repeat's training part
+        assert not np.isin(used, outer.test).any()  # its test part never read
+        assert not np.isin(inner.train, inner.test).any()
+        assert set(labels[inner.test]) == set(labels[outer.train])  # every class validated
+    # the same encoders see the same validation subsets: a function of its arguments only
+    again = evaluation.validation_subsets(labels, subsets, test_share=0.5, seed=0)
+    assert all((a.train == b.train).all() and (a.test == b.test).all()
+               for a, b in zip(chosen, again, strict=True))
+
+
+def test_bootstrap_differences_resample_items_and_hold_the_observed_difference():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 50)
+    subsets = evaluation.few_label_subsets(labels, labels_per_class=(5,), repeats=6,
+                                           test_share=0.5)
+    good = np.eye(4)[labels] * 3 + rng.normal(size=(len(labels), 4))
+    features = {"good": good, "noise": rng.normal(size=(len(labels), 4)), "same": good.copy()}
+    frozen = evaluation.evaluate_frozen(features, labels, subsets, evaluations=("knn",),
+                                        knn_k=(5,))
+    table = evaluation.bootstrap_differences(frozen, "good", "noise", n_boot=500)
+    row = table.iloc[0]
+    t_test = evaluation.paired_differences(frozen.records, "good", "noise").iloc[0]
+    assert row["difference_mean"] == pytest.approx(t_test["difference_mean"])
+    assert row["bootstrap_ci_low"] < row["difference_mean"] < row["bootstrap_ci_high"]
+    assert row["bootstrap_ci_low"] > 0.3  # a clear gain stays clear
+    same = evaluation.bootstrap_differences(frozen, "good", "same", n_boot=200).iloc[0]
+    assert same["difference_mean"] == same["bootstrap_ci_low"] == same["bootstrap_ci_high"] == 0
+
+
+def test_batchnorm_is_reestimated_on_the_pool_and_the_weights_kept():
+    encoder = nn.Sequential(nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3), nn.Flatten())
+    weights = {k: v.clone() for k, v in encoder.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    encoder.eval()
+    pool = torch.randn(40, 4, 6, 6) * 5 + 2
+    loader = DataLoader(_Images(pool.numpy(), np.zeros(40, dtype=int)), batch_size=8)  # equal
+    evaluation.recalibrate_batchnorm({"e": encoder}, loader, torch.device("cpu"))
+    assert not encoder.training  # left in the mode it was in
+    with torch.no_grad():
+        activations = encoder[0](pool)
+    bn = encoder[1]
+    torch.testing.assert_close(bn.running_mean, activations.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, activations.var(dim=(0, 2, 3)), rtol=0.05, atol=0)
+    for key, value in weights.items():
+        torch.testing.assert_close(encoder.state_dict()[key], value)

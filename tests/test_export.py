@@ -3,6 +3,7 @@ checks, older checkpoints, and loading with plain torchvision as the README show
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -41,7 +42,8 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp / "export"
     description = models.export_encoder(checkpoint, out)
     return {"checkpoint": checkpoint, "out": out, "description": description,
-            "band_stats": band_stats, "split_fingerprint": split_fingerprint}
+            "band_stats": band_stats, "split_fingerprint": split_fingerprint, "config": config,
+            "corpus": (root, train_index, index[split == "val"])}
 
 
 def stored_values(n: int = 3, size: int = 16) -> torch.Tensor:
@@ -178,5 +180,93 @@ def test_plain_torchvision_loading_as_the_readme_shows(
     with torch.no_grad():
         exec(code, namespace)
         model, normalisation = models.load_pretrained(pretrained["out"])
+        expected = model(normalisation.normalise(x))
+    torch.testing.assert_close(namespace["features"], expected)
+
+
+# --------------------------------------------------------------------------- stems
+
+
+@pytest.fixture(scope="module")
+def small_stem(pretrained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same tiny BYOL run with the "small-stride2" stem, and its export."""
+    tmp = tmp_path_factory.mktemp("small_stem")
+    root, train_index, val_index = pretrained["corpus"]
+    config = dataclasses.replace(pretrained["config"], stem="small-stride2")
+    train.pretrain(config, root, train_index, val_index, pretrained["band_stats"],
+                   tmp / "byol", progress=False, split_fingerprint=pretrained["split_fingerprint"])
+    checkpoint = tmp / "byol" / train.CHECKPOINT_FILE
+    out = tmp / "export"
+    return {"checkpoint": checkpoint, "out": out,
+            "description": models.export_encoder(checkpoint, out)}
+
+
+def test_the_stem_travels_from_pretraining_to_the_loaded_encoder(small_stem: dict) -> None:
+    checkpoint = torch.load(small_stem["checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["config"]["stem"] == "small-stride2"
+    assert checkpoint[models.BYOL_ENCODER_KEY]["conv1.weight"].shape == (64, 4, 3, 3)
+    card = json.loads(small_stem["description"].read_text())
+    assert card["stem"] == "small-stride2" and card["pretraining"]["stem"] == "small-stride2"
+    model, normalisation = models.load_pretrained(small_stem["out"])
+    assert models.model_stem(model) == "small-stride2"
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (2, 2)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    reference = models.build_model("resnet18", 4, 0, f"byol:{small_stem['checkpoint']}").eval()
+    assert models.model_stem(reference) == "small-stride2"  # the checkpoint's, unasked
+    x = normalisation.normalise(stored_values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    text = (small_stem["out"] / models.EXPORT_CARD).read_text()
+    assert "stem `small-stride2`" in text
+    assert "nn.Conv2d(4, 64, 3, stride=2, padding=1, bias=False)" in text
+    assert "maxpool by `nn.Identity()`" in text
+
+
+def test_the_imagenet_stem_is_recorded_and_older_checkpoints_read_as_it(
+    pretrained: dict, tmp_path: Path
+) -> None:
+    card = json.loads(pretrained["description"].read_text())
+    assert card["stem"] == "imagenet"
+    assert "nn.Conv2d(4, 64, 7, stride=2, padding=3, bias=False)" in (
+        pretrained["out"] / models.EXPORT_CARD).read_text()
+    checkpoint = torch.load(pretrained["checkpoint"], map_location="cpu", weights_only=True)
+    config = {key: value for key, value in checkpoint["config"].items() if key != "stem"}
+    older = tmp_path / "older.pt"
+    torch.save(checkpoint | {"config": config}, older)  # written before the stem was recorded
+    description = json.loads(models.export_encoder(older, tmp_path / "out").read_text())
+    assert description["stem"] == "imagenet"
+    model, _ = models.load_pretrained(tmp_path / "out")
+    assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, torch.nn.MaxPool2d)
+    # an export from before the field loads with ImageNet's stem too
+    del description["stem"]
+    (tmp_path / "out" / models.EXPORT_DESCRIPTION).write_text(json.dumps(description))
+    model, _ = models.load_pretrained(tmp_path / "out")
+    assert models.model_stem(model) == "imagenet"
+
+
+def test_a_saved_classifier_keeps_its_stem(small_stem: dict, tmp_path: Path) -> None:
+    _, normalisation = models.load_pretrained(small_stem["out"])
+    model = models.build_model("resnet18", 4, 3, f"byol:{small_stem['checkpoint']}").eval()
+    description = models.save_classifier(model, tmp_path, "resnet18", ["a", "b", "c"],
+                                         normalisation, {})
+    assert json.loads(description.read_text())["stem"] == "small-stride2"
+    loaded, _ = models.load_pretrained(tmp_path)
+    assert models.model_stem(loaded) == "small-stride2"
+    x = normalisation.normalise(stored_values())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_plain_torchvision_loading_of_a_small_stem_as_the_readme_shows(
+    small_stem: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    section = README.read_text().split("### Using the pretrained weights", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    monkeypatch.chdir(small_stem["out"].parent)  # the README's export/ folder
+    x = stored_values()
+    namespace = {"x": x}
+    with torch.no_grad():
+        exec(code, namespace)
+        model, normalisation = models.load_pretrained(small_stem["out"])
         expected = model(normalisation.normalise(x))
     torch.testing.assert_close(namespace["features"], expected)

@@ -45,10 +45,15 @@ def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: 
         finetune_encoders=("random-init",), seed=0)
     base = train.FinetuneConfig(arch="resnet18", epochs=1, batch_size=8, eval_dates="first")
     inits = label_efficiency.encoder_inits(["random-init"], tmp_path)
-    records, summary = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path,
-                                                  base, inits, progress=False)
+    result = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base,
+                                        inits, progress=False)
+    records, summary = result.records, result.summary
     frozen = summary[summary["evaluation"] != "finetune"]
-    assert len(frozen) == 2 * 2 * 2  # (imagestats, random-init) x (knn, probe) x (1, all)
+    # (imagestats, random-init) x (kNN k = 5, 1-NN, probe) x (1, all), and the joined
+    # features' probe
+    assert len(frozen) == 2 * 3 * 2 + 2
+    joined = label_efficiency.COMBINED + "random-init"
+    assert set(frozen.loc[frozen["encoder"] == joined, "evaluation"]) == {"linear-probe"}
     assert np.isfinite(frozen[["accuracy_ci_low", "accuracy_ci_high"]]).all().all()
     assert (frozen["accuracy_ci_low"] <= frozen["accuracy_mean"]).all()
     tuned = summary[summary["evaluation"] == "finetune"]
@@ -65,15 +70,53 @@ def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: 
     assert set(one["train"]) <= set(next(s for s in subsets if s["repeat"] == 0
                                          and s["labels_per_class"] is None)["train"])
 
-    result = folder / "random-init_k1_repeat0.json"
-    written = result.stat().st_mtime_ns
-    again, _ = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base,
-                                          inits, progress=False)
-    assert result.stat().st_mtime_ns == written  # a complete run is reused
-    pd.testing.assert_frame_equal(again, records)  # and random-init features are seeded
+    # paired: random-init alone and joined against imagestats, with both intervals
+    paired = pd.read_csv(folder / "paired.csv")
+    assert set(zip(paired["encoder"], paired["baseline"], strict=True)) == {
+        ("random-init", label_efficiency.IMAGESTATS), (joined, label_efficiency.IMAGESTATS)}
+    alone = paired[(paired["encoder"] == "random-init") & (paired["evaluation"] != "finetune")]
+    assert alone["bootstrap_ci_low"].notna().all()
+    assert (alone["bootstrap_ci_low"] <= alone["difference_mean"] + 1e-12).all()
+
+    run_file = folder / "random-init_k1_repeat0.json"
+    written = run_file.stat().st_mtime_ns
+    again = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base,
+                                       inits, progress=False)
+    assert run_file.stat().st_mtime_ns == written  # a complete run is reused
+    pd.testing.assert_frame_equal(again.records, records)  # and random-init features are seeded
     label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path,
                                dataclasses.replace(base, lr=5e-4), inits, progress=False)
-    assert json.loads(result.read_text())["parameters"]["lr"] == 5e-4  # a stale one is rerun
+    assert json.loads(run_file.read_text())["parameters"]["lr"] == 5e-4  # a stale one is rerun
+
+
+def test_the_validation_protocol_reads_no_test_item(chips_study, tmp_path: Path) -> None:
+    config = label_efficiency.SuiteConfig(
+        encoders=("random-init",), labels_per_class=(1,), repeats=2, finetune_repeats=0,
+        test_share=0.25, seed=0, bn_images=0)
+    inits = label_efficiency.encoder_inits(["random-init"], tmp_path)
+    base = train.FinetuneConfig(arch="resnet18")
+    label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base, inits,
+                               progress=False)
+    label_efficiency.run_suite(chips_study, dataclasses.replace(config, protocol="validation"),
+                               "resnet18", tmp_path, base, inits, progress=False)
+    folder = paths.label_efficiency_dir(tmp_path)
+    tested = json.loads((folder / "subsets.json").read_text())
+    validated = json.loads((folder / "validation" / "subsets.json").read_text())
+    for outer, inner in zip(tested, validated, strict=True):
+        used = set(inner["train"]) | set(inner["test"])
+        assert used and not used & set(outer["test"])
+
+
+def test_suite_config_takes_every_suite_parameter() -> None:
+    values = {"seed": 3, "suite_encoders": ["byol"], "suite_labels_per_class": [1, "all"],
+              "suite_knn_k": [7], "suite_bn_images": 0, "suite_protocol": "validation",
+              "suite_repeats": 10, "other": 1}
+    config = label_efficiency.suite_config(values)
+    assert (config.seed, config.encoders, config.labels_per_class, config.knn_k,
+            config.bn_images, config.protocol) == (3, ("byol",), (1, None), (7,), 0,
+                                                    "validation")
+    with pytest.raises(ValueError, match="protocol"):
+        label_efficiency.suite_config({"seed": 0, "suite_protocol": "peek"})
 
 
 def test_frozen_features_are_seeded_and_leave_the_global_rng_as_it_was(chips_study) -> None:
@@ -118,8 +161,13 @@ def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch
         ("06_label_efficiency", "done")]
     stats = json.loads((paths.runs_dir("real-s2") / paths.BAND_STATS_FILE).read_text())
     assert set(stats["per_source"]) == {"unlabelled-l1c-scene"}  # normalised per folder
+    data = study.load_study(paths.chips_spec_path("real-s2"), paths.runs_dir("real-s2"),
+                            stats_sites=32)
+    pool = set(data.pretraining_sites()["sample_id"])
+    assert pool and not pool & set(data.index["sample_id"])  # no labelled chip pretrains
     table = pd.read_csv(paths.figures_dir("real-s2") / "label_efficiency.csv")
-    assert set(table["encoder"]) == {"byol", "random-init", "imagestats"}
+    assert set(table["encoder"]) == {"byol", "random-init", "imagestats", "imagestats+byol",
+                                     "imagestats+random-init"}
     assert set(table["evaluation"]) == {"knn", "linear-probe", "finetune"}
     frozen = table[table["evaluation"] != "finetune"]
     assert np.isfinite(frozen["accuracy_ci_low"]).all() and (frozen["accuracy_mean"] > 0).all()

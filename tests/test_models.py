@@ -1,4 +1,5 @@
-"""The model factory: shapes, ImageNet conv1 adaptation from a local file, BYOL init, errors."""
+"""The model factory: shapes, stems, ImageNet conv1 adaptation from a local file, BYOL init,
+errors."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import torchvision
 from torch import nn
 
 from rapid_utils.models import (
+    STEMS,
     WeightsUnavailableError,
     adapt_rgb_filters,
     build_model,
     feature_dim,
+    init_stem,
+    model_stem,
 )
 
 
@@ -141,3 +145,78 @@ def test_byol_checkpoint_errors(tmp_path: Path) -> None:
 def test_unknown_init() -> None:
     with pytest.raises(ValueError, match="init"):
         build_model("resnet18", init="imagenet21k")
+
+
+# --------------------------------------------------------------------------- stems
+
+
+def _after_stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+
+
+@pytest.mark.parametrize(("stem", "side_32", "side_64", "kernel", "pool"), [
+    ("imagenet", 8, 16, 7, nn.MaxPool2d),  # 7x7 stride 2, max-pool stride 2
+    ("small", 32, 64, 3, nn.Identity),  # 3x3 stride 1, no max-pool
+    ("small-stride2", 16, 32, 3, nn.Identity),  # 3x3 stride 2, no max-pool
+])
+def test_stem_feature_maps(stem: str, side_32: int, side_64: int, kernel: int,
+                           pool: type) -> None:
+    model = build_model("resnet18", 4, 0, stem=stem).eval()
+    assert model_stem(model) == stem
+    conv = model.conv1
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (4, 64, (kernel, kernel))
+    assert conv.bias is None and isinstance(model.maxpool, pool)
+    with torch.no_grad():
+        for px, side in ((32, side_32), (64, side_64)):
+            x = torch.randn(2, 4, px, px)
+            assert _after_stem(model, x).shape == (2, 64, side, side)
+            assert model(x).shape == (2, feature_dim(model)) == (2, 512)
+    assert build_model("resnet18", 3, 5, stem=stem).conv1.in_channels == 3
+
+
+def test_default_stem_is_imagenets() -> None:
+    assert model_stem(build_model("resnet18", 4, 0)) == "imagenet" == STEMS[0]
+
+
+def test_unknown_stem_lists_the_stems() -> None:
+    with pytest.raises(ValueError, match=r"stem must be one of \('imagenet', 'small', "
+                       r"'small-stride2'\), got 'tiny'"):
+        build_model("resnet18", stem="tiny")
+
+
+def test_imagenet_weights_need_the_imagenet_stem(
+    resnet18_imagenet_like: tuple[Path, dict]
+) -> None:
+    path = resnet18_imagenet_like[0]
+    with pytest.raises(ValueError, match="init='imagenet' needs stem='imagenet'.*'small'"):
+        build_model("resnet18", init="imagenet", imagenet_weights_path=path, stem="small")
+    model = build_model("resnet18", init="imagenet", imagenet_weights_path=path, stem="imagenet")
+    assert model_stem(model) == "imagenet"
+
+
+def test_byol_init_takes_the_checkpoints_stem(tmp_path: Path) -> None:
+    encoder = build_model("resnet18", num_classes=0, stem="small-stride2")
+    path = tmp_path / "byol.pt"
+    torch.save({"online_encoder": encoder.state_dict(),
+                "config": {"arch": "resnet18", "stem": "small-stride2"}}, path)
+    for stem in (None, "small-stride2"):
+        model = build_model("resnet18", num_classes=7, init=f"byol:{path}", stem=stem)
+        assert model_stem(model) == "small-stride2" and isinstance(model.maxpool, nn.Identity)
+        assert model.conv1.stride == (2, 2) and model.conv1.kernel_size == (3, 3)
+        torch.testing.assert_close(model.conv1.weight, encoder.conv1.weight)
+    with pytest.raises(ValueError, match=r"stem 'small' differs from the stem 'small-stride2' "
+                       r"that BYOL checkpoint .*byol\.pt was pretrained with"):
+        build_model("resnet18", init=f"byol:{path}", stem="small")
+    assert init_stem(f"byol:{path}", "small") == "small-stride2"
+    assert init_stem("random", "small") == "small"
+    assert init_stem("imagenet", "small") == "imagenet"
+
+
+def test_a_checkpoint_older_than_stems_is_imagenets(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    torch.save({"online_encoder": build_model("resnet18", num_classes=0).state_dict(),
+                "config": {"arch": "resnet18"}}, path)  # no "stem": written before it
+    assert model_stem(build_model("resnet18", init=f"byol:{path}")) == "imagenet"
+    assert init_stem(f"byol:{path}", "small") == "imagenet"
+    with pytest.raises(ValueError, match="stem 'small' differs from the stem 'imagenet'"):
+        build_model("resnet18", init=f"byol:{path}", stem="small")

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 from matplotlib.figure import Figure
 
-from rapid_utils import exploration, labels, paths, plots, realism, splits
+from rapid_utils import exploration, labels, paths, plots, realism, splits, study
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -201,14 +201,14 @@ def test_split_size_table_adds_up(index: pd.DataFrame) -> None:
     assert right.get_yscale() == "log"
 
 
-def test_write_splits_csv_is_complete(index: pd.DataFrame, tmp_path: Path) -> None:
-    split = splits.assign_splits(index, by="site", seed=0)
-    path = splits.write_splits_csv(tmp_path / "runs" / paths.SPLITS_FILE, index, split)
+def test_splits_csv_is_complete(index: pd.DataFrame, tmp_path: Path) -> None:
+    path = study.write_split(tmp_path / "runs", index, "site", 0)
     table = pd.read_csv(path)
     assert list(table.columns) == ["sample_id", "split", "label"]
     assert sorted(table["sample_id"]) == sorted(index["sample_id"])
     assert set(table["split"]) <= set(splits.SPLITS)
-    assert [p.name for p in path.parent.iterdir()] == [paths.SPLITS_FILE]  # no temp files
+    written = {p.name for p in path.parent.iterdir()}
+    assert written == {paths.SPLITS_FILE, paths.SPLITS_RECORD_FILE}  # no temp files
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ PROFILES = ["ci", "quick", "poster", "chips-example", "real-s2"]
 # the scenario of a notebook 04 job, and settings of one notebook alone.
 PATH_PARAMETERS = {"corpus_dir", "runs_dir", "figures_dir", "store", "real_s2_dir"}
 JOB_PARAMETERS = {"init", "label_fraction", "seed", "force", "linear_probe", "byol_checkpoint"}
-NOTEBOOK_PARAMETERS = {"grid_year", "multilabel_threshold", "realism_sites", "realism_l2a_chips",
-                       "realism_real_splits", "realism_render_seeds"}
+NOTEBOOK_PARAMETERS = {"byol_checkpoint", "grid_year", "multilabel_threshold", "realism_sites",
+                       "realism_l2a_chips", "realism_real_splits", "realism_render_seeds"}
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -78,11 +78,7 @@ def _notebook_defaults(notebook: str) -> dict:
 NOTEBOOKS = sorted(p.stem for p in paths.notebooks_dir().glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("notebook", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="notebook 06's parameters cell (suite_labels_per_class, "
-        "suite_repeats, suite_finetune_repeats) is still to be set to quick's values"))
-    if name == "06_label_efficiency" else name for name in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_a_notebook_run_by_hand_is_the_quick_study(notebook, tmp_path):
     """Each parameter is the quick profile's value as the batch passes it, or else one that no
     profile sets (a path, a fine-tuning job's scenario, a notebook's own setting)."""
@@ -126,6 +122,48 @@ def test_new_settings_reach_the_training_configs(tmp_path):
                                                        finetuning.parameters), tmp_path)
     assert (pre.weight_decay, pre.optimizer, pre.warmup_epochs, pre.knn_k) == (0.01, "sgd", 0, 5)
     assert (fine.weight_decay, fine.optimizer) == (0.02, "sgd")
+
+
+def test_view_options_reach_the_pretraining_config(tmp_path):
+    """`jitter_bands`, `blur` and `view_noise`: profile -> batch -> notebook 03 -> config."""
+    quick = load_profile("quick")
+    assert (quick.jitter_bands, quick.blur, quick.view_noise) == ("per-band", True, 0.0)
+    settings = dataclasses.replace(quick, jitter_bands="shared", blur=False, view_noise=0.05)
+    jobs = batch.plan_jobs("quick", settings, tmp_path)
+    pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
+    pre = study.pretrain_config(batch.notebook_values(pretraining.notebook,
+                                                      pretraining.parameters))
+    assert (pre.jitter_bands, pre.blur, pre.view_noise) == ("shared", False, 0.05)
+    for line, message in [
+        ("jitter_bands: per-pixel", "jitter_bands: 'per-pixel' is not 'per-band' or 'shared'"),
+        ("blur: 'no'", "blur: 'no' is not true or false"),
+        ("view_noise: -0.1", "view_noise: -0.1: must be at least 0"),
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(line + "\n")
+        with pytest.raises(ProfileError, match=f"bad.yaml: {message}"):
+            load_profile("ci", (bad,))
+
+
+def test_the_stem_reaches_pretraining_and_fine_tuning_but_not_imagenets(tmp_path):
+    """`stem`: profile -> batch -> notebooks 03 and 04 -> configs; the ImageNet init keeps
+    ImageNet's stem, the only one its weights fit."""
+    assert load_profile("quick").stem == "imagenet"
+    settings = dataclasses.replace(load_profile("ci"), stem="small")
+    jobs = batch.plan_jobs("ci", settings, tmp_path)
+    pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
+    assert study.pretrain_config(batch.notebook_values(pretraining.notebook,
+                                                       pretraining.parameters)).stem == "small"
+    stems = {job.scenario: study.finetune_config(
+        batch.notebook_values(job.notebook, job.parameters), tmp_path).stem
+        for job in jobs if job.scenario}
+    assert stems == {key: "imagenet" if key.startswith("imagenet") else "small"
+                     for key in settings.scenarios}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stem: tiny\n")
+    with pytest.raises(ProfileError, match="bad.yaml: stem: 'tiny' is not 'imagenet' or "
+                                           "'small' or 'small-stride2'"):
+        load_profile("ci", (bad,))
 
 
 def test_cli_profile_show_prints_the_resolved_profile(tmp_path, capsys):

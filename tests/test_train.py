@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rapid_utils import (
+    augment,
     datasets,
     distributed,
     io,
@@ -24,6 +25,7 @@ from rapid_utils import (
     splits,
     train,
 )
+from rapid_utils.bandstats import BandStats
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
@@ -185,6 +187,15 @@ def test_temporal_positives_run(data: dict, tmp_path: Path) -> None:
     assert math.isfinite(history[0]["loss"])
     with pytest.raises(ValueError, match="colour_jitter must be in"):
         tiny_pretrain(colour_jitter=-0.1)
+
+
+def test_pretraining_runs_with_the_spectrum_preserving_views(data: dict, tmp_path: Path) -> None:
+    config = tiny_pretrain(jitter_bands="shared", blur=False, view_noise=0.05, optimizer="sgd")
+    history = run_pretrain(data, config, tmp_path)
+    assert math.isfinite(history[0]["loss"])
+    checkpoint = torch.load(tmp_path / train.CHECKPOINT_FILE, weights_only=True)
+    assert {k: checkpoint["config"][k] for k in ("jitter_bands", "blur", "view_noise")} == {
+        "jitter_bands": "shared", "blur": False, "view_noise": 0.05}
 
 
 def test_pair_sampling_gives_two_dates(data: dict) -> None:
@@ -402,6 +413,45 @@ def test_a_field_missing_from_older_files_counts_as_its_default() -> None:
     assert plumbing.changed_fields(tiny_pretrain(), older) == []
     assert plumbing.changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
     assert plumbing.changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
+
+
+def test_checkpoints_older_than_the_view_options_hold_their_defaults() -> None:
+    """A checkpoint without `jitter_bands`, `blur` and `view_noise` was trained with today's
+    views (per-band jitter, blur, no noise): it is resumed by those, refused by others."""
+    older = dataclasses.asdict(tiny_pretrain())
+    for name in ("jitter_bands", "blur", "view_noise"):
+        del older[name]
+    assert plumbing.changed_fields(tiny_pretrain(), older) == []
+    changed = tiny_pretrain(jitter_bands="shared", blur=False, view_noise=0.1)
+    assert plumbing.changed_fields(changed, older) == ["blur", "jitter_bands", "view_noise"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"jitter_bands": "per-pixel"}, "jitter_bands"), ({"blur": "no"}, "blur"),
+    ({"view_noise": -0.1}, "view_noise"), ({"view_noise": float("inf")}, "view_noise")])
+def test_bad_view_options_are_refused_naming_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must"):
+        tiny_pretrain(**change)
+
+
+def test_pretraining_views_follow_the_view_options() -> None:
+    """`_byol_views` passes `jitter_bands`, `blur`, `view_noise` and the band statistics the
+    batch was normalised with to `augment.byol_views`."""
+    stats = BandStats((500.0, 800.0, 700.0, 2500.0), (300.0, 400.0, 450.0, 900.0), 1, 1)
+    batch = {"image": torch.randn(4, 4, 16, 16)}
+    config = tiny_pretrain(jitter_bands="shared", blur=False, view_noise=0.1)
+    views = pretraining._byol_views(batch, config, torch.Generator().manual_seed(0),
+                                    torch.device("cpu"), None, stats)
+    expected = augment.byol_views(batch["image"], torch.Generator().manual_seed(0), 16,
+                                  jitter_bands="shared", blur=False, noise=0.1,
+                                  normalisation=(stats.mean, stats.std))
+    assert all(torch.equal(a, b) for a, b in zip(views, expected, strict=True))
+    default = pretraining._byol_views(batch, tiny_pretrain(), torch.Generator().manual_seed(0),
+                                      torch.device("cpu"), None, stats)
+    today = augment.byol_views(batch["image"], torch.Generator().manual_seed(0), 16)
+    assert all(torch.equal(a, b) for a, b in zip(default, today, strict=True))
+    with pytest.raises(ValueError, match="normalisation"):
+        pretraining._byol_views(batch, config, torch.Generator(), torch.device("cpu"), None)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -682,3 +732,44 @@ def test_temporal_views_are_of_the_two_dates(data: dict) -> None:
     same = pretraining._byol_views(batch, tiny_pretrain(colour_jitter=0.0),
                                    torch.Generator().manual_seed(0), torch.device("cpu"), dataset)
     torch.testing.assert_close(same[1], batch["image"])  # augment: both of the first image
+
+
+# --------------------------------------------------------------------------- stems
+
+
+def test_configs_check_their_stem() -> None:
+    assert tiny_pretrain().stem == tiny_finetune().stem == "imagenet"
+    with pytest.raises(ValueError, match=r"stem must be one of \('imagenet', 'small'"):
+        tiny_pretrain(stem="tiny")
+    with pytest.raises(ValueError, match=r"stem must be one of \('imagenet', 'small'"):
+        tiny_finetune(stem="tiny")
+    with pytest.raises(ValueError, match="init 'imagenet' needs stem 'imagenet'.*'small'"):
+        tiny_finetune(init="imagenet", stem="small")
+
+
+def test_records_older_than_the_stem_are_imagenets() -> None:
+    """A checkpoint or results file written before `stem` resumes or is reused as
+    "imagenet", the stem every network had then."""
+    for config in (tiny_pretrain(), tiny_finetune()):
+        older = dataclasses.asdict(config)
+        del older["stem"]
+        assert plumbing.changed_fields(config, older) == []
+        assert plumbing.changed_fields(dataclasses.replace(config, stem="small"), older) == [
+            "stem"]
+
+
+def test_finetune_from_byol_takes_the_checkpoints_stem(data: dict, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "byol.pt"
+    encoder = models.build_model("resnet18", 4, 0, stem="small-stride2")
+    torch.save({models.BYOL_ENCODER_KEY: encoder.state_dict(),
+                "config": {"arch": "resnet18", "stem": "small-stride2"}}, checkpoint)
+    with pytest.raises(ValueError, match=r"stem 'imagenet' differs from the stem 'small-stride2'"):
+        run_finetune(data, tiny_finetune(epochs=1, init=f"byol:{checkpoint}"),
+                     tmp_path / "mismatch.json")
+    config = tiny_finetune(epochs=1, init=f"byol:{checkpoint}", stem="small-stride2")
+    written = run_finetune(data, config, tmp_path / "r.json", model_dir=tmp_path / "model")
+    assert written["parameters"]["stem"] == "small-stride2"
+    description = json.loads((tmp_path / "model" / models.CLASSIFIER_DESCRIPTION).read_text())
+    assert description["stem"] == "small-stride2"
+    model, _ = models.load_pretrained(tmp_path / "model")
+    assert model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)

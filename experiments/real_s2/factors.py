@@ -1,78 +1,118 @@
-"""The checks behind the README's "Why BYOL does not beat random-init here" (real-s2 profile).
+"""The recipe's factors on real chips, one at a time, chosen on validation data (issue 29).
 
-Not part of the batch. Run the profile first (`rapid-utils reproduce --profile real-s2`),
-then each variant in its own home (one at a time: two trainings on two cores slow both):
+Not part of the batch. Each factor is a YAML file in `experiments/real_s2/recipe/` that
+changes one setting of the real-s2 profile. `run` reproduces the profile with
+`recipe/validation.yaml` (notebook 06's validation protocol: subsets inside each repeat's
+training part, test parts never read; frozen evaluations only) and then the factor's file, each
+in its own home (one at a time: two trainings on two cores slow both):
 
-    RAPID_HOME=/tmp/real-s2-l1c rapid-utils reproduce --profile real-s2 \
-        --extra experiments/real_s2/l1c-only.yaml
-    RAPID_HOME=/tmp/real-s2-nojitter rapid-utils reproduce --profile real-s2 \
-        --extra experiments/real_s2/no-jitter.yaml
-    RAPID_HOME=/tmp/real-s2-pooled rapid-utils reproduce --profile real-s2 \
-        --extra experiments/real_s2/pooled-normalisation.yaml
-    python experiments/real_s2/factors.py view-size --size 32 --out /tmp/real-s2-32px
-    python experiments/real_s2/factors.py compare \
-        /tmp/real-s2-l1c/runs/real-s2/label_efficiency/records.csv
+    python experiments/real_s2/factors.py run today stem spectral-views
+    python experiments/real_s2/factors.py table today stem spectral-views
 
-`view-size` scores the profile's BYOL checkpoint frozen at another chip size; `compare`
-prints a variant's BYOL minus the profile's BYOL, random-init and imagestats, paired on the
-same subsets (every variant keeps the profile's seed, so its subsets are the same).
+`table` reads every factor's validation records and writes `factors_validation.csv` beside the
+profile's figures: per factor, labels per class and evaluation, BYOL's and random-init's
+validation accuracy, BYOL minus random-init (paired over repeats), and BYOL minus the first
+factor's BYOL (the reference, `today`). Every factor keeps the profile's seed, so the
+validation subsets are the same in all of them and every difference is paired.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from rapid_utils import evaluation, label_efficiency, paths, study, train
-from rapid_utils.corpus import chips
+from rapid_utils import evaluation, paths
 
 PROFILE = "real-s2"
+RECIPE = Path(__file__).resolve().parent / "recipe"
+VALIDATION = RECIPE / "validation.yaml"
+DEFAULT_ROOT = Path("/tmp/real-s2-factors")
 
 
-def view_size(size: int, out: Path) -> None:
-    """The profile's frozen evaluations, its BYOL checkpoint read at `size` px chips."""
-    runs = paths.runs_dir(PROFILE)
-    spec = dataclasses.replace(chips.load_spec(paths.chips_spec_path(PROFILE)), size=size)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    spec.save(out / "chips.yaml")
-    # the same normalisation: statistics are computed before resizing
-    (out / "runs" / paths.BAND_STATS_FILE).write_text((runs / paths.BAND_STATS_FILE).read_text())
-    data = study.load_study(out / "chips.yaml", out / "runs", stats_sites=512)
-    checkpoint = paths.byol_run_dir(runs, "augment", 0) / paths.CHECKPOINT_FILE
-    config = label_efficiency.SuiteConfig(finetune_repeats=0, test_share=0.4)
-    inits = {"byol": f"byol:{checkpoint}", "random-init": "random"}
-    _, summary = label_efficiency.run_suite(data, config, "resnet18", out / "runs",
-                                            train.FinetuneConfig(), inits, progress=True)
-    print(summary.round(3).to_string())
+def factor_home(root: Path, factor: str) -> Path:
+    """The RAPID_HOME a factor's run writes into."""
+    return root / factor
 
 
-def compare(records_csv: Path) -> None:
-    """A variant's BYOL minus the profile's encoders, paired, frozen evaluations."""
-    profile = pd.read_csv(paths.label_efficiency_dir(paths.runs_dir(PROFILE)) / "records.csv")
-    variant = pd.read_csv(records_csv)
-    variant = variant[variant["encoder"] == "byol"].assign(encoder="variant")
-    both = pd.concat([profile[profile["evaluation"] != "finetune"], variant])
-    paired = pd.concat([evaluation.paired_differences(both, "variant", baseline)
-                        for baseline in ("byol", "random-init", "imagestats")])
-    print(paired.round(3).to_string())
+def run(factors: list[str], root: Path) -> None:
+    """Reproduce the profile once per factor, in its own home (a finished one resumes)."""
+    for factor in factors:
+        extra = RECIPE / f"{factor}.yaml"
+        if not extra.is_file():
+            raise SystemExit(f"no factor file {extra}; known: "
+                             f"{sorted(p.stem for p in RECIPE.glob('*.yaml'))}")
+        env = os.environ | {"RAPID_HOME": str(factor_home(root, factor))}
+        command = [sys.executable, "-m", "rapid_utils.cli", "reproduce", "--profile", PROFILE,
+                   "--extra", str(VALIDATION), "--extra", str(extra)]
+        print(f"== {factor}: {' '.join(command)}", flush=True)
+        subprocess.run(command, env=env, check=True)
+
+
+def _validation_records(root: Path, factor: str) -> pd.DataFrame:
+    home = factor_home(root, factor)
+    path = paths.label_efficiency_dir(home / "runs" / PROFILE) / "validation" / "records.csv"
+    if not path.is_file():
+        raise SystemExit(f"no validation records for {factor} at {path}: run it first")
+    return pd.read_csv(path)
+
+
+def table(factors: list[str], root: Path) -> pd.DataFrame:
+    """One row per factor, evaluation, classifier and labels per class (see the module doc)."""
+    reference = factors[0]
+    base = _validation_records(root, reference)
+    base_byol = base[base["encoder"] == "byol"].assign(encoder="reference")
+    rows = []
+    for factor in factors:
+        records = _validation_records(root, factor)
+        mine = records[records["encoder"] == "byol"].assign(encoder="factor")
+        both = pd.concat([records, base_byol, mine], ignore_index=True)
+        summary = evaluation.summarise(records).set_index(
+            ["encoder", "evaluation", "classifier", "labels_per_class"])
+        gains = {
+            "byol_minus_random": evaluation.paired_differences(both, "byol", "random-init"),
+            "byol_minus_imagestats": evaluation.paired_differences(both, "byol", "imagestats"),
+            "byol_minus_reference": evaluation.paired_differences(both, "factor", "reference"),
+        }
+        keys = ["evaluation", "classifier", "labels_per_class"]
+        merged = None
+        for name, paired in gains.items():
+            part = paired[keys + ["difference_mean", "difference_ci_low", "difference_ci_high"]]
+            part = part.rename(columns={"difference_mean": name,
+                                        "difference_ci_low": f"{name}_low",
+                                        "difference_ci_high": f"{name}_high"})
+            merged = part if merged is None else merged.merge(part, on=keys, how="outer")
+        for encoder in ("byol", "random-init", "imagestats"):
+            merged[encoder] = [summary["accuracy_mean"].get((encoder, *key), float("nan"))
+                               for key in merged[keys].itertuples(index=False)]
+        rows.append(merged.assign(factor=factor))
+    return pd.concat(rows, ignore_index=True)[
+        ["factor", "evaluation", "classifier", "labels_per_class", "byol", "random-init",
+         "imagestats", *(c for c in rows[0].columns if c.startswith("byol_minus"))]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                        help=f"folder of the factors' homes (default {DEFAULT_ROOT})")
     commands = parser.add_subparsers(dest="command", required=True)
-    size = commands.add_parser("view-size")
-    size.add_argument("--size", type=int, default=32)
-    size.add_argument("--out", type=Path, required=True)
-    paired = commands.add_parser("compare")
-    paired.add_argument("records", type=Path)
+    for name in ("run", "table"):
+        command = commands.add_parser(name)
+        command.add_argument("factors", nargs="+", help="factor files in recipe/, without .yaml")
     args = parser.parse_args()
-    if args.command == "view-size":
-        view_size(args.size, args.out)
+    if args.command == "run":
+        run(args.factors, args.root)
     else:
-        compare(args.records)
+        found = table(args.factors, args.root)
+        out = paths.figures_dir(PROFILE) / "factors_validation.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_table(found, out)
+        print(found.round(3).to_string())
+        print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -91,9 +91,13 @@ class ChipsSpec:
     class_map: dict[str, str] = field(default_factory=dict)  # data class -> poster class
     nodata: float | None = None  # stored value marking missing pixels (else the file's tag)
     normalisation: str = "pooled"  # "pooled": one mean/std for all; "per-source": one a folder
-    pretrain_on_labelled_images: bool = False  # pretraining also sees val/test images (no labels)
+    # labelled chips' images (never labels) that pretraining sees: "train" (the training
+    # chips), "all" (validation and test chips too: transductive), "none" (no labelled chip)
+    pretrain_on_labelled_images: str = "train"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pretrain_on_labelled_images", _labelled_images_value(
+            self.pretrain_on_labelled_images, "chips spec"))
         if len(self.bands) != len(layout.BANDS):
             raise ChipsError(
                 f"bands must name {len(layout.BANDS)} bands, for {', '.join(layout.BANDS)} in "
@@ -226,8 +230,26 @@ def spec_from_values(values: dict, base: Path, source: str = "chips spec") -> Ch
         class_map=read_class_map(values.get("class_map"), base),
         nodata=None if values.get("nodata") in (None, "") else float(values["nodata"]),
         normalisation=str(values.get("normalisation") or "pooled"),
-        pretrain_on_labelled_images=bool(values.get("pretrain_on_labelled_images") or False),
+        pretrain_on_labelled_images=_labelled_images_value(
+            values.get("pretrain_on_labelled_images"), source),
     )
+
+
+LABELLED_IMAGES = ("none", "train", "all")  # pretrain_on_labelled_images values
+_RECIPE_NAME = {"train": False, "all": True}  # as statistics recipes wrote them before "none"
+
+
+def _labelled_images_value(value: object, source: str) -> str:
+    """`pretrain_on_labelled_images` as one of `LABELLED_IMAGES`; true/false (older specs)
+    read as "all"/"train"."""
+    if value is None or value == "":
+        return "train"
+    if isinstance(value, bool):
+        return "all" if value else "train"
+    if value not in LABELLED_IMAGES:
+        raise ChipsError(f"{source}: pretrain_on_labelled_images must be one of "
+                         f"{list(LABELLED_IMAGES)} (or true/false), got {value!r}")
+    return str(value)
 
 
 def load_spec(corpus: str | Path) -> ChipsSpec:
@@ -523,8 +545,9 @@ def compute_band_stats(spec: ChipsSpec, chips: pd.DataFrame, n_chips: int = 256,
 def band_stats_recipe(spec: ChipsSpec, n_chips: int, seed: int) -> str:
     """How `study_band_stats` draws its sample: normalisation, unlabelled sources, size, seed."""
     sources = ",".join(sorted(source.name for source in spec.unlabelled)) or "none"
-    return (f"chips {spec.normalisation} unlabelled={sources} "
-            f"labelled_images={spec.pretrain_on_labelled_images} n_chips={n_chips} seed={seed}")
+    images = _RECIPE_NAME.get(spec.pretrain_on_labelled_images, spec.pretrain_on_labelled_images)
+    return (f"chips {spec.normalisation} unlabelled={sources} labelled_images={images} "
+            f"n_chips={n_chips} seed={seed}")
 
 
 def study_band_stats(spec: ChipsSpec, labelled: pd.DataFrame, split: pd.Series,

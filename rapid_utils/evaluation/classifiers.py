@@ -8,9 +8,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import StandardScaler, normalize
 
-KNN_TEMPERATURE = 0.07  # kNN vote weight exp(similarity / T), as DINO and solo-learn
+KNN_K = (5, 1)  # neighbours of the reported kNNs: k = 5 as Corley et al. 2023, and 1-NN
 PROBE_C_GRID = 10.0 ** np.arange(-3, 4)  # inverse regularisation strengths tried by inner CV
 PROBE_FIXED_C = 1.0  # with one label per class no inner CV is possible: sklearn's default C
 
@@ -27,31 +27,30 @@ def _check_features(train_x, train_y, test_x) -> tuple[np.ndarray, np.ndarray, n
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                k: int = 20) -> np.ndarray:
-    """Labels of `test_x` by a similarity-weighted vote of its k cosine-nearest training items.
+                k: int = KNN_K[0]) -> np.ndarray:
+    """Labels of `test_x` by a distance-weighted vote of its k nearest training items, on
+    features centred by the training items' mean and scaled to unit length.
 
-    k is capped at the number of training items. Each neighbour votes with weight
-    exp(cosine similarity / `KNN_TEMPERATURE`), as DINO and solo-learn evaluate: a uniform vote
-    would make 1 label per class with k >= the number of classes an all-way tie. A tie in
-    summed weight goes to the class that sorts first among the training labels (scikit-learn's
-    `weighted_mode`).
+    Centring then L2-normalising (SimpleShot, Wang et al. 2019) puts every encoder on one
+    footing: post-ReLU network features are all positive, so their raw cosine similarities
+    crowd near 1 and a vote among them is nearly uniform, while per-band statistics spread
+    widely. Euclidean distance between unit vectors ranks as cosine similarity does. Each
+    neighbour votes with weight 1 / distance (scikit-learn's "distance"; an exact match
+    decides alone), so with one label per class and k > 1 the nearest class still wins
+    rather than the class that sorts first. k is capped at the number of training items.
     """
     train_x, train_y, test_x = _check_features(train_x, train_y, test_x)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine",
-                               weights=_similarity_weights)
-    return knn.fit(train_x, train_y).predict(test_x)
-
-
-def _similarity_weights(distances: np.ndarray) -> np.ndarray:
-    """Vote weights from cosine distances (1 - similarity)."""
-    return np.exp((1.0 - distances) / KNN_TEMPERATURE)
+    centre = train_x.mean(axis=0, dtype=np.float64)
+    train_unit, test_unit = (normalize(x - centre) for x in (train_x, test_x))
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), weights="distance")
+    return knn.fit(train_unit, train_y).predict(test_unit)
 
 
 def knn_name(k: int) -> str:
     """How tables name `knn_predict` with `k` neighbours (fewer where fewer items train)."""
-    return f"knn (k={k}, cosine, T={KNN_TEMPERATURE:g} weighted)"
+    return f"knn (k={k}, centred + L2, distance-weighted)"
 
 
 def linear_probe_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

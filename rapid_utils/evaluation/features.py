@@ -55,6 +55,26 @@ def extract_features(encoders: Mapping[str, nn.Module], loader: DataLoader,
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, np.concatenate(labels)
 
 
+def recalibrate_batchnorm(encoders: Mapping[str, nn.Module], loader: DataLoader,
+                          device: torch.device, progress: bool = False) -> None:
+    """Re-estimate every encoder's BatchNorm statistics on `loader`'s images, in place.
+
+    A BYOL encoder's running statistics come from augmented training views (another size,
+    jittered), a random-init encoder's are the identity it was built with: neither describes
+    the clean images it is evaluated on. `torch.optim.swa_utils.update_bn` resets them and
+    averages them over the loader (a forward pass in train mode, no gradients); the weights
+    are untouched and each encoder is left in the mode it was in.
+    """
+    def images():
+        for batch in tqdm(loader, desc="BatchNorm statistics", unit="batch",
+                          disable=not progress):
+            yield to_device(batch["image"], device, loader.dataset)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for encoder in encoders.values():
+            torch.optim.swa_utils.update_bn(images(), encoder)
+
+
 def imagestats_features(images: np.ndarray) -> np.ndarray:
     """GEO-Bench's "imagestats" baseline: per band nan-mean, nan-std, 5/25/50/75/95 % percentiles.
 

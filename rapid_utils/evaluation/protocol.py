@@ -3,8 +3,10 @@
 The protocol follows SSL4EO-S12 and GEO-Bench: for each repeat, a stratified train/test split of
 the labelled items, then 1, 5, 10, ... labels per class drawn from its train part (nested), each
 encoder evaluated on the same subsets (a paired comparison), and the mean over repeats reported
-with a Student-t interval. Everything here is numpy / scikit-learn on arrays; the torch side
-(encoders to feature arrays, fine-tuning) produces records with the same columns.
+with a Student-t interval; paired differences of frozen evaluations also get an interval from
+a bootstrap over items (`bootstrap_differences`). Settings are chosen on `validation_subsets`,
+which never read a repeat's test part. Everything here is numpy / scikit-learn on arrays; the
+torch side (encoders to feature arrays, fine-tuning) produces records with the same columns.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rapid_utils.evaluation.classifiers import (
+    KNN_K,
     knn_name,
     knn_predict,
     linear_probe_predict,
@@ -98,20 +101,68 @@ def few_label_subsets(
     return subsets
 
 
+def validation_subsets(labels: np.ndarray, subsets: Sequence[FewLabelSubset],
+                       test_share: float = 0.5, seed: int = 0) -> list[FewLabelSubset]:
+    """The same protocol inside each repeat's training part: for choosing settings.
+
+    Per repeat, the items outside its test part (its training part) are split again, per class, into
+    a validation part (`test_share` of each class) and nested 1, 5, ... per-class training
+    subsets (`few_label_subsets` with seed `(seed, 1000 + repeat)`), and those stand in for the
+    repeat's subsets. The repeat's own test part is never read, so settings chosen on these
+    scores leave the test repeats untouched. Classes with fewer than 2 training items in a
+    repeat raise ValueError.
+    """
+    labels = np.asarray(labels)
+    by_repeat: dict[int, list[FewLabelSubset]] = {}
+    for subset in subsets:
+        by_repeat.setdefault(subset.repeat, []).append(subset)
+    chosen = []
+    for repeat, group in by_repeat.items():
+        pool = np.setdiff1d(np.arange(len(labels)), group[0].test)  # the training part
+        classes, counts = np.unique(labels[pool], return_counts=True)
+        if len(classes) < len(np.unique(labels)) or counts.min() < 2:
+            found = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+            raise ValueError(f"the validation protocol needs at least 2 training items of every "
+                             f"class in each repeat (one to train, one to validate); repeat "
+                             f"{repeat} has {found}: lower test_share or label more items of "
+                             f"the rare classes")
+        inner = few_label_subsets(labels[pool], [s.labels_per_class for s in group], repeats=1,
+                                  test_share=test_share, seed=seed * 1000 + 1000 + repeat)
+        chosen += [FewLabelSubset(repeat=repeat, labels_per_class=s.labels_per_class,
+                                  train=pool[s.train], test=pool[s.test]) for s in inner]
+    return chosen
+
+
+@dataclass(frozen=True)
+class FrozenPredictions:
+    """Per-repeat scores of frozen evaluations (`records`) and the predictions behind them.
+
+    `predicted[(encoder, evaluation, classifier, labels_per_class, repeat)]` holds the
+    predicted labels of that repeat's test items (`subsets`' test order), which a bootstrap
+    over items needs (`bootstrap_differences`).
+    """
+
+    records: pd.DataFrame
+    predicted: dict[tuple, np.ndarray]
+    labels: np.ndarray
+    subsets: tuple[FewLabelSubset, ...]
+
+
 def evaluate_frozen(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,
     subsets: Sequence[FewLabelSubset],
     evaluations: Sequence[str] = EVALUATIONS,
-    knn_k: int = 20,
+    knn_k: int | Sequence[int] = KNN_K,
     seed: int = 0,
     progress: bool = False,
-) -> pd.DataFrame:
+) -> FrozenPredictions:
     """Score every encoder's features (name -> (N, D)) by each evaluation on each subset.
 
-    One row per (encoder, evaluation, subset) with `RECORD_COLUMNS`; `labels_per_class` is the
-    int k, or "all"; `classifier` is `knn_name(knn_k)` or `probe_name()`. Pass the same
-    `subsets` for every encoder so the comparison is paired.
+    Records have one row per (encoder, evaluation, classifier, subset) with `RECORD_COLUMNS`;
+    `labels_per_class` is the int k, or "all"; the kNN is run once per k of `knn_k` (each a
+    `classifier`, `knn_name(k)`), the probe is `probe_name()`. Pass the same `subsets` for
+    every encoder so the comparison is paired.
     """
     labels = np.asarray(labels)
     unknown = [e for e in evaluations if e not in EVALUATIONS]
@@ -128,32 +179,77 @@ def evaluate_frozen(
               default=-1)
     if top >= len(labels):
         raise ValueError(f"subsets index item {top}, but there are only {len(labels)} labels")
-    predictors = {
-        "knn": lambda tx, ty, qx: knn_predict(tx, ty, qx, k=knn_k),
-        "linear-probe": lambda tx, ty, qx: linear_probe_predict(tx, ty, qx, seed=seed),
-    }
-    classifiers = {"knn": knn_name(knn_k), "linear-probe": probe_name()}
-    rows = []
-    bar = tqdm(total=len(features) * len(evaluations) * len(subsets), desc="frozen evaluations",
-               disable=not progress)
+    ks = (knn_k,) if isinstance(knn_k, numbers.Integral) else tuple(knn_k)
+    classifiers = [(evaluation, name, predict) for evaluation in evaluations for name, predict in (
+        [(knn_name(k), lambda tx, ty, qx, k=k: knn_predict(tx, ty, qx, k=k)) for k in ks]
+        if evaluation == "knn" else
+        [(probe_name(), lambda tx, ty, qx: linear_probe_predict(tx, ty, qx, seed=seed))])]
+    rows, predicted = [], {}
+    bar = tqdm(total=len(features) * len(classifiers) * len(subsets),
+               desc="frozen evaluations", disable=not progress)
     for name, x in features.items():
         x = np.asarray(x)
-        for evaluation in evaluations:
+        for evaluation, classifier, predict in classifiers:
             for subset in subsets:
-                predicted = predictors[evaluation](x[subset.train], labels[subset.train],
-                                                   x[subset.test])
-                accuracy, macro_f1 = score(labels[subset.test], predicted)
+                guess = predict(x[subset.train], labels[subset.train], x[subset.test])
+                accuracy, macro_f1 = score(labels[subset.test], guess)
+                k = "all" if subset.labels_per_class is None else subset.labels_per_class
+                predicted[(name, evaluation, classifier, k, subset.repeat)] = guess
                 rows.append({
-                    "encoder": name, "evaluation": evaluation,
-                    "classifier": classifiers[evaluation],
-                    "labels_per_class": ("all" if subset.labels_per_class is None
-                                         else subset.labels_per_class),
-                    "repeat": subset.repeat, "accuracy": accuracy, "macro_f1": macro_f1,
-                    "n_train": len(subset.train), "n_test": len(subset.test),
+                    "encoder": name, "evaluation": evaluation, "classifier": classifier,
+                    "labels_per_class": k, "repeat": subset.repeat, "accuracy": accuracy,
+                    "macro_f1": macro_f1, "n_train": len(subset.train),
+                    "n_test": len(subset.test),
                 })
                 bar.update()
     bar.close()
-    return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    return FrozenPredictions(pd.DataFrame(rows, columns=list(RECORD_COLUMNS)), predicted,
+                             labels, tuple(subsets))
+
+
+def bootstrap_differences(frozen: FrozenPredictions, encoder: str, baseline: str,
+                          n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+                          ) -> pd.DataFrame:
+    """`encoder`'s accuracy minus `baseline`'s, paired, with an interval that resamples items.
+
+    Per (evaluation, classifier, labels per class): the mean over repeats of the accuracy
+    difference on each repeat's test items, and its percentile interval over `n_boot`
+    bootstrap draws of the labelled items (with replacement, the same draw for every repeat,
+    each repeat's accuracy weighted by how often its test items were drawn). Repeats overlap
+    in their test items, so a Student-t over repeats treats correlated repeats as independent
+    and leaves out which items were labelled at all; resampling the items puts that sampling
+    into the interval (GEO-Bench bootstraps the test set likewise).
+    """
+    labels, rows = frozen.labels, []
+    test_of = {s.repeat: s.test for s in frozen.subsets}
+    # item counts of each draw, (n_boot, N); float32 keeps 2,000 draws of 20,000 items at 160 MB
+    draws = np.random.default_rng(seed).multinomial(
+        len(labels), np.full(len(labels), 1 / len(labels)), size=n_boot).astype(np.float32)
+    groups: dict[tuple, list[int]] = {}
+    for key in frozen.predicted:
+        if key[0] == encoder and (baseline, *key[1:]) in frozen.predicted:
+            groups.setdefault(key[1:4], []).append(key[4])
+    for (evaluation, classifier, k), repeats in groups.items():
+        gain = np.zeros((len(repeats), len(labels)))  # correct(encoder) - correct(baseline)
+        tested = np.zeros((len(repeats), len(labels)))
+        for row, repeat in enumerate(repeats):
+            test = test_of[repeat]
+            truth = labels[test]
+            gain[row, test] = ((frozen.predicted[(encoder, evaluation, classifier, k, repeat)]
+                                == truth).astype(float)
+                               - (frozen.predicted[(baseline, evaluation, classifier, k, repeat)]
+                                  == truth))
+            tested[row, test] = 1.0
+        observed = float(np.mean(gain.sum(axis=1) / tested.sum(axis=1)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.nanmean((draws @ gain.T) / (draws @ tested.T), axis=1)
+        low, high = np.nanpercentile(boot, [50 * (1 - confidence), 50 * (1 + confidence)])
+        rows.append({"encoder": encoder, "baseline": baseline, "evaluation": evaluation,
+                     "classifier": classifier, "labels_per_class": k,
+                     "n_repeats": len(repeats), "difference_mean": observed,
+                     "bootstrap_ci_low": float(low), "bootstrap_ci_high": float(high),
+                     "n_boot": n_boot})
+    return pd.DataFrame(rows)
 
 
 def _labels_per_class_value(value) -> int | str:

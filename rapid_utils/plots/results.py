@@ -3,6 +3,7 @@ class scores (poster Figs. 4-5), and the label-efficiency study."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -201,7 +202,8 @@ def plot_class_scores(summary: pd.DataFrame, skipped: Mapping[str, str] | None =
 
 
 def plot_label_efficiency(summary: pd.DataFrame, title: str = "") -> Figure:
-    """Accuracy against labels per class, one panel per evaluation, one line per encoder.
+    """Accuracy against labels per class, one panel per evaluation and classifier (a kNN for
+    each k), one line per encoder.
 
     `summary` is `evaluation.summarise`'s table; the shaded band is its confidence interval
     over repeats (absent where one repeat left it NaN). Panels, in the summary's order, share the
@@ -210,7 +212,8 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "") -> Figure:
     """
     if summary.empty:
         raise ValueError("the summary is empty: nothing to plot")
-    panels = list(dict.fromkeys(summary["evaluation"]))  # summarise's order
+    panels = list(dict.fromkeys(zip(summary["evaluation"], summary["classifier"],
+                                    strict=True)))  # summarise's order
     encoders = list(dict.fromkeys(summary["encoder"]))
     # Okabe-Ito (colour-vision safe), most distinct first; markers add redundancy
     palette = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#E69F00", "#56B4E9")
@@ -223,8 +226,9 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "") -> Figure:
              "finetune": "fine-tuning"}
     fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, evaluation in zip(axes, panels, strict=True):
-        rows = summary[summary["evaluation"] == evaluation]
+    for ax, (evaluation, classifier) in zip(axes, panels, strict=True):
+        rows = summary[(summary["evaluation"] == evaluation)
+                       & (summary["classifier"] == classifier)]
         for encoder in encoders:
             line = rows[rows["encoder"] == encoder]
             if line.empty:
@@ -239,7 +243,9 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "") -> Figure:
         repeats = sorted(set(rows["n_repeats"].astype(int)))
         span = f"{repeats[0]}" if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
         noun = "repeat, no interval" if repeats == [1] else "repeats"
-        ax.set_title(f"{names.get(evaluation, evaluation)} (n = {span} {noun})", fontsize=10)
+        k = re.search(r"k=(\d+)", classifier) if evaluation == "knn" else None
+        name = names.get(evaluation, evaluation) + (f", k = {k[1]}" if k else "")
+        ax.set_title(f"{name} (n = {span} {noun})", fontsize=10)
         ax.set_xticks(range(len(levels)), [str(k) for k in levels])
         ax.set_xlabel("labels per class")
         ax.set_ylim(0, 100)

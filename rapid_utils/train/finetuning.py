@@ -57,6 +57,8 @@ class FinetuneConfig:
 
     arch: str = "resnet50"
     init: str = "random"  # "random", "imagenet" or "byol:<checkpoint path>"
+    # models.STEMS; init "imagenet" needs "imagenet", a BYOL init its checkpoint's stem
+    stem: str = "imagenet"
     imagenet_weights_path: str | None = None  # local torchvision state dict (offline clusters)
     label_fraction: float = 1.0  # share of the training sites whose labels are used
     epochs: int = 10
@@ -90,6 +92,11 @@ class FinetuneConfig:
             raise ValueError(f"eval_dates must be one of {EVAL_DATES}, got {self.eval_dates!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.stem not in models.STEMS:
+            raise ValueError(f"stem must be one of {models.STEMS}, got {self.stem!r}")
+        if self.init == "imagenet" and self.stem != "imagenet":
+            raise ValueError(f"init 'imagenet' needs stem 'imagenet' (ImageNet's filters fit no "
+                             f"other), got {self.stem!r}")
 
 
 def results_name(config: FinetuneConfig) -> str:
@@ -351,8 +358,10 @@ def _setup(config: FinetuneConfig, corpus_root: str | Path, train_index: pd.Data
         check_checkpoint_provenance(Path(config.init.removeprefix("byol:")), provenance,
                                     check_split=check_pretraining_split)
     # Built first so missing ImageNet or BYOL weights stop the run before any data is read.
+    # A BYOL init's stem must be its checkpoint's (build_model refuses another), so that the
+    # results file's parameters name the network that was trained.
     model = models.build_model(config.arch, 4, len(class_names), config.init,
-                               config.imagenet_weights_path)
+                               config.imagenet_weights_path, stem=config.stem)
     model = accelerate(model, device, context)
     labelled = splits.label_fraction(train_index, config.label_fraction, config.seed)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}

@@ -4,6 +4,7 @@ projection spread, encoder change), data-parallel under torchrun."""
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import random
 import time
@@ -46,6 +47,9 @@ class PretrainConfig:
     """Parameters of a BYOL pretraining run (all of them are stored in the checkpoint)."""
 
     arch: str = "resnet50"
+    # models.STEMS: "imagenet" (7x7 stride 2 + max-pool: 32 px views -> 8 x 8 after the stem),
+    # "small" (3x3 stride 1, no max-pool) or "small-stride2" (3x3 stride 2) for small views
+    stem: str = "imagenet"
     epochs: int = 10
     batch_size: int = 256
     base_lr: float = 0.2  # LARS peak lr = base_lr * batch_size / 256 (BYOL Appendix C)
@@ -57,6 +61,11 @@ class PretrainConfig:
     image_size: int = 200  # side of the augmented views, px
     positives: str = "augment"  # "augment": two views of one image; "temporal": two dates
     colour_jitter: float = 0.4  # brightness and contrast jitter strength of the views (0: none)
+    # "per-band" (BYOL) or "shared": one brightness factor on the raw reflectance of all bands
+    # (band ratios kept) and one contrast factor for all bands (augment.ViewConfig)
+    jitter_bands: str = "per-band"
+    blur: bool = True  # Gaussian blur of the views (BYOL's); False: neither view is blurred
+    view_noise: float = 0.0  # std of additive Gaussian noise on the views, normalised units
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes (per training process)
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
@@ -70,7 +79,7 @@ class PretrainConfig:
     hidden_dim: int = 4096  # projector/predictor hidden width (BYOL)
     projection_dim: int = 256
     knn_sites: int = 1000  # labelled train and val sites for the per-epoch kNN guard
-    knn_k: int = 20
+    knn_k: int = 5  # the kNN of notebook 06 (evaluation.KNN_K[0])
 
     def __post_init__(self) -> None:
         if self.positives not in ("augment", "temporal"):
@@ -78,6 +87,15 @@ class PretrainConfig:
         if self.optimizer not in ("lars", "sgd"):
             raise ValueError(f"optimizer must be 'lars' or 'sgd', got {self.optimizer!r}")
         augment.byol_view_configs(self.colour_jitter)  # a bad strength fails here, named
+        if self.jitter_bands not in augment.JITTER_BANDS:
+            raise ValueError(f"jitter_bands must be one of {augment.JITTER_BANDS}, got "
+                             f"{self.jitter_bands!r}")
+        if not isinstance(self.blur, bool):
+            raise ValueError(f"blur must be True or False, got {self.blur!r}")
+        if not (isinstance(self.view_noise, int | float) and 0 <= self.view_noise < math.inf):
+            raise ValueError(f"view_noise must be a finite number >= 0, got {self.view_noise!r}")
+        if self.stem not in models.STEMS:
+            raise ValueError(f"stem must be one of {models.STEMS}, got {self.stem!r}")
 
 
 def _build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
@@ -199,10 +217,13 @@ def pretrain(
     out_dir: str | Path,
     progress: bool = True,
     split_fingerprint: str = "",
+    guard_index: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Pretrain a BYOL encoder on `train_index` sites; return the per-epoch history.
 
-    `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard.
+    `train_index` may hold unlabelled sites (label -1); they are left out of the kNN guard,
+    which trains on `guard_index` (labelled training sites) when given, else on the labelled
+    sites of `train_index` (a pool of unlabelled images alone needs `guard_index`).
 
     Each epoch logs `loss`, `projection_std` and `knn_accuracy` (collapse guards, on up to
     `knn_sites` labelled train and val sites, each at one date fixed per site; the kNN is
@@ -225,7 +246,7 @@ def pretrain(
             "processes"
         )
 
-    encoder = models.build_model(config.arch, in_channels=4, num_classes=0)
+    encoder = models.build_model(config.arch, in_channels=4, num_classes=0, stem=config.stem)
     model = byol.BYOL(
         encoder, models.feature_dim(encoder), config.hidden_dim, config.projection_dim
     )
@@ -246,7 +267,8 @@ def pretrain(
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps - 1)
     loading = {k: getattr(config, k) for k in LOADER_FIELDS}
 
-    labelled_train = train_index[train_index["label"] >= 0]  # unlabelled sites have label -1
+    labelled_train = train_index if guard_index is None else guard_index
+    labelled_train = labelled_train[labelled_train["label"] >= 0]  # unlabelled: label -1
     knn_train, knn_val = (
         make_loader(
             open_dataset(
@@ -284,7 +306,7 @@ def pretrain(
         for batch in tqdm(loader, desc=f"BYOL epoch {epoch + 1}/{config.epochs}",
                           disable=not (progress and context.is_main), leave=False):
             unreadable.note(batch)
-            view1, view2 = _byol_views(batch, config, views_rng, device, dataset)
+            view1, view2 = _byol_views(batch, config, views_rng, device, dataset, band_stats)
             lr = byol.lr_schedule(
                 step, total_steps, config.base_lr, config.batch_size, warmup_steps
             )
@@ -365,7 +387,8 @@ def encoder_features(
     batch_size: int = 64,
     num_workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, D) of a pretrained BYOL encoder and class ids (N,) of `index` sites.
+    """Features (N, D) of a pretrained BYOL encoder (rebuilt with the stem its checkpoint
+    records) and class ids (N,) of `index` sites.
 
     Each site is read at one date, fixed per site and spread over the year, as in the kNN
     guard of `pretrain` (not all at their first, winter date).
@@ -383,12 +406,20 @@ def encoder_features(
 
 def _byol_views(
     batch: dict, config: PretrainConfig, generator: torch.Generator, device: torch.device,
-    dataset: Dataset,
+    dataset: Dataset, band_stats: BandStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two augmented views of a batch (`augment.byol_views`): of one image, or of two
-    dates (temporal)."""
+    dates (temporal).
+
+    Shared jitter scales raw reflectance, so it needs the `band_stats` the batch was
+    normalised with (a chips corpus normalised per source: the labelled chips' statistics,
+    so for other sources' chips the factor is not exactly one on raw values).
+    """
     image = to_device(batch["image"], device, dataset)
     temporal = config.positives == "temporal"
     image2 = to_device(batch["image2"], device, dataset) if temporal else None
+    normalisation = None if band_stats is None else (band_stats.mean, band_stats.std)
     return augment.byol_views(image, generator, config.image_size, config.colour_jitter,
-                              second=image2)
+                              second=image2, jitter_bands=config.jitter_bands,
+                              blur=config.blur, noise=config.view_noise,
+                              normalisation=normalisation)
