@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/job_times.py --profile $(PROFILE)
 	$(BIN)/python benchmarks/byol_throughput.py
+	$(BIN)/python benchmarks/recipe_cost.py
 	$(BIN)/python benchmarks/augment_kornia.py
 	$(BIN)/python benchmarks/store_throughput.py
 	$(BIN)/python benchmarks/realism_tolerances.py

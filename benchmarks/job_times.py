@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     times = pd.read_csv(path)
     on = f", on {times['machine'].iloc[-1]}" if "machine" in times else ""  # since 2026-12-03
+    if "reference_step_s" in times:  # since 2026-12-05
+        on += f", reference step {times['reference_step_s'].iloc[-1]:.3f} s"
     print(f"{args.profile} batch, written {times['written'].iloc[-1]}{on} ({path})")
     print(times[["job", "status", "seconds"]].to_string(index=False))
     notebooks = times.assign(notebook=times["job"].str.split(" ").str[0])

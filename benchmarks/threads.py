@@ -29,12 +29,11 @@ from pathlib import Path
 
 import torch
 
-from rapid_utils import byol, distributed, models, provenance
+from rapid_utils import distributed, provenance, speed
 from rapid_utils.io import write_json_atomic
 
 COMPETITORS = ("none", "spin", "torch")
 SPIN = "while True: pass"
-BATCH, SIZE, HIDDEN, PROJECTION = 32, 32, 1024, 128
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,24 +43,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/threads.json"))
     parser.add_argument("--competitor-loop", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def byol_step() -> Callable[[], None]:
-    """One quick-profile BYOL step (forward, backward, LARS, target update) as a function."""
-    torch.manual_seed(0)
-    encoder = models.build_model("resnet18", 4, 0)
-    model = byol.BYOL(encoder, models.feature_dim(encoder), HIDDEN, PROJECTION)
-    optimizer = byol.LARS(byol.parameter_groups(model, 1.5e-6), lr=0.125, momentum=0.9)
-    views = torch.randn(2, BATCH, 4, SIZE, SIZE)
-
-    def step() -> None:
-        loss = model(views[0], views[1])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.update_target(0.99)
-
-    return step
 
 
 def competitor(kind: str) -> subprocess.Popen | None:
@@ -88,7 +69,7 @@ def time_steps(step: Callable[[], None], threads: int, iters: int, warmup: int) 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    step = byol_step()
+    step = speed.reference_step()
     if args.competitor_loop:  # the "torch" competitor: BYOL steps until killed
         while True:
             step()
@@ -110,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait()
     baseline = next(r["seconds_per_step"] for r in rows
                     if r["competitor"] == "none" and r["n_threads"] == default)
-    print(f"BYOL step, resnet18, batch {BATCH}, {SIZE} px, {provenance.machine()}; "
+    print(f"BYOL reference step ({speed.REFERENCE_STEP}), {provenance.machine()}; "
           f"ratio to {default} threads alone (measured in this run)")
     print(f"{'competitor':<11}{'threads':<24}{'s/step':>8}{'ratio':>8}")
     for row in rows:

@@ -23,7 +23,7 @@ import pandas as pd
 import papermill
 from jupyter_client import KernelManager
 
-from rapid_utils import models, paths, provenance, results, study, train
+from rapid_utils import models, paths, provenance, results, speed, study, train
 from rapid_utils.corpus import chips, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
@@ -348,14 +348,17 @@ JOB_TIMES_FILE = "job_times.csv"
 """Per-job wall times of a profile's last batch, in its runs folder (`make bench` prints them)."""
 
 
-def write_job_times(outcomes: list[NotebookRun], path: Path) -> None:
-    """The batch's jobs so far as CSV: job, status, seconds, when this file was written, and
-    the machine (the same batch takes other times on other CPUs)."""
+def write_job_times(outcomes: list[NotebookRun], path: Path,
+                    reference_step_s: float | None = None) -> None:
+    """The batch's jobs so far as CSV: job, status, seconds, when this file was written, the
+    machine and its reference step (`speed.reference_step_seconds`, timed before the first
+    job): the same batch takes other times on other CPUs, in proportion to that step."""
     table = pd.DataFrame({"job": [o.name for o in outcomes],
                           "status": [o.status for o in outcomes],
                           "seconds": [round(o.seconds, 1) for o in outcomes]})
     table["written"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     table["machine"] = provenance.machine()
+    table["reference_step_s"] = None if reference_step_s is None else round(reference_step_s, 3)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
@@ -413,6 +416,9 @@ def reproduce(
 
     outcomes: list[NotebookRun] = []
     times_file = paths.runs_dir(profile) / JOB_TIMES_FILE
+    reference = speed.reference_step_seconds()
+    log.info("reference step of this machine: %.3f s (a quiet 2-core AMD EPYC: 0.18 s)",
+             reference)
     start = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
         label = job.notebook + (f" [{job.scenario}, seed {job.parameters['seed']}]"
@@ -439,7 +445,7 @@ def reproduce(
                             if j.scenario and results.SCENARIO_BY_KEY[j.scenario].init == "byol"}
                 results.write_skipped(results_dir, skipped)
         outcomes.append(outcome)
-        write_job_times(outcomes, times_file)  # after each job: an interrupted batch keeps it
+        write_job_times(outcomes, times_file, reference)  # after each job: kept if interrupted
         log.info("[%d/%d] %s: %s%s in %.0f s (total %.0f s)", number, len(jobs), label,
                  outcome.status, f" ({gist(outcome.error)})" if outcome.error else "",
                  outcome.seconds, time.perf_counter() - start)

@@ -250,15 +250,16 @@ def _paired_table(records: pd.DataFrame, frozen: evaluation.FrozenPredictions,
     if not networks:
         return pd.DataFrame()
     first, others = networks[0], networks[1:]
-    pairs = [(first, IMAGESTATS, frozen), *((first, other, frozen) for other in others),
-             (COMBINED + first, IMAGESTATS, None),
-             *((COMBINED + first, COMBINED + other, combined) for other in others)]
+    both = replace(frozen, predicted=frozen.predicted | combined.predicted)
+    pairs = [(first, IMAGESTATS), *((first, other) for other in others),
+             (COMBINED + first, IMAGESTATS),
+             *((COMBINED + first, COMBINED + other) for other in others)]
     keys = ["encoder", "baseline", "evaluation", "classifier", "labels_per_class"]
     tables = []
-    for encoder, baseline, predictions in pairs:
+    for encoder, baseline in pairs:
         table = evaluation.paired_differences(records, encoder, baseline)
-        if predictions is not None:
-            boot = evaluation.bootstrap_differences(predictions, encoder, baseline)
+        boot = evaluation.bootstrap_differences(both, encoder, baseline)
+        if not boot.empty:
             table = table.merge(boot.drop(columns=["n_repeats", "difference_mean", "n_boot"]),
                                 on=keys, how="left")
         tables.append(table)

@@ -60,3 +60,4 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         pass
     return (f"{model}, {os.cpu_count()} CPUs, "
             f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
+

@@ -64,6 +64,7 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     assert times["job"].tolist() == [run.name for run in outcomes]
     assert (times.loc[times["status"] == "done", "seconds"] > 0).all()
     assert set(times["machine"]) == {provenance.machine()}
+    assert times["reference_step_s"].nunique() == 1 and times["reference_step_s"].iloc[0] > 0
     imagenet = by_name["04_finetuning [imagenet-100%, seed 0]"]
     assert imagenet.status == "skipped" and "imagenet_weights_path" in imagenet.error
     for run in outcomes:
