@@ -242,8 +242,48 @@ def test_plot_label_efficiency_has_one_panel_per_evaluation():
     assert [ax.get_title().split(" (")[0] for ax in fig.axes] == ["kNN on frozen features",
                                                                     "fine-tuning"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "5", "all"]
-    assert len(fig.axes[0].lines) == 2
+    assert fig.get_suptitle() == "toy"
     fig.clear()
+
+
+def test_plot_label_efficiency_draws_categories_with_intervals_and_chance():
+    from matplotlib.container import ErrorbarContainer
+
+    encoders = ("byol", "random-init", "imagestats", "imagestats+byol")
+    records = pd.concat([_records({1: [0.3, 0.4], 5: [0.5, 0.6], "all": [0.8, 0.9]}, "knn", name)
+                         for name in encoders])
+    summary = evaluation.summarise(records)
+    fig = plots.plot_label_efficiency(summary, title="EuroSAT", chance=1 / 7)
+    (ax,) = fig.axes
+    points = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in points] == list(encoders)  # one per encoder, with whiskers
+    for container in points:
+        marks = container.lines[0]
+        assert marks.get_linestyle() == "None"  # categories: no slope drawn between them
+        assert len(marks.get_xdata()) == 3
+        (whiskers,) = container.lines[2]
+        spans = np.array([s[:, 1] for s in whiskers.get_segments()])
+        rows = summary[summary["encoder"] == container.get_label()]
+        np.testing.assert_allclose(spans, 100 * rows[["accuracy_ci_low", "accuracy_ci_high"]])
+    byol_x = points[0].lines[0].get_xdata()
+    assert np.all(np.abs(byol_x - np.arange(3)) < 0.5)  # side by side within each category
+    chance = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
+    assert len(chance) == 1 and chance[0].get_ydata()[0] == pytest.approx(100 / 7)
+    # the legend names exactly what is drawn: the encoders' points, then the chance line
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [*encoders, chance[0].get_label()]
+    # encoders keep their network's colour in every figure; imagestats+byol is hollow byol
+    colours = {c.get_label(): c.lines[0].get_color() for c in points}
+    assert colours["byol"] == plots.SCENARIO_COLORS["byol-100%"]
+    assert colours["random-init"] == plots.SCENARIO_COLORS["scratch-100%"]
+    assert colours["imagestats+byol"] == colours["byol"]
+    assert points[3].lines[0].get_markerfacecolor() == "white"
+    assert points[3].lines[0].get_marker() == points[0].lines[0].get_marker()
+    assert plots.encoder_style("imagenet")["color"] == plots.SCENARIO_COLORS["imagenet-100%"]
+    assert "EuroSAT" in fig.get_suptitle()
+    no_chance = plots.plot_label_efficiency(summary)
+    assert not [line for line in no_chance.axes[0].get_lines()
+                if line.get_label().startswith("chance")]
 
 
 def test_paired_differences_cancel_what_the_subsets_share() -> None:

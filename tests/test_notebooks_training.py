@@ -69,16 +69,33 @@ def test_pretraining_history_has_loss_std_with_reference_and_knn() -> None:
     assert list(knn_ax.lines[0].get_ydata()) == pytest.approx([20, 40, 60])
 
 
-def test_pretraining_history_loss_axis_spans_both_view_orders() -> None:
-    """The loss is summed over both view orders (BYOL.forward), so it lies in [0, 8], not [0, 4]."""
+def test_pretraining_history_loss_axis_spans_the_losses_logged() -> None:
+    """The loss is summed over both view orders (BYOL.forward), so it lies in [0, 8]; the axis
+    spans the losses logged, so that a fall from 0.30 to 0.25 is not a flat line at the bottom."""
     p = torch.ones(2, 4)
     worst = float(byol.byol_loss(p, -p) + byol.byol_loss(-p, p))  # opposite projections
-    history = [{"epoch": e, "loss": 6.0 / e, "projection_std": 0.02, "knn_accuracy": 0.5,
-                "encoder_change": 0.1} for e in (1, 2, 3)]
-    loss_ax = plots.plot_pretraining_history(history).axes[0]
     assert worst == pytest.approx(8.0)
-    assert loss_ax.get_ylim() == pytest.approx((0.0, worst))
-    assert "0 to 8" in loss_ax.get_ylabel()
+    for losses in ([6.0, 3.0, 2.0], [0.30, 0.27, 0.25], [7.9, 7.95, 8.0]):
+        history = [{"epoch": e, "loss": loss, "projection_std": 0.02, "knn_accuracy": 0.5,
+                    "encoder_change": 0.1} for e, loss in enumerate(losses, start=1)]
+        loss_ax = plots.plot_pretraining_history(history).axes[0]
+        low, high = loss_ax.get_ylim()
+        assert 0 <= low < min(losses) and max(losses) < high  # every loss in view
+        # and the axis fits them (a nearly flat curve keeps a margin of a few % of its level)
+        assert high - low < max(1.5 * (max(losses) - min(losses)), 0.1 * max(losses))
+        assert "at most 8" in loss_ax.get_ylabel()
+
+
+def test_pretraining_history_draws_the_majority_class_when_given() -> None:
+    history = [{"epoch": e, "loss": 1.0 / e, "projection_std": 0.02, "knn_accuracy": 0.2 * e,
+                "encoder_change": 0.1} for e in (1, 2, 3)]
+    knn_ax = plots.plot_pretraining_history(history, majority=0.4).axes[2]
+    majority = [line for line in knn_ax.lines if line.get_label().startswith("majority")]
+    assert len(majority) == 1 and majority[0].get_ydata()[0] == pytest.approx(40)
+    legend = [t.get_text() for t in knn_ax.get_legend().get_texts()]
+    assert legend == ["kNN on encoder features", "majority class (40 %)"]
+    plain = plots.plot_pretraining_history(history).axes[2]
+    assert len(plain.lines) == 1 and plain.get_legend() is None
 
 
 def test_embedding_is_two_dimensional_and_coloured_by_class() -> None:

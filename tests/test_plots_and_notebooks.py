@@ -6,6 +6,7 @@ import calendar
 import json
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +83,25 @@ def test_sample_locations_map(index: pd.DataFrame) -> None:
     counts = index["label_name"].value_counts()
     assert legend == [f"{c} ({counts.get(c, 0)})" for c in labels.CLASSES]
     assert "longitude" in ax.get_xlabel() and "latitude" in ax.get_ylabel()
+    # the embedded corpus says so in the title, so a copy in slides cannot pass for real data
+    assert ax.get_title().startswith("Embedded synthetic corpus, not real imagery: sample loc")
+    assert "RapidAI4EO" not in ax.get_title()
+    named = plots.plot_sample_locations(index, corpus_name="my corpus").axes[0].get_title()
+    assert named.startswith("My corpus: sample locations")
+
+
+def test_corpus_name_of_reads_the_generators_record(index: pd.DataFrame, tmp_path: Path) -> None:
+    assert plots.corpus_name_of(index) == plots.EMBEDDED_CORPUS_NAME
+    real = index.copy()
+    real.attrs = {"root": str(tmp_path)}  # a folder without SYNTHETIC.json
+    assert plots.corpus_name_of(real) == plots.REAL_CORPUS_NAME
+    store = tmp_path / "quick.zarr"  # a packed store keeps the record beside it
+    (tmp_path / "quick.zarr.SYNTHETIC.json").write_text("{}")
+    real.attrs = {"root": str(store)}
+    assert plots.corpus_name_of(real) == plots.EMBEDDED_CORPUS_NAME
+    real.attrs = {"root": "s3://bucket/store.zarr"}
+    assert plots.corpus_name_of(real) is None  # cannot tell: the title names no corpus
+    assert plots.corpus_name_of(None) is None
 
 
 def test_pick_sites_by_class_is_seeded_and_covers_classes(index: pd.DataFrame) -> None:
@@ -112,6 +132,46 @@ def test_monthly_grid_has_two_rows_of_twelve_months_per_site(
     assert pixels.min() >= 0 and pixels.max() <= 1
     captions = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
     assert all(sid in captions for sid in chosen)
+
+
+def test_monthly_grid_labels_rows_marks_masked_dates_and_has_a_scale_bar(
+    corpus: Path, index: pd.DataFrame
+) -> None:
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    chosen = exploration.pick_sites_by_class(index, 2, seed=0)
+    series = exploration.read_monthly_series(corpus, chosen)
+    march = list(pd.DatetimeIndex(series[chosen[0]]["time"].values).month).index(3)
+    series[chosen[0]].values[march, :, :8, :8] = np.nan  # as a PF-QA mask would leave it
+    fig = plots.plot_monthly_grid(series, index, year=2018)
+    assert fig.get_suptitle().startswith("Embedded synthetic corpus, not real imagery: monthly")
+    captions = [ax.texts[0].get_text() for ax in fig.axes if not ax.images and ax.texts
+                and ax.texts[0].get_text().endswith(tuple(chosen))]
+    rows = index.set_index("sample_id").loc[chosen]
+    for caption, (sid, row) in zip(captions, rows.iterrows(), strict=True):
+        share = exploration.dominant_share(rows.loc[[sid]]).iloc[0]
+        assert caption.splitlines()[0] == f"{row['label_name']} ({share:.0%})"
+        east_west = "E" if row["lon"] >= 0 else "W"  # the corpus lies north of the equator
+        place = f"{row['lat']:.2f}°N, {abs(row['lon']):.2f}°{east_west}"
+        assert caption.splitlines()[1] == place
+    # a frame on exactly the dates with masked pixels (in both rows), the share on the RGB one
+    chips = [ax for ax in fig.axes if ax.images]
+    expected = []
+    for sid in chosen:
+        times = pd.DatetimeIndex(series[sid]["time"].values)
+        shown = [next(t for t in range(len(times)) if times[t].month == m) for m in range(1, 13)]
+        masked = [float(np.isnan(series[sid].values[t]).any(axis=0).mean()) for t in shown]
+        expected += masked + masked
+    framed = [ax.spines["top"].get_edgecolor()[:3] == mpl.colors.to_rgb(plots.corpus.MASKED_COLOUR)
+              for ax in chips]
+    assert framed == [m > 0 for m in expected]
+    assert expected[2] >= 64 / CORPUS["size"] ** 2  # the March date masked above
+    assert any(t.get_text() == f"{expected[2]:.0%}" for t in chips[2].texts)
+    assert "red frame: pixels masked" in fig.get_suptitle()
+    # one scale bar per site, of a round length within a third of the 3 m x 32 px image
+    bars = [a for ax in chips for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert len(bars) == len(chosen)
+    assert {bar.txt_label.get_text() for bar in bars} == {"20 m"}
 
 
 def test_band_value_sample_and_histograms(corpus: Path, index: pd.DataFrame) -> None:

@@ -228,19 +228,68 @@ def test_plot_accuracy_curves(loaded: list[results.RunResult]) -> None:
     fig = plots.plot_accuracy_curves(table, {"imagenet-100%": "offline"})
     ax = fig.axes[0]
     assert len(ax.lines) == 5  # one mean line per scenario present
+    assert ax.get_ylabel() == "test accuracy (%)"  # runs tested after every epoch
+    # the legend holds what is drawn: the lines, then the min-max band; no skipped scenario
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "BYOL 100% (n = 3 seeds)" in legend and "ImageNet 100%: skipped" in legend
-    assert "ImageNet 100% skipped: offline" in ax.get_title()
+    assert legend == [line.get_label() for line in ax.lines] + ["min to max over seeds"]
+    assert "BYOL 100% (n = 3 seeds)" in legend
+    assert len(ax.collections) == 5  # the bands
+    # the skip reason goes below the axes, not into the title
+    assert "skipped" not in ax.get_title() and "ImageNet" not in ax.get_title()
+    assert "Not drawn: ImageNet 100% (skipped: offline)." in fig.get_supxlabel()
+
+
+def test_accuracy_curves_of_a_single_seed_have_no_band_in_the_legend() -> None:
+    table = results.per_epoch_table([fake_results("byol-100%", 0, 0.6)])
+    ax = plots.plot_accuracy_curves(table).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["BYOL 100% (n = 1 seed)"] and not ax.collections
+    assert ax.figure.get_supxlabel() == ""  # nothing to note
 
 
 def test_plot_class_scores(loaded: list[results.RunResult]) -> None:
+    from matplotlib.container import ErrorbarContainer
+
     summary = results.summary_table(loaded)
-    fig = plots.plot_class_scores(summary, {"imagenet-100%": "offline"})
-    precision_ax, recall_ax = fig.axes
-    assert len(precision_ax.patches) == len(recall_ax.patches) == 2 * len(labels.CLASSES)
-    assert "ImageNet 100%: skipped, offline" in fig.get_suptitle()
+    fig = plots.plot_class_scores(summary, {"imagenet-100%": "offline"}, runs=loaded)
+    # a row of panels for all labels, one for 1 % of labels (BYOL 1 % and its scratch baseline)
+    precision_ax, recall_ax, precision_1, recall_1 = fig.axes
+    assert "all labels" in precision_ax.get_title() and "1 % of labels" in precision_1.get_title()
+    for ax in fig.axes:
+        assert len(ax.patches) == 2 * len(labels.CLASSES)
     heights = sorted({round(p.get_height(), 6) for p in precision_ax.patches})
     assert heights == pytest.approx([52.0, 64.0])
+    assert sorted({round(p.get_height(), 6) for p in precision_1.patches}) == pytest.approx(
+        [42.0, 57.0])
+    # whiskers from the lowest to the highest seed: BYOL 100 % precision 60, 66, 66
+    whiskers = [c for c in precision_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(whiskers) == 2
+    (segments,) = whiskers[0].lines[2]
+    spans = np.array([s[:, 1] for s in segments.get_segments()])
+    np.testing.assert_allclose(spans, [[60.0, 66.0]] * len(labels.CLASSES))
+    # test sites per class (the confusion matrices' row sums) in the tick labels
+    ticks = [t.get_text() for t in precision_ax.get_xticklabels()]
+    assert ticks == [f"{c}\n(n = 1)" for c in labels.CLASSES]
+    # a missing scenario is named with its reason below the axes, not drawn, not in the legend
+    assert "Not drawn: ImageNet 100% (skipped: offline)." in fig.get_supxlabel()
+    assert "ImageNet" not in fig.get_suptitle()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["BYOL 100% (n = 3 seeds)", "Scratch 100% (n = 3 seeds)",
+                      "BYOL 1% (n = 3 seeds)", "Scratch 1% (n = 3 seeds)",
+                      "lowest to highest seed"]
+
+
+def test_plot_class_scores_without_runs_says_what_it_lacks(
+    loaded: list[results.RunResult],
+) -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    fig = plots.plot_class_scores(results.summary_table(loaded), scenarios=["byol-100%"])
+    (precision_ax, _) = fig.axes
+    assert not [c for c in precision_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [t.get_text() for t in precision_ax.get_xticklabels()] == list(labels.CLASSES)
+    assert "no spread over seeds" in fig.get_supxlabel()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["BYOL 100% (n = 3 seeds)"]
 
 
 def test_notebook_05_on_fake_results(results_dir: Path, tmp_path: Path, run_notebooks) -> None:
@@ -275,6 +324,8 @@ def test_accuracy_curves_of_runs_tested_after_the_last_epoch_only(
     assert table["test_accuracy"].isna().sum() == len(table) - len(last_only)
     ax = plots.plot_accuracy_curves(table).axes[0]
     assert ax.get_ylabel() == "validation accuracy (%)"
+    assert ax.get_title().startswith("Validation accuracy per epoch")
+    assert "the lines are validation accuracy" in ax.figure.get_supxlabel()
     assert len(ax.lines) == 5 and len(ax.collections) == 5 + 5  # bands and final diamonds
     final = table.dropna(subset=["test_accuracy"])
     byol = [final["epoch"].max(), 100 * final.loc[final["scenario"] == "byol-100%",

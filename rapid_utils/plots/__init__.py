@@ -8,9 +8,18 @@ whichever submodule draws it.
 """
 
 # ruff: noqa: F401  (the imports are the re-exports; one line per submodule)
-from rapid_utils.plots.common import CLASS_COLORS, CLASS_MARKERS, class_styles, save_figure
+from rapid_utils.plots.common import (
+    CLASS_COLORS,
+    CLASS_MARKERS,
+    add_caption,
+    class_styles,
+    save_figure,
+)
 from rapid_utils.plots.corpus import (
     BAND_COLORS,
+    EMBEDDED_CORPUS_NAME,
+    REAL_CORPUS_NAME,
+    corpus_name_of,
     plot_band_histograms,
     plot_chip_examples,
     plot_class_distribution,
@@ -25,9 +34,12 @@ from rapid_utils.plots.realism import (
     plot_within_counts,
 )
 from rapid_utils.plots.results import (
+    ENCODER_COLORS,
+    ENCODER_MARKERS,
     FIG5_SCENARIOS,
     SCENARIO_COLORS,
     SCENARIO_MARKERS,
+    encoder_style,
     plot_accuracy_curves,
     plot_class_scores,
     plot_confusion,

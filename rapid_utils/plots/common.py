@@ -3,6 +3,7 @@ and writing a figure to disk."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def save_figure(fig: Figure, directory: str | Path, name: str) -> Path:
     return png
 
 
+def add_caption(fig: Figure, text: str, width: int = 140) -> None:
+    """A note below the axes (what a mark means, what is not drawn and why), each line wrapped
+    to `width` characters; the figure's `supxlabel`, so that constrained layout makes room."""
+    if text:
+        wrapped = "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+        fig.supxlabel(wrapped, x=0.01, ha="left", fontsize=8, color="0.25")
+
+
 def class_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Colour and marker per class: the poster classes keep theirs, others (a chips corpus's
     own classes) take tab20 colours and a marker cycle, in the given order."""
@@ -54,8 +63,6 @@ def class_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     styles |= {n: (mpl.colors.to_hex(palette[(2 * k) % 20 + (2 * k) // 20 % 2]), cycle[k % 12])
                for k, n in enumerate(others)}
     return styles
-
-
 
 
 def class_handle(name: str, label: str, styles: Mapping[str, tuple[str, str]] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
@@ -18,6 +19,7 @@ from matplotlib.ticker import FuncFormatter
 
 from rapid_utils import exploration, geo, labels
 from rapid_utils.corpus import layout
+from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
 from rapid_utils.plots.common import CLASS_COLORS, CLASS_MARKERS, class_handle, class_styles
 from rapid_utils.splits import SPLITS
 
@@ -31,10 +33,36 @@ TRUE_COLOUR = ("red", "green", "blue")
 FALSE_COLOUR = ("nir", "red", "green")
 LAND_COLOUR = "#e4e2dc"
 SEA_COLOUR = "#f2f7fb"
+MASKED_COLOUR = "#d7263d"  # frame of a monthly image with masked (QA-flagged or nodata) pixels
+# What a figure's title calls the corpus (`corpus_name_of`): the embedded corpus says it is one,
+# so a figure copied into slides cannot pass for real imagery.
+REAL_CORPUS_NAME = "RapidAI4EO"
+EMBEDDED_CORPUS_NAME = "embedded synthetic corpus, not real imagery"
 
 
-def plot_sample_locations(index: pd.DataFrame) -> Figure:
-    """Poster Fig. 1: site centroids over Europe, coloured by dominant class."""
+def corpus_name_of(index: pd.DataFrame | None) -> str | None:
+    """The corpus an index was built from, named for a figure title: `EMBEDDED_CORPUS_NAME`
+    where its root (`index.attrs["root"]`) holds the generator's record (`SYNTHETIC.json`, or
+    the copy a packed store keeps beside it), `REAL_CORPUS_NAME` for any other root, None
+    when the index does not say where it came from."""
+    root = (index.attrs.get("root") if index is not None else None) or None
+    if root is None:
+        return None
+    if "://" in str(root):  # a store behind a URL: no marker to look at
+        return None
+    root = Path(root)
+    beside = root.with_name(f"{root.name}.{SYNTHETIC_MARKER}")
+    embedded = (root / SYNTHETIC_MARKER).is_file() or beside.is_file()
+    return EMBEDDED_CORPUS_NAME if embedded else REAL_CORPUS_NAME
+
+
+def plot_sample_locations(index: pd.DataFrame, corpus_name: str | None = None) -> Figure:
+    """Poster Fig. 1: site centroids over Europe, coloured by dominant class.
+
+    The title names the corpus: `corpus_name`, by default what the index's root says
+    (`corpus_name_of`: the embedded corpus is named as such).
+    """
+    corpus = corpus_name if corpus_name is not None else corpus_name_of(index)
     mask, extent = geo.europe_land_mask()
     fig = Figure(figsize=(8.0, 7.5), layout="constrained")
     ax = fig.subplots()
@@ -72,7 +100,9 @@ def plot_sample_locations(index: pd.DataFrame) -> Figure:
     ax.set_ylabel("latitude (°N)")
     missing = len(index) - n
     note = f", {missing:,} without location" if missing else ""
-    ax.set_title(f"RapidAI4EO sample locations ({n:,} sites{note})")
+    heading = (f"{corpus[0].upper()}{corpus[1:]}: sample locations" if corpus
+               else "Sample locations")
+    ax.set_title(f"{heading} ({n:,} sites{note})")
     return fig
 
 
@@ -101,12 +131,62 @@ def _stretch(
     return np.where(np.isfinite(scaled), scaled, 1.0)
 
 
+def _place(lon: float, lat: float) -> str:
+    """A centroid as degrees north/south and east/west."""
+    return (f"{abs(lat):.2f}°{'N' if lat >= 0 else 'S'}, "
+            f"{abs(lon):.2f}°{'E' if lon >= 0 else 'W'}")
+
+
 def _site_caption(sample_id: str, index: pd.DataFrame | None) -> str:
+    """A site's row label: dominant class and its share, place (centroid), then its id."""
     if index is None or sample_id not in set(index["sample_id"]):
         return sample_id
     row = index[index["sample_id"] == sample_id]
     share = exploration.dominant_share(row).iloc[0]
-    return f"{sample_id}\n{row['label_name'].iloc[0]} ({share:.0%})"
+    lines = [f"{row['label_name'].iloc[0]} ({share:.0%})"]
+    lon, lat = (row[c].iloc[0] if c in row else np.nan for c in ("lon", "lat"))
+    if pd.notna(lon) and pd.notna(lat):
+        lines.append(_place(float(lon), float(lat)))
+    return "\n".join([*lines, sample_id])
+
+
+def _pixel_size_m(series: xr.DataArray) -> float | None:
+    """Ground size of a pixel in metres, from the series' projected CRS (rioxarray); None
+    when the series carries none, or one in other units."""
+    crs = series.rio.crs if {"x", "y"} <= set(series.coords) else None
+    if crs is None or not crs.is_projected or crs.linear_units not in ("metre", "meter", "m"):
+        return None
+    return abs(float(series.rio.resolution()[0]))
+
+
+def _scale_length(width_m: float) -> float:
+    """The longest 1, 2 or 5 x 10^k metres within a third of `width_m`."""
+    power = 10.0 ** np.floor(np.log10(width_m / 3))
+    return next(step * power for step in (5, 2, 1) if step * power <= width_m / 3)
+
+
+def _add_scale_bar(ax, pixel_m: float, width_px: int) -> None:
+    """A white bar of a round length, lower left on an image drawn in pixel coordinates."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length = _scale_length(pixel_m * width_px)
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    bar = AnchoredSizeBar(ax.transData, length / pixel_m, label, loc="lower left", pad=0.15,
+                          borderpad=0.2, sep=1, color="white", frameon=True,
+                          size_vertical=max(width_px / 60, 0.5), label_top=True,
+                          fontproperties={"size": 6})
+    bar.patch.set(facecolor="black", alpha=0.45, edgecolor="none")
+    ax.add_artist(bar)
+
+
+def _mark_masked(ax, share: float, label: bool) -> None:
+    """Frame an image whose date has masked pixels (QA-flagged or nodata); say how many."""
+    for spine in ax.spines.values():
+        spine.set(edgecolor=MASKED_COLOUR, linewidth=1.6)
+    if label:
+        ax.text(0.97, 0.97, f"{share:.0%}" if share >= 0.01 else "<1%", ha="right", va="top",
+                fontsize=6, color="white", transform=ax.transAxes,
+                bbox={"facecolor": MASKED_COLOUR, "edgecolor": "none", "pad": 1.0})
 
 
 def plot_monthly_grid(
@@ -114,41 +194,54 @@ def plot_monthly_grid(
     index: pd.DataFrame | None = None,
     year: int | None = None,
     percentiles: tuple[float, float] = (2, 98),
+    corpus_name: str | None = None,
 ) -> Figure:
     """Poster Fig. 2: one column per month; per site a true- and a false-colour row.
 
-    `series_by_site` maps sample_id to reflectance (time, band, y, x). The first date of
-    each month of `year` (default: the first year present) is shown, stretched per site and
-    composite between `percentiles` (median over the year's dates, see `_stretch`).
-    `index` adds the dominant class and its share to the site's caption.
+    `series_by_site` maps sample_id to reflectance (time, band, y, x), as
+    `exploration.read_monthly_series` reads it. The first date of each month of `year`
+    (default: the first year present) is shown, stretched per site and composite between
+    `percentiles` (median over the year's dates, see `_stretch`). `index` labels each site's
+    rows with its dominant class and share and its centroid. Dates with masked pixels (NaN:
+    PF-QA flags under the reader's `qa`, or nodata) are framed in red with the masked share.
+    Each site's first image carries a scale bar where the series has a projected CRS. The
+    title names the corpus: `corpus_name`, by default `corpus_name_of(index)`.
     """
     if not series_by_site:
         raise ValueError("no site series to plot")
     if year is None:
         year = int(min(pd.DatetimeIndex(s["time"].values).year.min() for s in
                        series_by_site.values()))
+    corpus = corpus_name if corpus_name is not None else corpus_name_of(index)
     n_sites, n_months = len(series_by_site), 12
-    fig = Figure(figsize=(2.0 + 0.95 * n_months, 0.6 + 1.9 * n_sites))
+    height = 1.1 + 1.9 * n_sites
+    fig = Figure(figsize=(2.0 + 0.95 * n_months, height))
     grid = fig.add_gridspec(
         2 * n_sites, n_months + 1, width_ratios=[2.1] + [1] * n_months,
         wspace=0.04, hspace=0.06, left=0.01, right=0.99, bottom=0.01,
-        top=1 - 0.55 / (0.6 + 1.9 * n_sites),
+        top=1 - 1.05 / height,
     )
+    any_masked = False
     for i, (sample_id, series) in enumerate(series_by_site.items()):
         times = pd.DatetimeIndex(series["time"].values)
         in_year = np.flatnonzero(times.year == year)
         first_of_month = {}
         for t in in_year:
             first_of_month.setdefault(times[t].month, t)
+        # share of pixels with any band masked, per date of the year
+        masked = np.isnan(series.isel(time=in_year).values).any(axis=1).mean(axis=(1, 2))
+        pixel_m = _pixel_size_m(series)
         caption = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
         caption.axis("off")
         caption.text(0.0, 0.5, _site_caption(sample_id, index), ha="left", va="center",
                      fontsize=8, transform=caption.transAxes)
-        for r, (bands, name) in enumerate(((TRUE_COLOUR, "RGB"), (FALSE_COLOUR, "NIR-R-G"))):
-            caption.text(0.97, 0.75 - 0.5 * r, name, ha="right", va="center", fontsize=7,
+        for r, (bands, composite) in enumerate(((TRUE_COLOUR, "RGB"),
+                                                (FALSE_COLOUR, "NIR-R-G"))):
+            caption.text(0.97, 0.75 - 0.5 * r, composite, ha="right", va="center", fontsize=7,
                          color="0.3", transform=caption.transAxes)
             cube = series.sel(band=list(bands)).isel(time=in_year).values  # (t, 3, y, x)
             scaled = _stretch(cube, percentiles)
+            scale_bar = r == 0 and pixel_m is not None
             for month in range(1, n_months + 1):
                 ax = fig.add_subplot(grid[2 * i + r, month])
                 ax.set_xticks([])
@@ -156,16 +249,27 @@ def plot_monthly_grid(
                 if month in first_of_month:
                     position = list(in_year).index(first_of_month[month])
                     ax.imshow(np.moveaxis(scaled[position], 0, -1), interpolation="nearest")
+                    if masked[position] > 0:
+                        any_masked = True
+                        _mark_masked(ax, float(masked[position]), label=r == 0)
+                    if scale_bar:
+                        _add_scale_bar(ax, pixel_m, scaled.shape[-1])
+                        scale_bar = False
                 else:
                     ax.set_facecolor("0.9")
                     ax.text(0.5, 0.5, "no data", ha="center", va="center", fontsize=6,
                             transform=ax.transAxes)
                 if i == 0 and r == 0:
                     ax.set_title(calendar.month_abbr[month], fontsize=9)
+    heading = f"{corpus[0].upper()}{corpus[1:]}: monthly images, {year}" if corpus else (
+        f"Monthly images, {year}")
+    masked_note = ("\nred frame: pixels masked on that date (PF-QA flag or nodata), their share "
+                   "in the corner" if any_masked else "")
     fig.suptitle(
-        f"Monthly Planet Fusion images, {year}: true colour (R, G, B) and false colour "
-        f"(NIR, R, G), stretched per site ({percentiles[0]:g}-{percentiles[1]:g} percentiles)",
-        fontsize=10, y=1 - 0.15 / (0.6 + 1.9 * n_sites),
+        f"{heading}\ntrue colour (R, G, B) and false colour (NIR, R, G), first date of each "
+        f"month, stretched per site ({percentiles[0]:g}-{percentiles[1]:g} percentiles)"
+        f"{masked_note}",
+        fontsize=10, y=1 - 0.1 / height, va="top",
     )
     return fig
 

@@ -17,13 +17,17 @@ from rapid_utils.results import RunResult, as_run
 
 
 def plot_pretraining_history(
-    history: Sequence[Mapping[str, float]], projection_dim: int = 256
+    history: Sequence[Mapping[str, float]], projection_dim: int = 256,
+    majority: float | None = None,
 ) -> Figure:
     """BYOL loss, projection std (with the 1/sqrt(d) reference), kNN accuracy and the encoder's
     distance from its initialisation, per epoch.
 
     `history` is `train.pretrain`'s list of per-epoch dicts; `projection_dim` (the config's d)
-    places the reference line of well-spread projections.
+    places the reference line of well-spread projections. `majority`, the share of the
+    commonest class among the kNN's validation sites (the history does not hold it), draws
+    the accuracy a classifier reaches by always answering that class. The loss axis spans
+    the losses logged, not the loss's whole range (0 to 8), so that its fall stays visible.
     """
     table = pd.DataFrame(list(history))
     dim = projection_dim
@@ -32,8 +36,14 @@ def plot_pretraining_history(
     epochs = table["epoch"].to_numpy()
     loss_ax.plot(epochs, table["loss"], marker="o", color="0.2")
     loss_ax.set_title("BYOL loss")
-    loss_ax.set_ylim(0, 8)  # summed over both view orders (BYOL.forward), each 2 - 2 cos in [0, 4]
-    loss_ax.set_ylabel("loss, both view orders (0 to 8)")
+    losses = table["loss"].to_numpy(dtype=float)
+    losses = losses[np.isfinite(losses)]
+    if losses.size:
+        low, high = float(losses.min()), float(losses.max())
+        pad = max(0.1 * (high - low), 0.02 * high, 1e-3)
+        loss_ax.set_ylim(max(0.0, low - pad), high + pad)
+    # summed over both view orders (BYOL.forward), each 2 - 2 cos in [0, 4]
+    loss_ax.set_ylabel("loss, both view orders (at most 8)")
     std_ax.plot(epochs, table["projection_std"], marker="o", color="#1f5fbf", label="measured")
     std_ax.axhline(1 / np.sqrt(dim), color="#1b6e2d", linestyle="--",
                    label=f"1/√{dim}: well spread")
@@ -41,7 +51,12 @@ def plot_pretraining_history(
     std_ax.set_ylim(bottom=-0.005)
     std_ax.set_title("Projection std (collapse guard)")
     std_ax.legend(fontsize=8)
-    knn_ax.plot(epochs, 100 * table["knn_accuracy"], marker="o", color="#f0a202")
+    knn_ax.plot(epochs, 100 * table["knn_accuracy"], marker="o", color="#f0a202",
+                label="kNN on encoder features")
+    if majority is not None:
+        knn_ax.axhline(100 * majority, color="0.3", linestyle="--",
+                       label=f"majority class ({100 * majority:.0f} %)")
+        knn_ax.legend(fontsize=8)
     knn_ax.set_ylim(0, 100)
     knn_ax.set_title("kNN accuracy on validation sites")
     knn_ax.set_ylabel("accuracy (%)")
