@@ -20,6 +20,7 @@ from rapid_utils.plots.corpus import (
     EMBEDDED_CORPUS_NAME,
     REAL_CORPUS_NAME,
     corpus_name_of,
+    dataset_name,
     plot_band_histograms,
     plot_chip_examples,
     plot_class_distribution,

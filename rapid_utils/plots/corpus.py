@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from rapid_utils import exploration, geo, labels
+from rapid_utils.corpus import chips as chips_corpus
 from rapid_utils.corpus import layout
 from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
 from rapid_utils.plots.common import CLASS_COLORS, CLASS_MARKERS, class_handle, class_styles
@@ -54,6 +55,14 @@ def corpus_name_of(index: pd.DataFrame | None) -> str | None:
     beside = root.with_name(f"{root.name}.{SYNTHETIC_MARKER}")
     embedded = (root / SYNTHETIC_MARKER).is_file() or beside.is_file()
     return EMBEDDED_CORPUS_NAME if embedded else REAL_CORPUS_NAME
+
+
+def dataset_name(corpus: str | Path, index: pd.DataFrame | None = None) -> str:
+    """A study's corpus named for a figure title: a chips corpus by its chips folder, a site
+    corpus as `corpus_name_of` says (embedded or real), else by its folder name."""
+    if "://" not in str(corpus) and chips_corpus.is_chips_corpus(corpus):
+        return f"{chips_corpus.load_spec(corpus).root.name} chips"
+    return corpus_name_of(index) or Path(str(corpus)).name
 
 
 def plot_sample_locations(index: pd.DataFrame, corpus_name: str | None = None) -> Figure:
