@@ -235,13 +235,13 @@ def plan_jobs(profile: str, settings: Profile, corpus: Path) -> list[Job]:
     """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05,
     then 06 (the label-efficiency study).
 
-    A chips corpus starts with 01_chips_overview in place of 01 and 02 (which describe the
+    A chips corpus starts with 01b_chips_overview in place of 01 and 02 (which describe the
     RapidAI4EO corpus). `scenarios: []` runs no poster scenario (and so no 05); without the
     key, all of them run.
     """
     runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
     common = study_parameters(profile, settings, corpus)
-    first = (("01_chips_overview",) if chips.is_chips_corpus(corpus)
+    first = (("01b_chips_overview",) if chips.is_chips_corpus(corpus)
              else ("01_data_exploration", "02_label_mapping"))
     jobs = [Job(name, notebooks_out / f"{name}.ipynb", for_notebook(name, common))
             for name in (*first, "03_byol_pretraining")]

@@ -328,7 +328,7 @@ def test_chips_profile_runs_the_whole_batch(tmp_path: Path, monkeypatch) -> None
         "hist_sites: 4\nscenarios: [byol-100%, imagenet-100%]\n")
     outcomes = batch.reproduce("chips-example", (override,))
     assert [run.status for run in outcomes] == ["done"] * 4 + ["skipped"] * 2 + ["done"] * 2
-    assert outcomes[0].name == "01_chips_overview"
+    assert outcomes[0].name == "01b_chips_overview"
     spec = chips.load_spec(paths.chips_spec_path("chips-example"))
     assert spec.root == paths.example_chips_dir("chips-example") and spec.size == 16
     assert spec.class_map["HerbaceousVegetation"] == "shrub"

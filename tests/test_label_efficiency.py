@@ -158,7 +158,7 @@ def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch
         "min_samples_per_epoch: 0\n")
     outcomes = batch.reproduce("real-s2", (override,))
     assert [(run.name, run.status) for run in outcomes] == [
-        ("01_chips_overview", "done"), ("03_byol_pretraining", "done"),
+        ("01b_chips_overview", "done"), ("03_byol_pretraining", "done"),
         ("06_label_efficiency", "done")]
     stats = json.loads((paths.runs_dir("real-s2") / paths.BAND_STATS_FILE).read_text())
     assert set(stats["per_source"]) == {"unlabelled-l1c-scene"}  # normalised per folder
