@@ -3,7 +3,7 @@
 `chip_statistics.bootstrap_tolerance(real, pooled_quantiles, ...)` partitions every draw's
 pooled pixels; `bootstrap_quantile_tolerance` sorts the real pixels once and searches each
 draw's running multiplicities (the same draws and tolerances). Timed on pixel samples shaped
-as notebook 01's (a pool of --chips chips x 4 bands x 256 pixels, --n-chips embedded chips),
+as notebook 07's (a pool of --chips chips x 4 bands x 256 pixels, --n-chips embedded chips),
 lognormal reflectance with 1 % nodata; both methods in the same run, ratio to the plain one.
 A script, not a test: ``python benchmarks/realism_tolerances.py --help``.
 """

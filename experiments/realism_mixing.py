@@ -2,7 +2,7 @@
 
 EuroSAT-MS chips were picked to show one class; an embedded site is labelled by its dominant
 class, and its other classes' pixels enter that class's NDVI quantiles. This check measures
-the NDVI rows twice on the same rendered sites as notebook 01 (seed, site count, date, L1C lift
+the NDVI rows twice on the same rendered sites as notebook 07 (seed, site count, date, L1C lift
 and pixel samples as `realism.ndvi_rows`): over all pixels of a site, as the table does, and
 over only its 10 m pixels wholly of the dominant class. It also prints how pure the sites
 are and how much of them is snow. It is a diagnosis, not a calibration: the table and the
@@ -35,7 +35,7 @@ SNOW_BLUE = 0.3  # blue surface reflectance above which a pixel is snow (or clou
 
 def rendered_with_purity(n_sites: int, seed: int) -> tuple[realism.ChipSet, np.ndarray,
                                                             np.ndarray]:
-    """The rendered chips of notebook 01, each 10 m pixel's share of the site's dominant class
+    """The rendered chips of notebook 07, each 10 m pixel's share of the site's dominant class
     (N, S, S), and each site's dominant share of its area (N,)."""
     images, classes, purity, shares = [], [], [], []
     for image, code_map in realism.render_sites(n_sites, seed, layout.SITE_SIZE_PX):

@@ -233,16 +233,16 @@ def study_parameters(profile: str, settings: Profile, corpus: Path) -> dict[str,
 
 def plan_jobs(profile: str, settings: Profile, corpus: Path) -> list[Job]:
     """Every notebook execution of a profile, in order: 01, 02, 03, 04 per scenario x seed, 05,
-    then 06 (the label-efficiency study).
+    06 (the label-efficiency study), then 07 (the embedded corpus against real imagery).
 
     A chips corpus starts with 01b_chips_overview in place of 01 and 02 (which describe the
-    RapidAI4EO corpus). `scenarios: []` runs no poster scenario (and so no 05); without the
-    key, all of them run.
+    RapidAI4EO corpus), and runs no 07 (which measures the embedded corpus's generator).
+    `scenarios: []` runs no poster scenario (and so no 05); without the key, all of them run.
     """
     runs, notebooks_out = paths.runs_dir(profile), paths.runs_dir(profile) / "notebooks"
     common = study_parameters(profile, settings, corpus)
-    first = (("01b_chips_overview",) if chips.is_chips_corpus(corpus)
-             else ("01_data_exploration", "02_label_mapping"))
+    is_chips = chips.is_chips_corpus(corpus)
+    first = ("01b_chips_overview",) if is_chips else ("01_data_exploration", "02_label_mapping")
     jobs = [Job(name, notebooks_out / f"{name}.ipynb", for_notebook(name, common))
             for name in (*first, "03_byol_pretraining")]
     for key in settings.scenarios:
@@ -261,6 +261,8 @@ def plan_jobs(profile: str, settings: Profile, corpus: Path) -> list[Job]:
     if settings.scenarios:
         jobs.append(Job("05_figures", notebooks_out / "05_figures.ipynb", common))
     jobs.append(Job("06_label_efficiency", notebooks_out / "06_label_efficiency.ipynb", common))
+    if not is_chips:
+        jobs.append(Job("07_realism", notebooks_out / "07_realism.ipynb", common))
     return jobs
 
 

@@ -16,7 +16,7 @@ import papermill
 import pytest
 import torch
 
-from rapid_utils import batch, cli, docs, messages, paths, provenance, results, study
+from rapid_utils import batch, cli, docs, messages, paths, provenance, realism, results, study
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore
 from rapid_utils.corpus.synthetic import generate_corpus
@@ -58,7 +58,8 @@ def test_load_profile_errors_name_the_file(tmp_path):
 def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path, caplog):
     outcomes = batch.reproduce("ci")
     by_name = {run.name: run for run in outcomes}
-    assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 2  # 01-03, 04 per scenario, 05, 06
+    # 01-03, 04 per scenario, 05, 06, 07
+    assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 3
     assert [run.status for run in outcomes if run.status == "failed"] == []
     times = pd.read_csv(paths.runs_dir("ci") / batch.JOB_TIMES_FILE)
     assert times["job"].tolist() == [run.name for run in outcomes]
@@ -89,6 +90,9 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
                                           "imagestats+byol", "imagestats+random-init"}
     paired = pd.read_csv(figures / "label_efficiency_paired.csv")
     assert {"bootstrap_ci_low", "bootstrap_ci_high"} <= set(paired.columns)
+    # notebook 07 measures the generator against the real chips, or says why it cannot
+    assert by_name["07_realism"].status == "done"
+    assert (figures / realism.CSV_NAME).is_file() == realism.real_s2_dir().is_dir()
 
     index = docs.build_docs("ci")
     page = index.read_text()
@@ -290,9 +294,18 @@ def test_every_profile_setting_reaches_a_notebook_or_the_batch():
 @pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example", "real-s2"])
 def test_every_profile_plans_its_jobs(profile, tmp_path):
     settings = batch.load_profile(profile)
-    jobs = batch.plan_jobs(profile, settings, tmp_path)
+    corpus = tmp_path
+    if settings.is_chips:  # the batch's corpus is then the chips spec it writes
+        corpus = tmp_path / "chips.yaml"
+        corpus.write_text("")
+    jobs = batch.plan_jobs(profile, settings, corpus)
+    first = ["01b_chips_overview"] if settings.is_chips else ["01_data_exploration",
+                                                              "02_label_mapping"]
+    assert [job.notebook for job in jobs[:len(first)]] == first
     figures = ["05_figures"] if settings.scenarios else []  # real-s2 runs no poster scenario
-    assert [job.notebook for job in jobs[-1 - len(figures):]] == [*figures, "06_label_efficiency"]
+    realism = [] if settings.is_chips else ["07_realism"]  # the embedded corpus's generator
+    last = [*figures, "06_label_efficiency", *realism]
+    assert [job.notebook for job in jobs[-len(last):]] == last
     n_seeds = len(settings.finetune_seeds)
     assert sum(job.scenario is not None for job in jobs) == len(settings.scenarios) * n_seeds
 

@@ -1,4 +1,5 @@
-"""Figures (plots/), exploration helpers, split size tables, and notebooks 01-02 end to end."""
+"""Figures (plots/), exploration helpers, split size tables, and notebooks 01, 02 and 07 end to
+end."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ NOTEBOOKS = {
         "hist_sites": 3,
         "phenology_sites": 1,
         "stats_sites": 4,
+    },
+    "02_label_mapping": {"label_fractions": [0.1, 0.5, 1.0]},
+    "07_realism": {
         "realism_sites": 30,  # rendered at 200 px in memory
         "realism_real_splits": 2,
         "realism_render_seeds": [3],
     },
-    "02_label_mapping": {"label_fractions": [0.1, 0.5, 1.0]},
 }
 FIGURES = {
     "01_data_exploration": [
@@ -289,10 +292,13 @@ def test_notebooks_run_end_to_end(
     realism_tables = {realism.CSV_NAME, realism.REAL_SPLITS_CSV_NAME,
                       realism.RENDER_SEEDS_CSV_NAME}
     written = {path.name for path in figures.iterdir()}
-    if not realism.real_s2_dir().is_dir():  # the notebook skips realism, and says so
+    if not realism.real_s2_dir().is_dir():  # notebook 07 skips every step, and says so
         assert not realism_tables & written
+        assert "No real Sentinel-2 chips at" in (tmp_path / "07_realism.ipynb").read_text()
         return
     assert realism_tables <= written
+    assert {f"{name}.png" for name in ("realism_chips", "realism_statistics",
+                                       "realism_within_counts")} <= written
 
     def statistics(table: pd.DataFrame) -> set[tuple]:
         return set(table[["statistic", "band", "class"]].itertuples(index=False))
