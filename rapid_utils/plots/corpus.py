@@ -348,8 +348,8 @@ def plot_class_phenology(profiles: pd.DataFrame, spread: tuple[float, float] = (
                          ) -> Figure:
     """Per class, mean reflectance per band and mean NDVI by month, with a quantile band.
 
-    `profiles` is the tidy table of `exploration.class_time_profiles`; both years are
-    pooled by calendar month.
+    `profiles` is the tidy table of `exploration.class_time_profiles`; every year it holds
+    is pooled by calendar month.
     """
     summary = exploration.monthly_class_summary(profiles, spread)
     variables = [*layout.BANDS, "ndvi"]
