@@ -3,11 +3,11 @@
 For the day a GPU is lent; on a CPU it runs the same at tiny sizes, so CI keeps it working.
 
 1. Training, through the package's own entry points, with the values the ci profile's batch
-   gives notebooks 03 and 04 (`batch.plan_jobs`): its embedded corpus and study, BYOL
+   gives notebooks 03 and 04 (`notebook_batch.plan_jobs`): its embedded corpus and study, BYOL
    pretraining (`train.pretrain`) and its byol-100% fine-tuning (`study.finetune_config`,
    `train.finetune`), `--epochs` each (the profile's 1 shows no trend), on the profile's
    fixed seed, in a temporary RAPID_HOME. On CUDA both train with bf16 autocast and
-   channels_last (`train.plumbing.autocast`, `accelerate`); on CPU in float32.
+   channels_last (`train.runtime.autocast`, `accelerate`); on CPU in float32.
    Check: a run's loss of an epoch is the mean over that epoch's optimizer steps (pretraining's
    `history`, fine-tuning's `per_epoch.train_loss`); it passes when every epoch's loss is
    finite and the last epoch's is below the first epoch's. (Pretraining warns that the
@@ -36,7 +36,7 @@ from typing import Any
 import byol_throughput
 import torch
 
-from rapid_utils import batch, distributed, paths, provenance, study, train
+from rapid_utils import distributed, notebook_batch, paths, provenance, study, train
 from rapid_utils.io import write_json_atomic
 
 PROFILE = "ci"
@@ -75,15 +75,15 @@ def loss_problems(run: str, losses: Sequence[float]) -> list[str]:
 
 
 def batch_values(epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The values the profile's batch (`batch.plan_jobs`, under RAPID_HOME) runs notebook 03
-    and its `FINETUNE_SCENARIO` notebook 04 job with, `epochs` each."""
-    values = batch.load_profile(PROFILE)
-    jobs = batch.plan_jobs(PROFILE, values, batch.resolve_corpus(PROFILE, values))
+    """The values the profile's batch (`notebook_batch.plan_jobs`, under RAPID_HOME) runs
+    notebook 03 and its `FINETUNE_SCENARIO` notebook 04 job with, `epochs` each."""
+    values = notebook_batch.load_profile(PROFILE)
+    jobs = notebook_batch.plan_jobs(PROFILE, values, notebook_batch.resolve_corpus(PROFILE, values))
     pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
     finetuning = next((job for job in jobs if job.scenario == FINETUNE_SCENARIO), None)
     if finetuning is None:
         raise SystemExit(f"gpu_check: profile {PROFILE!r} plans no {FINETUNE_SCENARIO} run")
-    pre, fine = (batch.notebook_values(job.notebook, job.parameters | {"epochs": epochs})
+    pre, fine = (notebook_batch.notebook_values(job.notebook, job.parameters | {"epochs": epochs})
                  for job in (pretraining, finetuning))
     return pre, fine
 

@@ -11,14 +11,14 @@ import sys
 
 import pandas as pd
 
-from rapid_utils import batch, paths
+from rapid_utils import notebook_batch, paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
     args = parser.parse_args(argv)
-    path = paths.runs_dir(args.profile) / batch.JOB_TIMES_FILE
+    path = paths.runs_dir(args.profile) / notebook_batch.JOB_TIMES_FILE
     if not path.is_file():
         print(f"no {path}: run `make reproduce PROFILE={args.profile}` first; the batch "
               "writes it after every job")

@@ -38,7 +38,7 @@ from rapid_utils import byol, datasets, models, study, train
 from rapid_utils.corpus import store
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.io import write_json_atomic
-from rapid_utils.train import plumbing, pretraining
+from rapid_utils.train import pretraining, runtime
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,7 +111,7 @@ def byol_rate(dataset, steps: int, batch_size: int = 32, image_size: int = 64) -
     optimizer = byol.LARS(byol.parameter_groups(model, 1.5e-6), lr=0.05, momentum=0.9)
     config = train.PretrainConfig(arch="resnet18", image_size=image_size)
     views_rng = torch.Generator().manual_seed(0)
-    loader = plumbing.make_loader(dataset, batch_size, 0, shuffle=True, num_workers=1,
+    loader = runtime.make_loader(dataset, batch_size, 0, shuffle=True, num_workers=1,
                                   drop_last=True, samples_per_epoch=batch_size * (steps + 2))
     iterator = iter(loader)
     waits, totals = [], []

@@ -18,13 +18,23 @@ from typing import Any
 
 import yaml
 
-from rapid_utils import batch, distributed, docs, download, models, paths, results, study, train
+from rapid_utils import (
+    distributed,
+    docs,
+    download,
+    models,
+    notebook_batch,
+    paths,
+    results,
+    study,
+    train,
+)
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
-from rapid_utils.messages import gist
 from rapid_utils.profile import Profile, ProfileError, load_profile
+from rapid_utils.progress import gist
 
 
 class UsageError(ValueError):
@@ -71,7 +81,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    runs = batch.reproduce(args.profile, tuple(args.extra), force=args.force,
+    runs = notebook_batch.reproduce(args.profile, tuple(args.extra), force=args.force,
                            figures_only=args.figures_only)
     counts = {status: sum(r.status == status for r in runs)
               for status in ("done", "reused", "skipped", "failed")}
@@ -160,7 +170,7 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _profile_jobs(args: argparse.Namespace, notebook: str,
-                  settings: tuple[str, ...]) -> list[batch.Job]:
+                  settings: tuple[str, ...]) -> list[notebook_batch.Job]:
     """The batch's jobs of `notebook` for `--profile`, refusing the `settings` options.
 
     The profile's corpus is resolved (the embedded corpus generated) by the first process
@@ -172,12 +182,12 @@ def _profile_jobs(args: argparse.Namespace, notebook: str,
             f"{', '.join(refused)} cannot be combined with --profile, which sets every training "
             "setting as the batch does: change them in a YAML file given with --extra (and to "
             "`rapid-utils reproduce` too), or leave out --profile")
-    values = batch.load_profile(args.profile, tuple(args.extra))
+    values = notebook_batch.load_profile(args.profile, tuple(args.extra))
     context = distributed.setup()
-    corpus = batch.resolve_corpus(args.profile, values) if context.is_main else None
+    corpus = notebook_batch.resolve_corpus(args.profile, values) if context.is_main else None
     distributed.barrier(context)
-    corpus = corpus or batch.resolve_corpus(args.profile, values)
-    return [job for job in batch.plan_jobs(args.profile, values, corpus)
+    corpus = corpus or notebook_batch.resolve_corpus(args.profile, values)
+    return [job for job in notebook_batch.plan_jobs(args.profile, values, corpus)
             if job.notebook == notebook]
 
 
@@ -190,7 +200,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.profile:
         settings = (*STUDY_OPTIONS, *(f.name for f in dataclasses.fields(train.PretrainConfig)))
         (job,) = _profile_jobs(args, "03_byol_pretraining", settings)
-        values = batch.notebook_values(job.notebook, job.parameters)
+        values = notebook_batch.notebook_values(job.notebook, job.parameters)
     else:
         values = _option_values(args)
     _set_threads(args, values)
@@ -220,7 +230,7 @@ def _finetune(args: argparse.Namespace) -> int:
                 f"{args.scenario or 'any'} with seed {'any' if seed is None else seed}; its "
                 f"scenarios: {list(dict.fromkeys(job.scenario for job in planned))}, seeds: "
                 f"{sorted({job.parameters['seed'] for job in planned})}")
-        chosen = [batch.notebook_values(job.notebook, job.parameters) for job in jobs]
+        chosen = [notebook_batch.notebook_values(job.notebook, job.parameters) for job in jobs]
     else:
         chosen = [_option_values(args)]
     _set_threads(args, chosen[0])
@@ -401,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with distributed.process_group():  # torchrun's group, joined by the command, is left
             return args.func(args)
-    except (ProfileError, UsageError, batch.CorpusCheckError, batch.MissingResultsError,
-            CorpusError, FileExistsError, FileNotFoundError,
+    except (ProfileError, UsageError, notebook_batch.CorpusCheckError,
+            notebook_batch.MissingResultsError, CorpusError, FileExistsError, FileNotFoundError,
             models.WeightsUnavailableError) as error:  # expected: the message says it all
         logging.error("error: %s", error)
         return 2

@@ -4,7 +4,7 @@ A profile is a flat mapping of settings. `Profile` names every setting a profile
 with its type, its range and its default: what a profile without the key gets. `load_profile`
 merges the profile's file with `--extra` files and refuses, naming the file, any unknown key
 (with the nearest known one) and any value of the wrong type or out of range. The batch hands
-`Profile.to_dict()` to the notebooks (`batch.plan_jobs`); each notebook's `parameters` cell
+`Profile.to_dict()` to the notebooks (`notebook_batch.plan_jobs`); each notebook's `parameters` cell
 holds the `quick` profile's values, so a notebook run by hand is the quick study.
 """
 

@@ -10,7 +10,7 @@ import pytest
 
 os.environ["MPLBACKEND"] = "agg"  # headless figures, set before anything imports matplotlib
 
-from rapid_utils import batch, paths  # noqa: E402
+from rapid_utils import notebook_batch, paths  # noqa: E402
 from rapid_utils.corpus.synthetic import generate_corpus  # noqa: E402
 
 TINY = {"n_sites": 24, "seed": 3, "size": 32}
@@ -62,7 +62,8 @@ def run_notebooks(monkeypatch: pytest.MonkeyPatch):
             "runs_dir": os.path.relpath(output_dir / "runs", paths.notebooks_dir()),
         }
         for name, parameters in parameters_by_name.items():
-            outcome = batch.run_notebook(name, output_dir / f"{name}.ipynb", common | parameters)
+            outcome = notebook_batch.run_notebook(name, output_dir / f"{name}.ipynb",
+                                                  common | parameters)
             assert outcome.error is None, f"{name}: {outcome.error} (see {outcome.output})"
 
     return run

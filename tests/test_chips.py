@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from rapid_utils import batch, cli, datasets, models, paths, results, study, train
+from rapid_utils import cli, datasets, models, notebook_batch, paths, results, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.reader import BandCountError, RasterReadError
 from rapid_utils.corpus.synthetic_chips import S2_BANDS, generate_example_chips
@@ -326,7 +326,7 @@ def test_chips_profile_runs_the_whole_batch(tmp_path: Path, monkeypatch) -> None
         "pretrain_batch_size: 8\nhidden_dim: 32\nprojection_dim: 16\nfinetune_epochs: 1\n"
         "finetune_batch_size: 8\nmin_samples_per_epoch: 0\nseeds: [0, 1]\nstats_sites: 20\n"
         "hist_sites: 4\nscenarios: [byol-100%, imagenet-100%]\n")
-    outcomes = batch.reproduce("chips-example", (override,))
+    outcomes = notebook_batch.reproduce("chips-example", (override,))
     assert [run.status for run in outcomes] == ["done"] * 4 + ["skipped"] * 2 + ["done"] * 2
     assert outcomes[0].name == "01b_chips_overview"
     spec = chips.load_spec(paths.chips_spec_path("chips-example"))

@@ -16,7 +16,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rapid_utils import batch, byol, cli, datasets, distributed, models, paths, splits, train
+from rapid_utils import (
+    byol,
+    cli,
+    datasets,
+    distributed,
+    models,
+    notebook_batch,
+    paths,
+    splits,
+    train,
+)
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.synthetic import generate_corpus
 
@@ -180,7 +190,7 @@ def test_torchrun_runs_of_a_profile_are_what_the_batch_draws(tmp_path: Path, mon
     assert {json.loads((results_dir / name).read_text())["parameters"]["world_size"]
             for name in written} == {WORLD_SIZE}
 
-    outcomes = batch.reproduce("ci", (extra,), figures_only=True)
+    outcomes = notebook_batch.reproduce("ci", (extra,), figures_only=True)
     assert [(run.name, run.status) for run in outcomes] == [
         ("04_finetuning [scratch-100%, seed 0]", "reused"),
         ("04_finetuning [byol-1%, seed 0]", "reused"), ("05_figures", "done")]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rapid_utils import batch, label_efficiency, paths, study, train
+from rapid_utils import label_efficiency, notebook_batch, paths, study, train
 from rapid_utils.corpus import chips
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 
@@ -156,7 +156,7 @@ def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch
         "projection_dim: 32\nstats_sites: 32\nhist_sites: 4\nsuite_repeats: 2\n"
         "suite_finetune_repeats: 1\nsuite_labels_per_class: [1, all]\nfinetune_epochs: 1\n"
         "min_samples_per_epoch: 0\n")
-    outcomes = batch.reproduce("real-s2", (override,))
+    outcomes = notebook_batch.reproduce("real-s2", (override,))
     assert [(run.name, run.status) for run in outcomes] == [
         ("01b_chips_overview", "done"), ("03_byol_pretraining", "done"),
         ("06_label_efficiency", "done")]

@@ -11,7 +11,7 @@ import papermill
 import pytest
 import yaml
 
-from rapid_utils import batch, cli, docs, paths, study, train
+from rapid_utils import cli, docs, notebook_batch, paths, study, train
 from rapid_utils.profile import Profile, ProfileError, load_profile
 
 PROFILES = ["ci", "quick", "poster", "chips-example", "real-s2"]
@@ -82,8 +82,8 @@ NOTEBOOKS = sorted(p.stem for p in paths.notebooks_dir().glob("*.ipynb"))
 def test_a_notebook_run_by_hand_is_the_quick_study(notebook, tmp_path):
     """Each parameter is the quick profile's value as the batch passes it, or else one that no
     profile sets (a path, a fine-tuning job's scenario, a notebook's own setting)."""
-    quick = batch.for_notebook(notebook, batch.study_parameters("quick", load_profile("quick"),
-                                                                tmp_path))
+    quick = notebook_batch.for_notebook(
+        notebook, notebook_batch.study_parameters("quick", load_profile("quick"), tmp_path))
     defaults = _notebook_defaults(notebook)
     own = PATH_PARAMETERS | NOTEBOOK_PARAMETERS | (
         JOB_PARAMETERS if notebook == "04_finetuning" else set())
@@ -113,12 +113,12 @@ def test_new_settings_reach_the_training_configs(tmp_path):
     settings = dataclasses.replace(
         load_profile("ci"), pretrain_weight_decay=0.01, pretrain_optimizer="sgd",
         warmup_epochs=0, knn_k=5, finetune_weight_decay=0.02, finetune_optimizer="sgd")
-    jobs = batch.plan_jobs("ci", settings, tmp_path)
+    jobs = notebook_batch.plan_jobs("ci", settings, tmp_path)
     pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
     finetuning = next(job for job in jobs if job.scenario)
-    pre = study.pretrain_config(batch.notebook_values(pretraining.notebook,
+    pre = study.pretrain_config(notebook_batch.notebook_values(pretraining.notebook,
                                                       pretraining.parameters))
-    fine = study.finetune_config(batch.notebook_values(finetuning.notebook,
+    fine = study.finetune_config(notebook_batch.notebook_values(finetuning.notebook,
                                                        finetuning.parameters), tmp_path)
     assert (pre.weight_decay, pre.optimizer, pre.warmup_epochs, pre.knn_k) == (0.01, "sgd", 0, 5)
     assert (fine.weight_decay, fine.optimizer) == (0.02, "sgd")
@@ -129,9 +129,9 @@ def test_view_options_reach_the_pretraining_config(tmp_path):
     quick = load_profile("quick")
     assert (quick.jitter_bands, quick.blur, quick.view_noise) == ("per-band", True, 0.0)
     settings = dataclasses.replace(quick, jitter_bands="shared", blur=False, view_noise=0.05)
-    jobs = batch.plan_jobs("quick", settings, tmp_path)
+    jobs = notebook_batch.plan_jobs("quick", settings, tmp_path)
     pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
-    pre = study.pretrain_config(batch.notebook_values(pretraining.notebook,
+    pre = study.pretrain_config(notebook_batch.notebook_values(pretraining.notebook,
                                                       pretraining.parameters))
     assert (pre.jitter_bands, pre.blur, pre.view_noise) == ("shared", False, 0.05)
     for line, message in [
@@ -150,12 +150,12 @@ def test_the_stem_reaches_pretraining_and_fine_tuning_but_not_imagenets(tmp_path
     ImageNet's stem, the only one its weights fit."""
     assert load_profile("quick").stem == "imagenet"
     settings = dataclasses.replace(load_profile("ci"), stem="small")
-    jobs = batch.plan_jobs("ci", settings, tmp_path)
+    jobs = notebook_batch.plan_jobs("ci", settings, tmp_path)
     pretraining = next(job for job in jobs if job.notebook == "03_byol_pretraining")
-    assert study.pretrain_config(batch.notebook_values(pretraining.notebook,
+    assert study.pretrain_config(notebook_batch.notebook_values(pretraining.notebook,
                                                        pretraining.parameters)).stem == "small"
     stems = {job.scenario: study.finetune_config(
-        batch.notebook_values(job.notebook, job.parameters), tmp_path).stem
+        notebook_batch.notebook_values(job.notebook, job.parameters), tmp_path).stem
         for job in jobs if job.scenario}
     assert stems == {key: "imagenet" if key.startswith("imagenet") else "small"
                      for key in settings.scenarios}

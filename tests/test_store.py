@@ -21,7 +21,7 @@ from rapid_utils import cli, datasets, label_efficiency, splits, study, train
 from rapid_utils.corpus import layout, store
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError, read_raster
-from rapid_utils.train import plumbing
+from rapid_utils.train import runtime
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_raw_batches_normalised_on_their_device_equal_cpu_items(packed: Path, ti
     assert raw_batch["date2"] == batch["date2"]
     for key in ("image", "image2"):
         assert torch.equal(raw.normalise_batch(raw_batch[key]), batch[key])
-        assert torch.equal(plumbing.to_device(raw_batch[key], torch.device("cpu"), raw), batch[key])
+        assert torch.equal(runtime.to_device(raw_batch[key], torch.device("cpu"), raw), batch[key])
 
 
 def test_study_from_store_equals_study_from_geotiffs(packed: Path, tiny_corpus: Path,

@@ -31,7 +31,7 @@ from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.reader import CorpusError
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.labels import CLASSES
-from rapid_utils.train import finetuning, plumbing, pretraining
+from rapid_utils.train import finetuning, pretraining, runtime
 
 DATES = ["2018-01-03", "2018-04-03", "2018-07-02", "2018-10-05"]
 
@@ -258,7 +258,7 @@ def test_fine_tuned_model_is_saved_with_its_normalisation_and_reloads(
     assert normalisation.mean == stats.mean and normalisation.input_size == 16
     # the saved weights are the final ones: they repeat the results file's test predictions
     dataset = datasets.open_dataset(data["corpus_root"], data["val_index"], stats, "seasons")
-    again = finetuning._evaluate(model, plumbing.make_loader(dataset, 8, 0, shuffle=False),
+    again = finetuning._evaluate(model, runtime.make_loader(dataset, 8, 0, shuffle=False),
                             torch.device("cpu"))
     confusion = metrics.classification_metrics(again["y_true"], again["y_pred"])
     assert confusion["confusion_matrix"] == results["final"]["test"]["confusion_matrix"]
@@ -398,8 +398,8 @@ def test_random_dates_are_the_same_for_any_number_of_workers(data: dict) -> None
         return [(s, d) for batch in loader for s, d in zip(batch["sample_id"], batch["date"],
                                                            strict=True)]
 
-    in_process = plumbing.make_loader(dataset, 4, seed=5, shuffle=True)
-    with_workers = plumbing.make_loader(dataset, 4, seed=5, shuffle=True, num_workers=2)
+    in_process = runtime.make_loader(dataset, 4, seed=5, shuffle=True)
+    with_workers = runtime.make_loader(dataset, 4, seed=5, shuffle=True, num_workers=2)
     assert with_workers.persistent_workers  # one set of workers serves every epoch
     epochs = [epoch_dates(in_process, epoch) for epoch in (0, 1)]
     assert epochs[0] != epochs[1]
@@ -410,9 +410,9 @@ def test_random_dates_are_the_same_for_any_number_of_workers(data: dict) -> None
 def test_a_field_missing_from_older_files_counts_as_its_default() -> None:
     older = dataclasses.asdict(tiny_pretrain())
     del older["colour_jitter"]  # written before the field existed, i.e. with its default
-    assert plumbing.changed_fields(tiny_pretrain(), older) == []
-    assert plumbing.changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
-    assert plumbing.changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
+    assert runtime.changed_fields(tiny_pretrain(), older) == []
+    assert runtime.changed_fields(tiny_pretrain(colour_jitter=0.0), older) == ["colour_jitter"]
+    assert runtime.changed_fields(tiny_pretrain(num_workers=2), older) == []  # loader setting
 
 
 def test_checkpoints_older_than_the_view_options_hold_their_defaults() -> None:
@@ -421,9 +421,9 @@ def test_checkpoints_older_than_the_view_options_hold_their_defaults() -> None:
     older = dataclasses.asdict(tiny_pretrain())
     for name in ("jitter_bands", "blur", "view_noise"):
         del older[name]
-    assert plumbing.changed_fields(tiny_pretrain(), older) == []
+    assert runtime.changed_fields(tiny_pretrain(), older) == []
     changed = tiny_pretrain(jitter_bands="shared", blur=False, view_noise=0.1)
-    assert plumbing.changed_fields(changed, older) == ["blur", "jitter_bands", "view_noise"]
+    assert runtime.changed_fields(changed, older) == ["blur", "jitter_bands", "view_noise"]
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -679,7 +679,7 @@ def test_an_unreadable_sample_is_replaced_and_recorded(
         run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "stopped.json")
     assert not (tmp_path / "stopped.json").exists()
     # ... and within a larger share it trains on, recording the site and the reason
-    monkeypatch.setattr(plumbing, "UNREADABLE_SHARE", 0.5)
+    monkeypatch.setattr(runtime, "UNREADABLE_SHARE", 0.5)
     results = run_finetune(damaged, tiny_finetune(epochs=1), tmp_path / "r.json")
     assert list(results["unreadable_samples"]) == [damaged["bad_site"]]
     assert "corrupt or truncated" in results["unreadable_samples"][damaged["bad_site"]]
@@ -753,8 +753,8 @@ def test_records_older_than_the_stem_are_imagenets() -> None:
     for config in (tiny_pretrain(), tiny_finetune()):
         older = dataclasses.asdict(config)
         del older["stem"]
-        assert plumbing.changed_fields(config, older) == []
-        assert plumbing.changed_fields(dataclasses.replace(config, stem="small"), older) == [
+        assert runtime.changed_fields(config, older) == []
+        assert runtime.changed_fields(dataclasses.replace(config, stem="small"), older) == [
             "stem"]
 
 

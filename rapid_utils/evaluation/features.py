@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rapid_utils.train.plumbing import to_device
+from rapid_utils.train.runtime import to_device
 
 IMAGESTATS = "imagestats"  # the image-statistics baseline: per-band statistics, no network
 _PERCENTILES = (5, 25, 50, 75, 95)

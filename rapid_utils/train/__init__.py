@@ -13,7 +13,7 @@ Poster scale (ResNet-50, 200 px, ~375K training sites), one node with 8 GPUs:
 Fine-tuning writes one results file per run; pretraining one checkpoint that `models.build_model`
 reads with ``init="byol:<path>"``.
 
-The package: `pretraining` (BYOL), `finetuning` (classification) and `plumbing` (what both
+The package: `pretraining` (BYOL), `finetuning` (classification) and `runtime` (what both
 share: seeds, loaders, devices and DDP, unreadable samples). The names below are its API.
 """
 
@@ -27,12 +27,6 @@ from rapid_utils.train.finetuning import (
     results_name,
     stale_reasons,
 )
-from rapid_utils.train.plumbing import (
-    UNREADABLE_SHARE,
-    UnreadableLog,
-    make_loader,
-    seed_everything,
-)
 from rapid_utils.train.pretraining import (
     CHECKPOINT_FILE,
     PretrainConfig,
@@ -40,6 +34,12 @@ from rapid_utils.train.pretraining import (
     pretrain,
     pretrain_provenance,
     previous_checkpoint,
+)
+from rapid_utils.train.runtime import (
+    UNREADABLE_SHARE,
+    UnreadableLog,
+    make_loader,
+    seed_everything,
 )
 
 __all__ = [

@@ -22,9 +22,9 @@ from rapid_utils import augment, distributed, labels, metrics, models, results, 
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import file_sha256
-from rapid_utils.messages import report_progress
+from rapid_utils.progress import report_progress
 from rapid_utils.provenance import git_commit, machine, versions
-from rapid_utils.train.plumbing import (
+from rapid_utils.train.runtime import (
     LOADER_FIELDS,
     UnreadableLog,
     accelerate,

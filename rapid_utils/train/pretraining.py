@@ -22,8 +22,8 @@ from rapid_utils import augment, byol, distributed, evaluation, metrics, models,
 from rapid_utils.corpus import layout
 from rapid_utils.datasets import BandStats, open_dataset
 from rapid_utils.io import atomic_path, replace_keeping_previous
-from rapid_utils.messages import gist, report_progress
-from rapid_utils.train.plumbing import (
+from rapid_utils.progress import gist, report_progress
+from rapid_utils.train.runtime import (
     LOADER_FIELDS,
     UnreadableLog,
     accelerate,

@@ -16,11 +16,21 @@ import papermill
 import pytest
 import torch
 
-from rapid_utils import batch, cli, docs, messages, paths, provenance, realism, results, study
+from rapid_utils import (
+    cli,
+    docs,
+    notebook_batch,
+    paths,
+    progress,
+    provenance,
+    realism,
+    results,
+    study,
+)
 from rapid_utils.corpus.index import build_index
 from rapid_utils.corpus.store import PackedStore
 from rapid_utils.corpus.synthetic import generate_corpus
-from rapid_utils.messages import gist
+from rapid_utils.progress import gist
 
 
 @pytest.fixture
@@ -35,33 +45,33 @@ def test_load_profile_merges_extra_files_in_order(tmp_path):
     second = tmp_path / "b.yaml"
     first.write_text("seed: 5\nsynth_sites: 7\n")
     second.write_text("seed: 9\n")
-    settings = batch.load_profile("ci", (first, second))
+    settings = notebook_batch.load_profile("ci", (first, second))
     assert settings.seed == 9
     assert settings.synth_sites == 7
     assert settings.corpus == "synthetic"
 
 
 def test_load_profile_errors_name_the_file(tmp_path):
-    with pytest.raises(batch.ProfileError, match="nope.yaml.*known profiles: .*ci"):
-        batch.load_profile("nope")
+    with pytest.raises(notebook_batch.ProfileError, match="nope.yaml.*known profiles: .*ci"):
+        notebook_batch.load_profile("nope")
     broken = tmp_path / "broken.yaml"
     broken.write_text("seed: [1, 2\n")
-    with pytest.raises(batch.ProfileError, match="broken.yaml is not valid YAML"):
-        batch.load_profile("ci", (broken,))
+    with pytest.raises(notebook_batch.ProfileError, match="broken.yaml is not valid YAML"):
+        notebook_batch.load_profile("ci", (broken,))
     listed = tmp_path / "list.yaml"
     listed.write_text("- 1\n- 2\n")
-    with pytest.raises(batch.ProfileError, match="flat mapping"):
-        batch.load_profile("ci", (listed,))
+    with pytest.raises(notebook_batch.ProfileError, match="flat mapping"):
+        notebook_batch.load_profile("ci", (listed,))
 
 
 @pytest.mark.slow
 def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path, caplog):
-    outcomes = batch.reproduce("ci")
+    outcomes = notebook_batch.reproduce("ci")
     by_name = {run.name: run for run in outcomes}
     # 01-03, 04 per scenario, 05, 06, 07
     assert len(outcomes) == 3 + len(results.ALL_SCENARIOS) + 3
     assert [run.status for run in outcomes if run.status == "failed"] == []
-    times = pd.read_csv(paths.runs_dir("ci") / batch.JOB_TIMES_FILE)
+    times = pd.read_csv(paths.runs_dir("ci") / notebook_batch.JOB_TIMES_FILE)
     assert times["job"].tolist() == [run.name for run in outcomes]
     assert (times.loc[times["status"] == "done", "seconds"] > 0).all()
     assert set(times["machine"]) == {provenance.machine()}
@@ -101,7 +111,7 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
     assert (index.parent / "03_byol_pretraining.html").stat().st_size > 10_000
 
     # An interrupted or repeated batch reuses every complete fine-tuning result.
-    again = batch.reproduce("ci")
+    again = notebook_batch.reproduce("ci")
     statuses = {run.name: run.status for run in again if run.name.startswith("04_")}
     assert set(statuses.values()) == {"reused", "skipped"}
     for run in results.load_results(paths.results_dir(paths.runs_dir("ci"))):
@@ -109,34 +119,34 @@ def test_reproduce_ci_profile_runs_the_study_and_resumes(project_home, tmp_path,
         assert len(run.per_date_accuracy["test"]) == 4
 
     # A result is reused only for the very run: checked job by job, without running anything.
-    values = batch.load_profile("ci")
-    corpus = batch.resolve_corpus("ci", values)
-    check = batch._ReuseCheck()
+    values = notebook_batch.load_profile("ci")
+    corpus = notebook_batch.resolve_corpus("ci", values)
+    check = notebook_batch._ReuseCheck()
 
-    def reasons(jobs: list[batch.Job]) -> dict[str, str | None]:
+    def reasons(jobs: list[notebook_batch.Job]) -> dict[str, str | None]:
         verdicts = {job.scenario: check.why_rerun(job) for job in jobs
                     if job.scenario and job.scenario != "imagenet-100%"}
         return {key: rerun and rerun.reason for key, rerun in verdicts.items()}
 
-    assert set(reasons(batch.plan_jobs("ci", values, corpus)).values()) == {None}
-    changed = reasons(batch.plan_jobs("ci", dataclasses.replace(values, lr=0.002), corpus))
+    assert set(reasons(notebook_batch.plan_jobs("ci", values, corpus)).values()) == {None}
+    changed = reasons(notebook_batch.plan_jobs("ci", dataclasses.replace(values, lr=0.002), corpus))
     assert all("stale result: parameters changed: lr" in why for why in changed.values())
     checkpoint = next(paths.runs_dir("ci").glob("byol/*/checkpoint.pt"))
     torch.save(torch.load(checkpoint, weights_only=True) | {"note": "retrained"}, checkpoint)
-    retrained = reasons(batch.plan_jobs("ci", values, corpus))
+    retrained = reasons(notebook_batch.plan_jobs("ci", values, corpus))
     assert {key for key, why in retrained.items() if why} == {
         key for key in retrained if key.startswith("byol")}
     assert "another BYOL checkpoint" in retrained["byol-1%"]
     # ... and the batch reruns a stale one, saying why (one scenario keeps the test short)
     one = tmp_path / "one.yaml"
     one.write_text("scenarios: [byol-1%]\n")
-    with caplog.at_level(logging.INFO, logger="rapid_utils.batch"):
-        rerun = batch.reproduce("ci", (one,))
+    with caplog.at_level(logging.INFO, logger="rapid_utils.notebook_batch"):
+        rerun = notebook_batch.reproduce("ci", (one,))
     assert [run.status for run in rerun if run.name.startswith("04_")] == ["done"]
     assert "rerunning, stale result: another BYOL checkpoint" in caplog.text
     # one progress line an epoch from inside the notebook, e.g. "... fine-tune epoch 1/2: ..."
     assert "04_finetuning [byol-1%, seed 0]: fine-tune epoch 1/" in caplog.text
-    assert check.why_rerun(batch.plan_jobs("ci", values, corpus)[6]) is None  # byol-1%
+    assert check.why_rerun(notebook_batch.plan_jobs("ci", values, corpus)[6]) is None  # byol-1%
 
 
 def test_a_missing_corpus_stops_the_batch_before_any_notebook(project_home, tmp_path, caplog):
@@ -170,21 +180,23 @@ def test_failed_notebook_is_kept_and_reported(project_home, tmp_path):
 def test_unknown_scenario_is_a_profile_error(tmp_path):
     override = tmp_path / "typo.yaml"
     override.write_text("scenarios: [byol-50%]\n")
-    with pytest.raises(batch.ProfileError, match="typo.yaml: scenarios.*unknown.*byol-50%"):
-        batch.load_profile("ci", (override,))
+    with pytest.raises(notebook_batch.ProfileError,
+                       match="typo.yaml: scenarios.*unknown.*byol-50%"):
+        notebook_batch.load_profile("ci", (override,))
 
 
 def test_a_profile_store_reaches_training_notebooks_as_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    values = dataclasses.replace(batch.load_profile("ci"), store="data/ci.zarr")
-    jobs = batch.plan_jobs("ci", values, tmp_path)
+    values = dataclasses.replace(notebook_batch.load_profile("ci"), store="data/ci.zarr")
+    jobs = notebook_batch.plan_jobs("ci", values, tmp_path)
     training = [job for job in jobs if job.notebook in ("03_byol_pretraining", "04_finetuning")]
     assert training and all(job.parameters["store"] == str(tmp_path / "data" / "ci.zarr")
                             for job in training)
     for notebook in ("03_byol_pretraining", "04_finetuning"):
         declared = papermill.inspect_notebook(str(paths.notebooks_dir() / f"{notebook}.ipynb"))
         assert declared["store"]["default"] == '""'  # the GeoTIFFs unless a store is given
-    assert batch.plan_jobs("ci", batch.load_profile("ci"), tmp_path)[-2].parameters["store"] == ""
+    planned = notebook_batch.plan_jobs("ci", notebook_batch.load_profile("ci"), tmp_path)
+    assert planned[-2].parameters["store"] == ""
     assert paths.data_location("s3://bucket/rapid.zarr") == "s3://bucket/rapid.zarr"
 
 
@@ -193,18 +205,18 @@ def test_the_embedded_corpus_is_packed_once_and_anew_when_regenerated(tmp_path, 
     corpus = generate_corpus(tmp_path / "c", n_sites=4, seed=0, size=16, dates=dates,
                              workers=1, progress=False)
     location = tmp_path / "data" / "c.zarr"
-    batch.pack_synthetic_store(corpus, location, workers=1)
+    notebook_batch.pack_synthetic_store(corpus, location, workers=1)
     packed = PackedStore(location)
     assert [d.isoformat() for d in packed.dates] == dates  # every date of the corpus
     sample = packed.sample_ids[0]
     first = packed.read(sample, [0]).copy()
     with caplog.at_level(logging.INFO):
-        batch.pack_synthetic_store(corpus, location, workers=1)  # kept: nothing to pack
+        notebook_batch.pack_synthetic_store(corpus, location, workers=1)  # kept: nothing to pack
     assert "anew" not in caplog.text
     generate_corpus(tmp_path / "c", n_sites=4, seed=1, size=16, dates=dates, workers=1,
                     progress=False)  # same site ids, other pixels
     with caplog.at_level(logging.INFO):
-        batch.pack_synthetic_store(corpus, location, workers=1)
+        notebook_batch.pack_synthetic_store(corpus, location, workers=1)
     assert "packing it anew" in caplog.text
     again = PackedStore(location)
     assert sorted(again.sample_ids) == sorted(build_index(corpus, progress=False)["sample_id"])
@@ -278,7 +290,7 @@ def test_docs_without_a_run_say_what_to_do(project_home):
 
 # Profile settings the batch uses itself (the corpus, the jobs), not a notebook.
 BATCH_KEYS = {"corpus", "synth_sites", "synth_size", "synth_dates", "synth_dtype", "workers",
-              "seeds", "scenarios", *(f.name for f in dataclasses.fields(batch.Profile)
+              "seeds", "scenarios", *(f.name for f in dataclasses.fields(notebook_batch.Profile)
                                       if f.name.startswith(("chips_", "example_chips_")))}
 
 
@@ -286,19 +298,19 @@ def test_every_profile_setting_reaches_a_notebook_or_the_batch():
     declared = set()
     for notebook in paths.notebooks_dir().glob("*.ipynb"):
         declared |= set(papermill.inspect_notebook(str(notebook)))
-    renamed = {key for aliases in batch.ALIASES.values() for key in aliases}
-    settings = {f.name for f in dataclasses.fields(batch.Profile)}
+    renamed = {key for aliases in notebook_batch.ALIASES.values() for key in aliases}
+    settings = {f.name for f in dataclasses.fields(notebook_batch.Profile)}
     assert settings - declared - renamed - BATCH_KEYS == set()  # none is read by nobody
 
 
 @pytest.mark.parametrize("profile", ["ci", "quick", "poster", "chips-example", "real-s2"])
 def test_every_profile_plans_its_jobs(profile, tmp_path):
-    settings = batch.load_profile(profile)
+    settings = notebook_batch.load_profile(profile)
     corpus = tmp_path
     if settings.is_chips:  # the batch's corpus is then the chips spec it writes
         corpus = tmp_path / "chips.yaml"
         corpus.write_text("")
-    jobs = batch.plan_jobs(profile, settings, corpus)
+    jobs = notebook_batch.plan_jobs(profile, settings, corpus)
     first = ["01b_chips_overview"] if settings.is_chips else ["01_data_exploration",
                                                               "02_label_mapping"]
     assert [job.notebook for job in jobs[:len(first)]] == first
@@ -319,10 +331,10 @@ def test_notebook_kernels_run_on_unix_sockets_without_the_tcp_warning(
     nbformat.write(notebook, tmp_path / "tiny.ipynb")
     monkeypatch.setattr(paths, "notebooks_dir", lambda: tmp_path)
     started = []
-    make_kernel = batch.NotebookKernel
-    monkeypatch.setattr(batch, "NotebookKernel", lambda **kw: started.append(
+    make_kernel = notebook_batch.NotebookKernel
+    monkeypatch.setattr(notebook_batch, "NotebookKernel", lambda **kw: started.append(
         make_kernel(**kw)) or started[-1])
-    outcome = batch.run_notebook("tiny", tmp_path / "out" / "tiny.ipynb", {})
+    outcome = notebook_batch.run_notebook("tiny", tmp_path / "out" / "tiny.ipynb", {})
     assert outcome.error is None
     assert started[0].transport == "ipc" and not started[0].is_alive()  # stopped, not leaked
     assert started[0].clients and not any(client.channels_running  # else each logs, collected,
@@ -356,12 +368,12 @@ def test_a_study_from_an_indexed_corpus_does_not_index_it_again(tiny_corpus, tmp
 
 
 def test_progress_lines_from_a_child_process_reach_the_batch(tmp_path, monkeypatch):
-    monkeypatch.delenv(messages.PROGRESS_FILE_ENV, raising=False)
+    monkeypatch.delenv(progress.PROGRESS_FILE_ENV, raising=False)
     shown = []
-    child = ("from rapid_utils.messages import report_progress\n"
+    child = ("from rapid_utils.progress import report_progress\n"
              "for k in (1, 2):\n    report_progress(f'epoch {k}/2:  loss\\n0.5')")
-    with messages.follow_progress(shown.append, interval_s=0.05):
+    with progress.follow_progress(shown.append, interval_s=0.05):
         subprocess.run([sys.executable, "-c", child], check=True)
     assert shown == ["epoch 1/2: loss 0.5", "epoch 2/2: loss 0.5"]  # one line each
-    assert messages.PROGRESS_FILE_ENV not in os.environ  # restored
-    messages.report_progress("nobody listens")  # without the variable: nothing, no error
+    assert progress.PROGRESS_FILE_ENV not in os.environ  # restored
+    progress.report_progress("nobody listens")  # without the variable: nothing, no error

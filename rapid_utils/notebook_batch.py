@@ -30,8 +30,8 @@ from rapid_utils.corpus.synthetic import MARKER as SYNTHETIC_MARKER
 from rapid_utils.corpus.synthetic import generate_corpus
 from rapid_utils.corpus.synthetic_chips import generate_example_chips
 from rapid_utils.io import atomic_path, write_json_atomic
-from rapid_utils.messages import follow_progress, gist
 from rapid_utils.profile import Profile, ProfileError, load_profile
+from rapid_utils.progress import follow_progress, gist
 
 log = logging.getLogger(__name__)
 
