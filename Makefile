@@ -33,7 +33,7 @@ reproduce: setup
 
 # HTML pages of the executed notebooks with an index (runs/$(PROFILE)/html/index.html).
 docs: setup
-	$(BIN)/rapid-utils docs --profile $(PROFILE)
+	$(BIN)/rapid-utils docs --profile $(PROFILE) --publish docs/$(PROFILE)/notebooks
 
 lint: setup
 	$(BIN)/ruff check rapid_utils tests notebooks benchmarks experiments

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from rapid_utils import byol, models, provenance
+from rapid_utils import provenance, speed
 from rapid_utils.io import write_json_atomic
 
 RECIPES = ("imagenet:32", "small-stride2:32", "small-stride2:16", "small:32", "imagenet:64")
@@ -40,23 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def step_seconds(stem: str, size: int, arch: str, batch: int, iters: int, warmup: int
                  ) -> float:
     """Median seconds of one BYOL step at this stem and view size."""
-    torch.manual_seed(0)
-    encoder = models.build_model(arch, 4, 0, stem=stem)
-    model = byol.BYOL(encoder, models.feature_dim(encoder), 1024, 128)
-    optimizer = byol.LARS(byol.parameter_groups(model, 1.5e-6), lr=0.25, momentum=0.9,
-                          eta=0.02)
-    views = torch.randn(2, batch, 4, size, size)
-    times = []
-    for k in range(warmup + iters):
-        start = time.perf_counter()
-        loss = model(views[0], views[1])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.update_target(0.99)
-        if k >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return speed.median_step_seconds(speed.byol_step(arch, batch, size, stem=stem), iters, warmup)
 
 
 def main(argv: list[str] | None = None) -> int:

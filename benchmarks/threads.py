@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -57,14 +56,7 @@ def competitor(kind: str) -> subprocess.Popen | None:
 def time_steps(step: Callable[[], None], threads: int, iters: int, warmup: int) -> float:
     """Median seconds of `iters` steps with `threads` torch threads, after `warmup` steps."""
     torch.set_num_threads(threads)
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return speed.median_step_seconds(step, iters, warmup)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -106,6 +107,10 @@ def _show_profile(args: argparse.Namespace) -> int:
 def _docs(args: argparse.Namespace) -> int:
     index = docs.build_docs(args.profile)
     logging.info("documentation: %s", index)
+    if args.publish:
+        copies = docs.publish_docs(args.profile, args.publish)
+        size = sum(page.stat().st_size for page in copies) / 1e6
+        logging.info("published %d pages (%.1f MB) to %s", len(copies), size, args.publish)
     return 0
 
 
@@ -366,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("docs", help="render a profile's executed notebooks to HTML")
     render.add_argument("--profile", default="quick")
+    render.add_argument("--publish", type=Path, default=None,
+                        help="also copy the pages a reader needs (one fine-tuning run) here")
     render.set_defaults(func=_docs)
 
     pretrain = commands.add_parser("pretrain", help="BYOL pretraining (torchrun-ready)")

@@ -1,13 +1,16 @@
 """HTML documentation of a run: every executed notebook, the figures and the results table.
 
 `rapid-utils docs --profile quick` (`make docs`) renders `runs/{profile}/notebooks/*.ipynb`
-with nbconvert into `runs/{profile}/html/` and writes an `index.html` linking them.
+with nbconvert into `runs/{profile}/html/` and writes an `index.html` linking them; with
+`--publish DIR` (the Makefile's `docs/{profile}/notebooks`) it also copies a reader's
+selection there (`publish_docs`), so the executed notebooks can be read without a run.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import shutil
 from pathlib import Path
 
 import nbconvert
@@ -46,6 +49,35 @@ def build_docs(profile: str) -> Path:
     with atomic_path(index) as tmp:
         tmp.write_text(_index_page(profile, pages, figures, out_dir), encoding="utf-8")
     return index
+
+
+FINETUNING_NOTEBOOK = "04_finetuning"
+PUBLISHED_FINETUNING_RUNS = 1  # of a profile's many fine-tuning runs, the first is published
+
+
+def publish_docs(profile: str, out_dir: str | Path) -> list[Path]:
+    """Copy `build_docs`' pages of `profile` to `out_dir`: every notebook's page but of the
+    fine-tuning runs (one per scenario and seed, alike but for their numbers) only the first
+    in name order; pages there from an earlier run are replaced, others removed. Returns the
+    copies. Call `build_docs` first."""
+    rendered = paths.runs_dir(profile) / "html"
+    pages = sorted(rendered.glob("*.html"))
+    if not pages:
+        raise FileNotFoundError(f"no rendered notebooks in {rendered}: run `rapid-utils docs "
+                                f"--profile {profile}` first")
+    finetuning = [p for p in pages if p.stem.startswith(FINETUNING_NOTEBOOK)]
+    chosen = [p for p in pages if p not in finetuning and p.name != "index.html"]
+    chosen += finetuning[:PUBLISHED_FINETUNING_RUNS]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in set(out_dir.glob("*.html")) - {out_dir / p.name for p in chosen}:
+        stale.unlink()
+    copies = []
+    for page in sorted(chosen):
+        with atomic_path(out_dir / page.name) as tmp:
+            shutil.copyfile(page, tmp)
+        copies.append(out_dir / page.name)
+    return copies
 
 
 def _index_page(profile: str, pages: list[Path], figures: Path, out_dir: Path) -> str:

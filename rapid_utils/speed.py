@@ -18,16 +18,15 @@ REFERENCE_STEP = {"arch": "resnet18", "batch": 32, "size": 32, "hidden": 1024, "
 """The reference step: one quick-profile BYOL step (forward, backward, LARS, target update)."""
 
 
-def reference_step() -> Callable[[], None]:
-    """The reference step as a function, on fixed random views (what `reference_step_seconds`
-    and `benchmarks/threads.py` time)."""
+def byol_step(arch: str = "resnet18", batch: int = 32, size: int = 32, hidden: int = 1024,
+              projection: int = 128, stem: str = "imagenet") -> Callable[[], None]:
+    """One BYOL optimisation step (forward of both views, backward, LARS, target update, as
+    `train.pretrain` does; no augmentation) as a function, on fixed random 4-band views."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        encoder = models.build_model(REFERENCE_STEP["arch"], 4, 0)
-        model = byol.BYOL(encoder, models.feature_dim(encoder), REFERENCE_STEP["hidden"],
-                          REFERENCE_STEP["projection"])
-        size = REFERENCE_STEP["size"]
-        views = torch.randn(2, REFERENCE_STEP["batch"], 4, size, size)
+        encoder = models.build_model(arch, 4, 0, stem=stem)
+        model = byol.BYOL(encoder, models.feature_dim(encoder), hidden, projection)
+        views = torch.randn(2, batch, 4, size, size)
     optimizer = byol.LARS(byol.parameter_groups(model, 1.5e-6), lr=0.125, momentum=0.9)
 
     def step() -> None:
@@ -40,11 +39,15 @@ def reference_step() -> Callable[[], None]:
     return step
 
 
-def reference_step_seconds(iters: int = 5, warmup: int = 2) -> float:
-    """Median seconds of the reference step with torch's current threads: the machine's speed
-    in one number, recorded beside wall times so a reader can scale them to their own CPU
-    (0.18 s on a quiet 2-core AMD EPYC, 2026-12-05)."""
-    step = reference_step()
+def reference_step() -> Callable[[], None]:
+    """The reference step (`REFERENCE_STEP`) as a function: what `reference_step_seconds` and
+    `benchmarks/threads.py` time."""
+    return byol_step(**REFERENCE_STEP)
+
+
+def median_step_seconds(step: Callable[[], object], iters: int = 5, warmup: int = 2) -> float:
+    """Median seconds of `iters` calls of `step` after `warmup` untimed ones (the median: one
+    slow call on a shared machine does not move it)."""
     for _ in range(warmup):
         step()
     times = []
@@ -53,3 +56,10 @@ def reference_step_seconds(iters: int = 5, warmup: int = 2) -> float:
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def reference_step_seconds(iters: int = 5, warmup: int = 2) -> float:
+    """Median seconds of the reference step with torch's current threads: the machine's speed
+    in one number, recorded beside wall times so a reader can scale them to their own CPU
+    (0.18 s on a quiet 2-core AMD EPYC, 2026-12-05)."""
+    return median_step_seconds(reference_step(), iters, warmup)

@@ -168,20 +168,30 @@ def test_load_pretrained_refuses_mismatched_weights(pretrained: dict, tmp_path: 
         models.load_pretrained(other)
 
 
-def test_plain_torchvision_loading_as_the_readme_shows(
-    pretrained: dict, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _readme_snippet() -> str:
+    """The README's plain-torchvision loading code (its "Using the pretrained weights" block)."""
     section = README.read_text().split("### Using the pretrained weights", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    assert 'load_file("export/encoder.safetensors")' in code
-    monkeypatch.chdir(pretrained["out"].parent)  # the README's export/ folder
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def _check_readme_snippet(export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's snippet, run beside `export` (its export/ folder), gives the features
+    `models.load_pretrained` gives."""
+    monkeypatch.chdir(export.parent)
     x = stored_values()
     namespace = {"x": x}
     with torch.no_grad():
-        exec(code, namespace)
-        model, normalisation = models.load_pretrained(pretrained["out"])
+        exec(_readme_snippet(), namespace)
+        model, normalisation = models.load_pretrained(export)
         expected = model(normalisation.normalise(x))
     torch.testing.assert_close(namespace["features"], expected)
+
+
+def test_plain_torchvision_loading_as_the_readme_shows(
+    pretrained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert 'load_file("export/encoder.safetensors")' in _readme_snippet()
+    _check_readme_snippet(pretrained["out"], monkeypatch)
 
 
 # --------------------------------------------------------------------------- stems
@@ -260,13 +270,4 @@ def test_a_saved_classifier_keeps_its_stem(small_stem: dict, tmp_path: Path) -> 
 def test_plain_torchvision_loading_of_a_small_stem_as_the_readme_shows(
     small_stem: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    section = README.read_text().split("### Using the pretrained weights", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    monkeypatch.chdir(small_stem["out"].parent)  # the README's export/ folder
-    x = stored_values()
-    namespace = {"x": x}
-    with torch.no_grad():
-        exec(code, namespace)
-        model, normalisation = models.load_pretrained(small_stem["out"])
-        expected = model(normalisation.normalise(x))
-    torch.testing.assert_close(namespace["features"], expected)
+    _check_readme_snippet(small_stem["out"], monkeypatch)

@@ -186,3 +186,4 @@ def test_cli_shows_a_traceback_for_unexpected_value_errors_only(monkeypatch, cap
     unexpected, expected = caplog.records
     assert "a bug deep down" in unexpected.getMessage() and unexpected.exc_info
     assert "no parameter file" in expected.getMessage() and not expected.exc_info
+
