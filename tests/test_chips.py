@@ -334,7 +334,7 @@ def test_chips_profile_runs_the_whole_batch(tmp_path: Path, monkeypatch) -> None
     assert spec.class_map["HerbaceousVegetation"] == "shrub"
     figures = paths.figures_dir("chips-example")
     for name in ("chip_examples", "split_sizes", "byol_embedding_augment_seed0",
-                 "fig4_test_accuracy", "fig5_class_precision_recall"):
+                 "fig4_accuracy_per_epoch", "fig5_class_precision_recall"):
         assert (figures / f"{name}.png").stat().st_size > 5_000, name
     table = pd.read_csv(figures / "results.csv", index_col="scenario")
     assert table.index.tolist() == ["byol-100%"] and table.loc["byol-100%", "n_seeds"] == 2

@@ -296,7 +296,7 @@ def test_notebook_05_on_fake_results(results_dir: Path, tmp_path: Path, run_note
     figures = tmp_path / "figures"
     run_notebooks({"05_figures": {"runs_dir": str(results_dir.parent)}},  # reads only results
                   tmp_path / "no-corpus", tmp_path)
-    for name in ("fig3_byol_model", "fig4_test_accuracy", "fig5_class_precision_recall"):
+    for name in ("fig3_byol_model", "fig4_accuracy_per_epoch", "fig5_class_precision_recall"):
         assert (figures / f"{name}.png").is_file(), name
         assert (figures / f"{name}.pdf").is_file(), name
     table = pd.read_csv(figures / "results.csv", index_col="scenario")
