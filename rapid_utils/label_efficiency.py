@@ -217,7 +217,7 @@ def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Pat
     if config.protocol == "validation":
         subsets = evaluation.validation_subsets(labels, subsets, config.test_share, config.seed)
         folder = folder / "validation"
-    networks = [name for name in config.encoders]
+    networks = list(config.encoders)
     features = frozen_features(data, labelled, {name: inits[name] for name in networks},
                                arch, config.seed, imagenet_weights_path, progress=progress,
                                bn_images=config.bn_images, stem=stem)
