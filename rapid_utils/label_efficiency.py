@@ -38,8 +38,9 @@ COMBINED = f"{IMAGESTATS}+"  # prefix of a network's features joined to imagesta
 
 
 def suite_config(values: Mapping[str, object]) -> SuiteConfig:
-    """The study's `SuiteConfig` from a profile's (or notebook 06's) `suite_*` values and seed:
-    each `suite_<field>` sets `<field>`, so a new field needs no copy here."""
+    """The study's `SuiteConfig` from a profile's (or notebook 06's) `suite_*` values, `seed`
+    and `byol_seed` (the random-init network's, as BYOL's: each pretraining run is read against
+    its own random draw): each `suite_<field>` sets `<field>`, so a new field needs no copy."""
     chosen = {f.name: values[f"suite_{f.name}"] for f in fields(SuiteConfig)
               if f"suite_{f.name}" in values}
     for name in ("encoders", "finetune_encoders", "knn_k"):
@@ -48,7 +49,9 @@ def suite_config(values: Mapping[str, object]) -> SuiteConfig:
     if "labels_per_class" in chosen:
         chosen["labels_per_class"] = tuple(None if k == "all" else int(k)
                                            for k in chosen["labels_per_class"])
-    return SuiteConfig(seed=int(values["seed"]), **chosen)
+    network_seed = values.get("byol_seed")
+    return SuiteConfig(seed=int(values["seed"]),
+                       network_seed=None if network_seed is None else int(network_seed), **chosen)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class SuiteConfig:
     finetune_encoders: tuple[str, ...] = ("byol", RANDOM_INIT)
     test_share: float = 0.5  # share of each class held out for testing in every repeat
     knn_k: tuple[int, ...] = evaluation.KNN_K  # one kNN per k
-    seed: int = 0  # seeds the splits, the subsets and the random-init network
+    seed: int = 0  # seeds the splits and the subsets (the random-init network too, by default)
+    network_seed: int | None = None  # seeds the random-init network; None: `seed`
     max_items: int | None = 20_000  # labelled items evaluated (a stable per-class draw)
     bn_images: int = 1024  # pool images that re-estimate each network's BatchNorm; 0: none
     protocol: str = "test"  # "validation": `evaluation.validation_subsets`, to choose settings
@@ -218,8 +222,9 @@ def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Pat
         subsets = evaluation.validation_subsets(labels, subsets, config.test_share, config.seed)
         folder = folder / "validation"
     networks = list(config.encoders)
+    network_seed = config.seed if config.network_seed is None else config.network_seed
     features = frozen_features(data, labelled, {name: inits[name] for name in networks},
-                               arch, config.seed, imagenet_weights_path, progress=progress,
+                               arch, network_seed, imagenet_weights_path, progress=progress,
                                bn_images=config.bn_images, stem=stem)
     frozen = evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
                                         seed=config.seed, progress=progress)

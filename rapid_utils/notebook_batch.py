@@ -204,7 +204,8 @@ class Job:
 # Profile keys that mean different things for pretraining and fine-tuning, renamed to the
 # notebooks' own parameter names.
 ALIASES = {
-    "03_byol_pretraining": {"pretrain_epochs": "epochs", "pretrain_batch_size": "batch_size",
+    "03_byol_pretraining": {"byol_seed": "seed", "pretrain_epochs": "epochs",
+                            "pretrain_batch_size": "batch_size",
                             "pretrain_weight_decay": "weight_decay",
                             "pretrain_optimizer": "optimizer"},
     "04_finetuning": {"finetune_epochs": "epochs", "finetune_batch_size": "batch_size",
@@ -219,13 +220,13 @@ def for_notebook(notebook: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def study_parameters(profile: str, settings: Profile, corpus: Path) -> dict[str, Any]:
     """What every notebook of a profile's batch receives: the profile's settings, the
-    folders, and the split and BYOL seeds (the profile's `seed`)."""
+    folders, the split seed (the profile's `seed`) and the BYOL seed (`pretraining_seed`)."""
     return settings.to_dict() | {
         "corpus_dir": str(corpus),
         "runs_dir": str(paths.runs_dir(profile)),
         "figures_dir": str(paths.figures_dir(profile)),
         "split_seed": settings.seed,
-        "byol_seed": settings.seed,
+        "byol_seed": settings.pretraining_seed,
         # a packed store replaces the GeoTIFFs in training and evaluation (03, 04)
         "store": str(paths.data_location(settings.store)) if settings.store else "",
     }
@@ -251,7 +252,8 @@ def plan_jobs(profile: str, settings: Profile, corpus: Path) -> list[Job]:
             parameters = for_notebook("04_finetuning", common) | {
                 "init": scenario.init, "label_fraction": scenario.label_fraction, "seed": seed,
             }
-            init = study.resolve_init(scenario.init, runs, settings.positives, settings.seed)
+            init = study.resolve_init(scenario.init, runs, settings.positives,
+                                      settings.pretraining_seed)
             name = train.results_name(
                 train.FinetuneConfig(init=init, label_fraction=scenario.label_fraction, seed=seed)
             )

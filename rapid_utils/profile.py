@@ -46,7 +46,9 @@ class Profile:
 
     # the corpus (the batch)
     corpus: str  # "synthetic", "example-chips", or a corpus folder
-    seed: int = _at_least(0)  # corpus, split, BYOL pretraining (and `seeds` when empty)
+    seed: int = _at_least(0)  # corpus, split, label subsets (and `seeds`, `byol_seed` if empty)
+    # BYOL pretraining and the random-init network it is read against (03, 04, 06); empty: `seed`
+    byol_seed: int | None = _at_least(0, None)
     store: str = ""  # packed store read in place of the GeoTIFFs; "": the GeoTIFFs
     synth_sites: int = _at_least(1, 1000)
     synth_size: int = _at_least(8, 64)
@@ -129,6 +131,12 @@ class Profile:
     suite_bn_images: int = _at_least(0, 1024)  # pool images re-estimating BatchNorm; 0: none
     suite_protocol: Literal["test", "validation"] = "test"  # validation: choose settings
     suite_max_items: int = _at_least(1, 20000)
+
+    @property
+    def pretraining_seed(self) -> int:
+        """The seed of BYOL pretraining and of the random-init network: `byol_seed`, else
+        `seed`. Another value is another pretraining run on the same split and subsets."""
+        return self.seed if self.byol_seed is None else self.byol_seed
 
     @property
     def finetune_seeds(self) -> tuple[int, ...]:

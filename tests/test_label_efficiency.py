@@ -90,6 +90,29 @@ def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: 
     assert json.loads(run_file.read_text())["parameters"]["lr"] == 5e-4  # a stale one is rerun
 
 
+def test_another_network_seed_keeps_the_subsets_and_redraws_the_network(
+        chips_study, tmp_path: Path) -> None:
+    config = label_efficiency.SuiteConfig(
+        encoders=("random-init",), labels_per_class=(1,), repeats=2, finetune_repeats=0,
+        seed=0, bn_images=0)
+    inits = label_efficiency.encoder_inits(["random-init"], tmp_path)
+    base = train.FinetuneConfig(arch="resnet18")
+    folder = paths.label_efficiency_dir(tmp_path)
+    found = {}
+    for network_seed in (None, 1):
+        found[network_seed] = label_efficiency.run_suite(
+            chips_study, dataclasses.replace(config, network_seed=network_seed), "resnet18",
+            tmp_path, base, inits, progress=False).records
+        found[network_seed, "subsets"] = (folder / "subsets.json").read_text()
+    assert found[None, "subsets"] == found[1, "subsets"]  # the same label subsets, paired
+    imagestats = [found[key][found[key]["encoder"] == label_efficiency.IMAGESTATS]
+                  for key in (None, 1)]
+    pd.testing.assert_frame_equal(*imagestats)
+    networks = [found[key].loc[found[key]["encoder"] == "random-init", "accuracy"]
+                for key in (None, 1)]
+    assert not np.array_equal(*networks)  # another random network
+
+
 def test_the_validation_protocol_reads_no_test_item(chips_study, tmp_path: Path) -> None:
     config = label_efficiency.SuiteConfig(
         encoders=("random-init",), labels_per_class=(1,), repeats=2, finetune_repeats=0,
@@ -113,6 +136,8 @@ def test_suite_config_takes_every_suite_parameter() -> None:
               "suite_knn_k": [7], "suite_bn_images": 0, "suite_protocol": "validation",
               "suite_repeats": 10, "other": 1}
     config = label_efficiency.suite_config(values)
+    assert config.network_seed is None  # no byol_seed: the random network follows `seed`
+    assert label_efficiency.suite_config(values | {"byol_seed": 2}).network_seed == 2
     assert (config.seed, config.encoders, config.labels_per_class, config.knn_k,
             config.bn_images, config.protocol) == (3, ("byol",), (1, None), (7,), 0,
                                                     "validation")

@@ -274,6 +274,19 @@ def test_training_from_a_profile_refuses_settings_of_its_own(project_home, caplo
     assert not (project_home / "data").exists()  # refused before the corpus was made
 
 
+def test_a_byol_seed_is_another_pretraining_run_on_the_same_split(tmp_path):
+    values = notebook_batch.load_profile("ci")
+    assert values.pretraining_seed == values.seed  # no byol_seed: the profile's seed
+    jobs = notebook_batch.plan_jobs("ci", dataclasses.replace(values, byol_seed=7), tmp_path)
+    by_name = {job.notebook: job.parameters for job in jobs}
+    assert by_name["03_byol_pretraining"]["seed"] == 7  # 03's own name for its seed
+    assert by_name["06_label_efficiency"]["byol_seed"] == 7
+    assert by_name["06_label_efficiency"]["seed"] == values.seed  # the subsets stay
+    assert {job.parameters["split_seed"] for job in jobs} == {values.seed}
+    tuned = [job.parameters for job in jobs if job.notebook == "04_finetuning"]
+    assert tuned and {parameters["byol_seed"] for parameters in tuned} == {7}
+
+
 def test_resolve_init(tmp_path):
     assert study.resolve_init("random", tmp_path) == "random"
     assert study.resolve_init("byol:/x/ckpt.pt", tmp_path) == "byol:/x/ckpt.pt"
