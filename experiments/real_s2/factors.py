@@ -9,6 +9,10 @@ in its own home (one at a time: two trainings on two cores slow both):
     python experiments/real_s2/factors.py run today stem spectral-views
     python experiments/real_s2/factors.py table today stem spectral-views
 
+A factor that changes only notebook 06 (fine-tuning) can start from a copy of another factor's
+home, so BYOL is not pretrained again (`run --pretrained-in today finetune-200-steps`);
+`curves` then writes the fine-tuning runs' validation accuracy after every epoch.
+
 `table` reads every factor's validation records and writes `factors_validation.csv` beside the
 profile's figures: per factor, labels per class and evaluation, BYOL's and random-init's
 validation accuracy, BYOL minus random-init (paired over repeats), and BYOL minus the first
@@ -19,7 +23,9 @@ validation subsets are the same in all of them and every difference is paired.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +45,21 @@ def factor_home(root: Path, factor: str) -> Path:
     return root / factor
 
 
-def run(factors: list[str], root: Path) -> None:
-    """Reproduce the profile once per factor, in its own home (a finished one resumes)."""
+def run(factors: list[str], root: Path, pretrained_in: str | None = None) -> None:
+    """Reproduce the profile once per factor, in its own home (a finished one resumes); a new
+    home starts as a copy of `pretrained_in`'s (its BYOL checkpoint reused), when given."""
     for factor in factors:
         extra = RECIPE / f"{factor}.yaml"
         if not extra.is_file():
             raise SystemExit(f"no factor file {extra}; known: "
                              f"{sorted(p.stem for p in RECIPE.glob('*.yaml'))}")
+        home = factor_home(root, factor)
+        if pretrained_in and not home.exists():
+            source = factor_home(root, pretrained_in)
+            if not (source / "runs" / PROFILE / "byol").is_dir():
+                raise SystemExit(f"no BYOL run in {source}: run {pretrained_in} first")
+            # its label-efficiency results are another factor's: not copied
+            shutil.copytree(source, home, ignore=shutil.ignore_patterns("label_efficiency"))
         env = os.environ | {"RAPID_HOME": str(factor_home(root, factor))}
         command = [sys.executable, "-m", "rapid_utils.cli", "reproduce", "--profile", PROFILE,
                    "--extra", str(VALIDATION), "--extra", str(extra)]
@@ -95,20 +109,51 @@ def table(factors: list[str], root: Path) -> pd.DataFrame:
          "imagestats", *(c for c in rows[0].columns if c.startswith("byol_minus"))]]
 
 
+def curves(factors: list[str], root: Path) -> pd.DataFrame:
+    """Validation accuracy after every fine-tuning epoch: one row per factor, encoder, labels
+    per class and epoch, the mean over repeats (and their count) with the AdamW steps done."""
+    rows = []
+    for factor in factors:
+        folder = paths.label_efficiency_dir(factor_home(root, factor) / "runs" / PROFILE)
+        found = sorted((folder / "validation").glob("*_k*_repeat*.json"))
+        if not found:
+            raise SystemExit(f"no fine-tuning runs for {factor} in {folder / 'validation'}")
+        for path in found:
+            encoder, labels, repeat = path.stem.rsplit("_", 2)
+            run_file = json.loads(path.read_text())
+            steps_per_epoch = -(-max(run_file["parameters"]["n_train"],
+                                     run_file["parameters"]["min_samples_per_epoch"])
+                                // run_file["parameters"]["batch_size"])
+            for epoch, accuracy in enumerate(run_file["per_epoch"]["val_accuracy"], start=1):
+                rows.append({"factor": factor, "encoder": encoder,
+                             "labels_per_class": labels.removeprefix("k"),
+                             "repeat": int(repeat.removeprefix("repeat")), "epoch": epoch,
+                             "steps": epoch * steps_per_epoch, "accuracy": accuracy})
+    long = pd.DataFrame(rows)
+    return (long.groupby(["factor", "encoder", "labels_per_class", "epoch", "steps"])["accuracy"]
+            .agg(accuracy_mean="mean", n_repeats="count").reset_index())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"folder of the factors' homes (default {DEFAULT_ROOT})")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "table"):
+    for name in ("run", "table", "curves"):
         command = commands.add_parser(name)
         command.add_argument("factors", nargs="+", help="factor files in recipe/, without .yaml")
+        if name == "run":
+            command.add_argument("--pretrained-in", metavar="FACTOR",
+                                 help="start a new home as a copy of FACTOR's (its BYOL reused)")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.factors, args.root)
+        run(args.factors, args.root, args.pretrained_in)
     else:
-        found = table(args.factors, args.root)
-        out = paths.figures_dir(PROFILE) / "factors_validation.csv"
+        if args.command == "table":
+            found, name = table(args.factors, args.root), "factors_validation.csv"
+        else:
+            found, name = curves(args.factors, args.root), "finetune_curves_validation.csv"
+        out = paths.figures_dir(PROFILE) / name
         out.parent.mkdir(parents=True, exist_ok=True)
         evaluation.write_table(found, out)
         print(found.round(3).to_string())
