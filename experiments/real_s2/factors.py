@@ -134,6 +134,15 @@ def curves(factors: list[str], root: Path) -> pd.DataFrame:
             .agg(accuracy_mean="mean", n_repeats="count").reset_index())
 
 
+def publish(found: pd.DataFrame, name: str) -> None:
+    """Write `found` as `name` beside the profile's figures and print it."""
+    out = paths.figures_dir(PROFILE) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    evaluation.write_table(found, out)
+    print(found.round(3).to_string())
+    print(f"-> {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
@@ -148,16 +157,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "run":
         run(args.factors, args.root, args.pretrained_in)
+    elif args.command == "table":
+        publish(table(args.factors, args.root), "factors_validation.csv")
     else:
-        if args.command == "table":
-            found, name = table(args.factors, args.root), "factors_validation.csv"
-        else:
-            found, name = curves(args.factors, args.root), "finetune_curves_validation.csv"
-        out = paths.figures_dir(PROFILE) / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        evaluation.write_table(found, out)
-        print(found.round(3).to_string())
-        print(f"-> {out}")
+        publish(curves(args.factors, args.root), "finetune_curves_validation.csv")
 
 
 if __name__ == "__main__":

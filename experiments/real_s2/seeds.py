@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from factors import PROFILE, publish  # this folder is on the path when run as a script
 
 from rapid_utils import evaluation, paths
 
-PROFILE = "real-s2"
 DEFAULT_ROOT = Path("/tmp/real-s2-seeds")
 COMPARISONS = [("byol", "random-init"), ("imagestats+byol", "imagestats"),
                ("imagestats+byol", "imagestats+random-init"), ("byol", "imagestats")]
@@ -114,12 +114,7 @@ def main() -> None:
         run(args.seeds, args.root, args.finetune)
         return
     homes = {seed: seed_home(args.root, seed) for seed in args.seeds}
-    found = table(homes | _home_overrides(args.home))
-    out = paths.figures_dir(PROFILE) / "seeds_test.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    evaluation.write_table(found, out)
-    print(found.round(3).to_string())
-    print(f"-> {out}")
+    publish(table(homes | _home_overrides(args.home)), "seeds_test.csv")
 
 
 if __name__ == "__main__":
