@@ -233,9 +233,12 @@ def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Pat
         labels, subsets, evaluations=("linear-probe",), seed=config.seed, progress=progress)
     parts = [frozen.records, combined.records]
     if config.finetune_repeats:
+        # test parts are classified after the last epoch only; validation parts after every
+        # epoch, whose curve is what sizes fine-tuning (experiments/real_s2/factors.py curves)
+        every_epoch = replace(finetune_base, val_every_epoch=config.protocol == "validation")
         parts.append(finetune_records(
             data, labelled, {name: inits[name] for name in config.finetune_encoders}, subsets,
-            finetune_base, folder, config.finetune_repeats, progress))
+            every_epoch, folder, config.finetune_repeats, progress))
     records = pd.concat(parts, ignore_index=True)
     paired = _paired_table(records, frozen, combined, networks)
     evaluation.write_table(records, folder / "records.csv")

@@ -251,13 +251,14 @@ def per_epoch_table(results: Sequence[RunResult]) -> pd.DataFrame:
         if scenario is None:
             continue
         curves = run.per_epoch
-        for epoch, test in enumerate(curves["test_accuracy"], start=1):
+        for epoch, (test, val) in enumerate(
+                zip(curves["test_accuracy"], curves["val_accuracy"], strict=True), start=1):
             rows.append({
                 "scenario": scenario,
                 "seed": run.seed,
                 "epoch": epoch,
                 "test_accuracy": math.nan if test is None else float(test),
-                "val_accuracy": float(curves["val_accuracy"][epoch - 1]),
+                "val_accuracy": math.nan if val is None else float(val),
                 "train_loss": float(curves["train_loss"][epoch - 1]),
             })
     columns = ["scenario", "seed", "epoch", "test_accuracy", "val_accuracy", "train_loss"]

@@ -80,6 +80,8 @@ def test_suite_pairs_subsets_and_resumes_its_fine_tuning(chips_study, tmp_path: 
     assert (frozen_pairs["bootstrap_ci_low"] <= frozen_pairs["difference_mean"] + 1e-12).all()
 
     run_file = folder / "random-init_k1_repeat0.json"
+    # the test part stands in as validation: classified after the last epoch only
+    assert json.loads(run_file.read_text())["parameters"]["val_every_epoch"] is False
     written = run_file.stat().st_mtime_ns
     again = label_efficiency.run_suite(chips_study, config, "resnet18", tmp_path, base,
                                        inits, progress=False)

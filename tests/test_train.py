@@ -229,6 +229,9 @@ def test_finetune_results_file(data: dict, tmp_path: Path) -> None:
     every = run_finetune(data, tiny_finetune(test_every_epoch=True), tmp_path / "every.json")
     assert all(math.isfinite(v) for v in every["per_epoch"]["test_accuracy"])
     assert every["final"] == results["final"]  # training does not depend on it
+    once = run_finetune(data, tiny_finetune(val_every_epoch=False), tmp_path / "once.json")
+    assert once["per_epoch"]["val_accuracy"] == [None, curves["val_accuracy"][1]]
+    assert once["final"] == results["final"]  # the last epoch's validation is kept
     test = results["final"]["test"]
     assert set(test["precision"]) == set(CLASSES) == set(test["recall"])
     assert np.sum(test["confusion_matrix"]) == len(data["val_index"])

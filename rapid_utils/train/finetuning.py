@@ -84,6 +84,9 @@ class FinetuneConfig:
     # poster scale, 75,000 test sites at four dates an epoch cost a long evaluation. True adds
     # the test accuracy of every epoch (the poster's Fig. 4 curves).
     test_every_epoch: bool = False
+    # False: validation sites too are classified after the last epoch only (where they are the
+    # test sites, as in the label-efficiency study's test protocol, a curve is not to be read)
+    val_every_epoch: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -259,7 +262,8 @@ def finetune(
     chips corpus's own (`Study.class_names`) otherwise; the results file records them.
 
     Trains on `config.label_fraction` of `train_index` (stratified, seeded), one random date
-    per site and epoch; evaluates val and test at `config.eval_dates` after every epoch.
+    per site and epoch; evaluates val and test at `config.eval_dates` after the last epoch
+    (and after every epoch, as `config.val_every_epoch` and `test_every_epoch` say).
     The results file records the split's and the band statistics' fingerprints and the BYOL
     checkpoint's content hash (`provenance`); a BYOL checkpoint pretrained on another split or
     normalisation is refused, unless `check_pretraining_split` is False (a study that
@@ -420,18 +424,20 @@ def _train(run: _Run, config: FinetuneConfig, progress: bool
         last = epoch == config.epochs - 1
         distributed.broadcast_buffers(run.model, run.context)  # one model evaluates, in shards
         # every process classifies its shard of the evaluation sites
+        every_epoch = {"val": config.val_every_epoch, "test": config.test_every_epoch}
         for name, eval_loader in run.eval_loaders.items():
-            if name == "test" and not (last or config.test_every_epoch):
-                per_epoch["test_accuracy"].append(None)  # JSON null: not evaluated
+            if not (last or every_epoch[name]):
+                per_epoch[f"{name}_accuracy"].append(None)  # JSON null: not evaluated
                 continue
             evaluations[name] = _evaluate(run.model, eval_loader, run.device, unreadable,
                                           run.context)
             y_true, y_pred = evaluations[name]["y_true"], evaluations[name]["y_pred"]
             per_epoch[f"{name}_accuracy"].append(float(np.mean(np.equal(y_true, y_pred))))
         if run.context.is_main:
+            val = per_epoch["val_accuracy"][-1]
             report_progress(f"fine-tune epoch {epoch + 1}/{config.epochs}: loss "
                             f"{per_epoch['train_loss'][-1]:.3f}, validation accuracy "
-                            f"{per_epoch['val_accuracy'][-1]:.1%}, "
+                            f"{'not evaluated' if val is None else f'{val:.1%}'}, "
                             f"{time.perf_counter() - started:.0f} s")
         distributed.barrier(run.context)
     unreadable.check()  # the last epoch's evaluation reads too
