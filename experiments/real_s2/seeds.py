@@ -39,16 +39,17 @@ def seed_home(root: Path, seed: int) -> Path:
     return root / f"seed{seed}"
 
 
-def run(seeds: list[int], root: Path, finetune: bool) -> None:
-    """Reproduce the profile once per pretraining seed, each in its own home (resumes)."""
+def run(seeds: list[int], root: Path, finetune: bool, extra: list[Path]) -> None:
+    """Reproduce the profile once per pretraining seed, each in its own home (resumes), with
+    the `extra` YAML files after the seed's own."""
     for seed in seeds:
         home = seed_home(root, seed)
         home.mkdir(parents=True, exist_ok=True)
-        extra = home / "byol_seed.yaml"
-        extra.write_text(f"byol_seed: {seed}\n"
+        seed_file = home / "byol_seed.yaml"
+        seed_file.write_text(f"byol_seed: {seed}\n"
                          + ("" if finetune else "suite_finetune_repeats: 0\n"))
         command = [sys.executable, "-m", "rapid_utils.cli", "reproduce", "--profile", PROFILE,
-                   "--extra", str(extra)]
+                   *(f"--extra={path}" for path in (seed_file, *extra))]
         print(f"== byol_seed {seed}: {' '.join(command)}", flush=True)
         subprocess.run(command, env=os.environ | {"RAPID_HOME": str(home)}, check=True)
 
@@ -106,12 +107,14 @@ def main() -> None:
         command.add_argument("seeds", nargs="+", type=int, help="pretraining seeds (byol_seed)")
     commands.choices["run"].add_argument("--finetune", action="store_true",
                                          help="also the profile's fine-tuning repeats")
+    commands.choices["run"].add_argument("--extra", action="append", default=[], type=Path,
+                                         help="a further YAML file (e.g. threads: 1)")
     commands.choices["table"].add_argument(
         "--home", action="append", default=[], metavar="SEED=PATH",
         help="a seed's RAPID_HOME elsewhere (e.g. the profile's own run for seed 0)")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.seeds, args.root, args.finetune)
+        run(args.seeds, args.root, args.finetune, args.extra)
         return
     homes = {seed: seed_home(args.root, seed) for seed in args.seeds}
     publish(table(homes | _home_overrides(args.home)), "seeds_test.csv")
