@@ -1,8 +1,9 @@
-"""What a BYOL step costs under each recipe of the real-s2 study: stem and view size.
+"""What a BYOL step costs under each recipe of the real-s2 study: stem, view size and width.
 
 One BYOL optimisation step (`rapid_utils.byol.BYOL` forward with both views, backward, LARS,
 target update, as `rapid_utils.train.pretrain` does; augmentation not timed) of the profile's
-ResNet-18 with heads 1024/128 on random 4-band batches, for each (stem, view size) asked. Each
+ResNet-18 (or the arch a recipe names, e.g. the narrower "resnet18-w32") with heads 1024/128
+on random 4-band batches, for each recipe asked. Each
 cell is the median of the timed steps, with samples per second and the ratio to the first
 recipe, all measured in this one run (so the ratios hold on another CPU; the absolute times
 scale with `benchmarks/threads.py`'s reference step). Prints a table and writes JSON
@@ -20,13 +21,15 @@ import torch
 from rapid_utils import provenance, speed
 from rapid_utils.io import write_json_atomic
 
-RECIPES = ("imagenet:32", "small-stride2:32", "small-stride2:16", "small:32", "imagenet:64")
+RECIPES = ("imagenet:32", "small-stride2:32", "small-stride2:16", "small:32", "imagenet:64",
+           "imagenet:32:resnet18-w32", "small-stride2:32:resnet18-w32")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help="stem:view_size pairs; the first is the baseline of the ratios")
+                        help="stem:view_size[:arch] (arch: --arch when left out); the first is "
+                        "the baseline of the ratios")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--iters", type=int, default=4, help="timed steps per recipe")
@@ -45,21 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = []
     for recipe in args.recipes:
-        stem, size = recipe.split(":")
-        seconds = step_seconds(stem, int(size), args.arch, args.batch_size, args.iters,
-                               args.warmup)
-        rows.append({"stem": stem, "view_size": int(size), "step_s": seconds,
+        stem, size, arch = (recipe.split(":") + [args.arch])[:3]
+        seconds = step_seconds(stem, int(size), arch, args.batch_size, args.iters, args.warmup)
+        rows.append({"arch": arch, "stem": stem, "view_size": int(size), "step_s": seconds,
                      "samples_per_s": args.batch_size / seconds})
     base = rows[0]["step_s"]
-    print(f"{args.arch}, batch {args.batch_size}, median of {args.iters} steps, "
+    print(f"batch {args.batch_size}, median of {args.iters} steps, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'stem':<15}{'view':>6}{'step s':>9}{'samples/s':>11}{'ratio':>7}")
+    print(f"{'arch':<14}{'stem':<15}{'view':>6}{'step s':>9}{'samples/s':>11}{'ratio':>7}")
     for row in rows:
         row["ratio"] = row["step_s"] / base
-        print(f"{row['stem']:<15}{row['view_size']:>6}{row['step_s']:>9.3f}"
+        print(f"{row['arch']:<14}{row['stem']:<15}{row['view_size']:>6}{row['step_s']:>9.3f}"
               f"{row['samples_per_s']:>11.1f}{row['ratio']:>7.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, {"arch": args.arch, "batch_size": args.batch_size,
+    write_json_atomic(args.out, {"batch_size": args.batch_size,
                                  "iters": args.iters, "rows": rows,
                                  "versions": provenance.versions()})
     return 0

@@ -69,7 +69,13 @@ class SuiteConfig:
     network_seed: int | None = None  # seeds the random-init network; None: `seed`
     max_items: int | None = 20_000  # labelled items evaluated (a stable per-class draw)
     bn_images: int = 1024  # pool images that re-estimate each network's BatchNorm; 0: none
+    eval_size: int | None = None  # networks' frozen features at this many px; None: as read
     protocol: str = "test"  # "validation": `evaluation.validation_subsets`, to choose settings
+
+    @property
+    def random_init_seed(self) -> int:
+        """The seed of the random-init network: `network_seed`, else `seed`."""
+        return self.seed if self.network_seed is None else self.network_seed
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders + self.finetune_encoders) - set(ENCODERS))
@@ -78,6 +84,9 @@ class SuiteConfig:
         if not 0 <= self.finetune_repeats <= self.repeats:
             raise ValueError(f"finetune_repeats must be between 0 and repeats ({self.repeats}), "
                              f"got {self.finetune_repeats}")
+        if self.eval_size is not None and self.eval_size < 8:
+            raise ValueError(f"eval_size must be at least 8 px (or None: as read), "
+                             f"got {self.eval_size}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.repeats < MIN_FROZEN_REPEATS or 0 < self.finetune_repeats < MIN_FINETUNE_REPEATS:
@@ -107,7 +116,8 @@ def suite_items(labelled: pd.DataFrame, max_items: int | None, seed: int = 0
 def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, str],
                     arch: str, seed: int = 0, imagenet_weights_path: str | None = None,
                     batch_size: int = 64, progress: bool = True, bn_images: int = 0,
-                    stem: str = "imagenet") -> dict[str, np.ndarray]:
+                    stem: str = "imagenet", eval_size: int | None = None
+                    ) -> dict[str, np.ndarray]:
     """Features (N, D) of each encoder and the imagestats baseline on `index`'s images.
 
     The images are those the encoders see (normalised, one date per site spread over the
@@ -115,8 +125,9 @@ def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, 
     holds features, not images. A "random" init is seeded by `seed`, so random-init features
     are the same network in every run; torch's global random state is left as it was. With
     `bn_images`, each network's BatchNorm statistics are first re-estimated on that many images
-    of the pretraining pool (`Study.pretraining_sites`, a stable draw), at evaluation size.
-    Random inits take `stem`, a BYOL init its checkpoint's (`models.init_stem`).
+    of the pretraining pool (`Study.pretraining_sites`, a stable draw), at evaluation size:
+    the images' own, or `eval_size` px (`evaluation.resize_images`; imagestats reads them as
+    they are). Random inits take `stem`, a BYOL init its checkpoint's (`models.init_stem`).
     """
     device = distributed.device(distributed.Context())
     encoders = {}
@@ -132,11 +143,12 @@ def frozen_features(data: study.Study, index: pd.DataFrame, inits: Mapping[str, 
         pool_loader = train.make_loader(
             open_dataset(data.corpus, pool, data.band_stats, date_sampling="spread"),
             batch_size, seed, shuffle=False)
-        evaluation.recalibrate_batchnorm(encoders, pool_loader, device, progress=progress)
+        evaluation.recalibrate_batchnorm(encoders, pool_loader, device, progress=progress,
+                                         image_size=eval_size)
     dataset = open_dataset(data.corpus, index, data.band_stats, date_sampling="spread")
     loader = train.make_loader(dataset, batch_size, seed, shuffle=False)  # store: batched reads
     features, _ = evaluation.extract_features(encoders, loader, device, imagestats=True,
-                                              progress=progress)
+                                              progress=progress, image_size=eval_size)
     return features
 
 
@@ -222,10 +234,10 @@ def run_suite(data: study.Study, config: SuiteConfig, arch: str, runs: str | Pat
         subsets = evaluation.validation_subsets(labels, subsets, config.test_share, config.seed)
         folder = folder / "validation"
     networks = list(config.encoders)
-    network_seed = config.seed if config.network_seed is None else config.network_seed
     features = frozen_features(data, labelled, {name: inits[name] for name in networks},
-                               arch, network_seed, imagenet_weights_path, progress=progress,
-                               bn_images=config.bn_images, stem=stem)
+                               arch, config.random_init_seed, imagenet_weights_path,
+                               progress=progress, bn_images=config.bn_images, stem=stem,
+                               eval_size=config.eval_size)
     frozen = evaluation.evaluate_frozen(features, labels, subsets, knn_k=config.knn_k,
                                         seed=config.seed, progress=progress)
     combined = evaluation.evaluate_frozen(

@@ -68,8 +68,10 @@ def build_model(
     """Build a torchvision ResNet for `in_channels` bands with a new `num_classes` head.
 
     `arch` is any torchvision model name with a `conv1` stem and an `fc` head (resnet18/34/50/101/
-    152, resnext, wide_resnet). `num_classes` 0 or None returns the bare encoder (`fc` is
-    `nn.Identity`), whose output width `feature_dim(model)` gives.
+    152, resnext, wide_resnet), or a ResNet's name with a width, ``"resnet18-w32"``
+    (`arch_width`): its stages w, 2w, 4w and 8w channels wide instead of 64 to 512. `num_classes`
+    0 or None returns the bare encoder (`fc` is `nn.Identity`), whose output width
+    `feature_dim(model)` gives.
 
     `init` chooses the initial weights:
 
@@ -89,8 +91,9 @@ def build_model(
       ``build_model(arch, in_channels, num_classes=0, stem=<its config's stem>)``. The
       classifier head is new.
 
-    `stem` is one of `STEMS`; None means "imagenet", or for a BYOL init the stem its checkpoint
-    records (``checkpoint["config"]["stem"]``; "imagenet" for checkpoints older than the field).
+    `stem` is one of `STEMS` (its conv1 as wide as the first stage); None means "imagenet", or
+    for a BYOL init the stem its checkpoint records (``checkpoint["config"]["stem"]``;
+    "imagenet" for checkpoints older than the field).
     A stem given explicitly that differs from the checkpoint's, or init "imagenet" with another
     stem than "imagenet" (ImageNet's 7x7 filters fit no other), raises ValueError. The stem is
     recorded as ``model.stem`` (`model_stem`).
@@ -116,7 +119,10 @@ def build_model(
     if init == "imagenet" and stem != "imagenet":
         raise ValueError(f"init='imagenet' needs stem='imagenet' (ImageNet's 7x7 stride-2 conv1 "
                          f"filters fit no other), got stem={stem!r}")
-    model = torchvision.models.get_model(arch, weights=None)
+    if init == "imagenet" and arch_width(arch) is not None:
+        raise ValueError(f"init='imagenet' needs torchvision's own widths, got the narrowed "
+                         f"{arch!r}: use {arch.partition(WIDTH_SEPARATOR)[0]!r}")
+    model = _torchvision_network(arch)
     if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "fc")):
         raise ValueError(f"{arch!r} lacks a ResNet-style conv1 and fc; use a torchvision ResNet")
     if init == "imagenet":
@@ -142,6 +148,56 @@ def build_model(
         model.fc = nn.Linear(width, num_classes)
     model.feature_dim = width
     model.stem = stem
+    return model
+
+
+WIDTH_SEPARATOR = "-w"
+"""Separates a torchvision ResNet's name from the width of its first stage: "resnet18-w32"."""
+
+
+def arch_width(arch: str) -> int | None:
+    """The first stage's width an `arch` name asks for ("resnet18-w32": 32), None for
+    torchvision's own widths; ValueError for a width that is not a positive integer."""
+    name, separator, width = arch.partition(WIDTH_SEPARATOR)
+    if not separator:
+        return None
+    if not width.isdigit() or int(width) < 1:
+        raise ValueError(f"arch {arch!r}: the width after {WIDTH_SEPARATOR!r} must be a positive "
+                         f"integer, e.g. {name}{WIDTH_SEPARATOR}32")
+    return int(width)
+
+
+def _torchvision_network(arch: str) -> nn.Module:
+    """torchvision's `arch`, randomly initialised; for a width (`arch_width`), the same ResNet
+    with its stages rebuilt w, 2w, 4w and 8w wide.
+
+    Written here because torchvision fixes a ResNet's stage widths at 64 to 512 (its
+    `width_per_group` widens a Bottleneck's inside alone, and BasicBlock refuses it): the
+    stages are rebuilt with torchvision's own blocks (`ResNet._make_layer`) and initialised as
+    torchvision initialises a ResNet (He-normal convolutions, BatchNorm at 1 and 0).
+    """
+    width = arch_width(arch)
+    model = torchvision.models.get_model(arch.partition(WIDTH_SEPARATOR)[0], weights=None)
+    if width is None:
+        return model
+    if not isinstance(model, torchvision.models.ResNet):
+        raise ValueError(f"arch {arch!r}: a width needs a torchvision ResNet")
+    block = type(model.layer1[0])
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for stage in range(4):
+        name = f"layer{stage + 1}"
+        setattr(model, name, model._make_layer(block, width * 2 ** stage,
+                                               len(getattr(model, name)),
+                                               stride=1 if stage == 0 else 2))
+    model.fc = nn.Linear(model.inplanes, model.fc.out_features)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
     return model
 
 
@@ -482,14 +538,20 @@ def load_pretrained(path: str | Path) -> tuple[nn.Module, Normalisation]:
     return model.eval(), Normalisation.from_description(description)
 
 
-def _stem_recipe(stem: str, in_channels: int) -> str:
-    """How to rebuild a `stem` on a plain torchvision ResNet, in words and code (model card)."""
+def _plain_recipe(arch: str, stem: str, in_channels: int) -> str:
+    """How to rebuild the encoder without `rapid_utils`, in words and code (model card)."""
+    if arch_width(arch) is not None:
+        return (f"a narrowed ResNet that torchvision does not build: `rapid_utils.models."
+                f"build_model({arch!r}, {in_channels}, 0, stem={stem!r})`, then")
+    plain = f"`torchvision.models.get_model({arch!r})`, "
     if stem == "imagenet":
-        return (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 7, stride=2, padding=3, "
-                "bias=False)` (torchvision's stem, max-pool kept)")
+        return plain + (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 7, stride=2, "
+                        "padding=3, bias=False)` (torchvision's stem, max-pool kept), fc by "
+                        "`nn.Identity()`, then")
     stride = 1 if stem == "small" else 2
-    return (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 3, stride={stride}, padding=1, "
-            f"bias=False)` and maxpool by `nn.Identity()` (the {stem!r} stem)")
+    return plain + (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 3, stride={stride}, "
+                    f"padding=1, bias=False)` and maxpool by `nn.Identity()` (the {stem!r} "
+                    "stem), fc by `nn.Identity()`, then")
 
 
 def _model_card(d: dict) -> str:
@@ -555,8 +617,7 @@ normalisation.check(bands=your_bands, scale=your_scale)  # ValueError if they di
 features = model(normalisation.normalise(values))  # values: (N, {d['in_channels']}, H, W) stored
 ```
 
-Without `rapid_utils`: `torchvision.models.get_model("{d['arch']}")`,
-{_stem_recipe(stem, d['in_channels'])}, fc by `nn.Identity()`, then
+Without `rapid_utils`: {_plain_recipe(d['arch'], stem, d['in_channels'])}
 `load_state_dict(safetensors.torch.load_file("{EXPORT_WEIGHTS}"))`; `{EXPORT_DESCRIPTION}`
 holds the statistics above.
 

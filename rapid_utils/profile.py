@@ -129,6 +129,7 @@ class Profile:
     suite_test_share: float = _share(0.5)
     suite_knn_k: tuple[int, ...] = _at_least(1, (5, 1))  # one kNN per k
     suite_bn_images: int = _at_least(0, 1024)  # pool images re-estimating BatchNorm; 0: none
+    suite_eval_size: int | None = _at_least(8, None)  # networks' frozen features at this px
     suite_protocol: Literal["test", "validation"] = "test"  # validation: choose settings
     suite_max_items: int = _at_least(1, 20000)
 

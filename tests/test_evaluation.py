@@ -457,3 +457,27 @@ def test_batchnorm_is_reestimated_on_the_pool_and_the_weights_kept():
     torch.testing.assert_close(bn.running_var, activations.var(dim=(0, 2, 3)), rtol=0.05, atol=0)
     for key, value in weights.items():
         torch.testing.assert_close(encoder.state_dict()[key], value)
+
+
+def test_features_at_another_size_read_resized_images_and_imagestats_the_originals():
+    images, labels = _toy_images(10)
+    # a constant image stays constant when resized; its pixel count tells the size
+    ones = torch.ones(2, 4, 6, 6)
+    assert evaluation.resize_images(ones, None) is ones
+    assert evaluation.resize_images(ones, 6) is ones
+    torch.testing.assert_close(evaluation.resize_images(ones, 12), torch.ones(2, 4, 12, 12))
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(4 * 12 * 12, 3))
+    loader = DataLoader(_Images(images, labels), batch_size=4)
+    features, _ = evaluation.extract_features({"e": encoder}, loader, torch.device("cpu"),
+                                              imagestats=True, image_size=12)
+    with torch.no_grad():
+        expected = encoder(evaluation.resize_images(images, 12)).numpy()
+    np.testing.assert_allclose(features["e"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features[evaluation.IMAGESTATS],
+                               evaluation.imagestats_features(images.numpy()))
+    batchnorm = nn.Sequential(nn.BatchNorm2d(4))
+    equal = DataLoader(_Images(images, labels), batch_size=5)  # update_bn averages batch means
+    evaluation.recalibrate_batchnorm({"bn": batchnorm}, equal, torch.device("cpu"),
+                                     image_size=12)
+    resized = evaluation.resize_images(images, 12)
+    torch.testing.assert_close(batchnorm[0].running_mean, resized.mean(dim=(0, 2, 3)))

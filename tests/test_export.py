@@ -271,3 +271,10 @@ def test_plain_torchvision_loading_of_a_small_stem_as_the_readme_shows(
     small_stem: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _check_readme_snippet(small_stem["out"], monkeypatch)
+
+
+def test_the_card_of_a_narrow_encoder_says_torchvision_alone_cannot_build_it() -> None:
+    narrow = models._plain_recipe("resnet18-w32", "small-stride2", 4)
+    assert "build_model('resnet18-w32', 4, 0, stem='small-stride2')" in narrow
+    assert "torchvision.models.get_model('resnet18')" in models._plain_recipe(
+        "resnet18", "imagenet", 4)

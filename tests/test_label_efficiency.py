@@ -139,7 +139,9 @@ def test_suite_config_takes_every_suite_parameter() -> None:
               "suite_repeats": 10, "other": 1}
     config = label_efficiency.suite_config(values)
     assert config.network_seed is None  # no byol_seed: the random network follows `seed`
-    assert label_efficiency.suite_config(values | {"byol_seed": 2}).network_seed == 2
+    assert config.random_init_seed == 3
+    assert label_efficiency.suite_config(values | {"byol_seed": 2}).random_init_seed == 2
+    assert label_efficiency.suite_config(values | {"suite_eval_size": 128}).eval_size == 128
     assert (config.seed, config.encoders, config.labels_per_class, config.knn_k,
             config.bn_images, config.protocol) == (3, ("byol",), (1, None), (7,), 0,
                                                     "validation")
@@ -166,6 +168,20 @@ def test_suite_config_refuses_unknown_encoders() -> None:
         label_efficiency.SuiteConfig(encoders=("moco",))
     with pytest.raises(ValueError, match="finetune_repeats"):
         label_efficiency.SuiteConfig(repeats=2, finetune_repeats=3)
+    with pytest.raises(ValueError, match="eval_size"):
+        label_efficiency.SuiteConfig(eval_size=4)
+
+
+def test_frozen_features_at_another_size_change_the_networks_alone(chips_study) -> None:
+    items = label_efficiency.suite_items(chips_study.index, None)
+    found = {size: label_efficiency.frozen_features(
+        chips_study, items, {"random-init": "random"}, "resnet18", seed=0, progress=False,
+        bn_images=8, eval_size=size) for size in (None, 32, 96)}
+    np.testing.assert_array_equal(found[None]["random-init"], found[32]["random-init"])
+    assert not np.allclose(found[None]["random-init"], found[96]["random-init"])
+    for size in (32, 96):  # imagestats reads the chips as they are
+        np.testing.assert_array_equal(found[size][label_efficiency.IMAGESTATS],
+                                      found[None][label_efficiency.IMAGESTATS])
 
 
 @pytest.mark.slow

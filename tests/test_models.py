@@ -15,6 +15,7 @@ from rapid_utils.models import (
     STEMS,
     WeightsUnavailableError,
     adapt_rgb_filters,
+    arch_width,
     build_model,
     feature_dim,
     init_stem,
@@ -220,3 +221,46 @@ def test_a_checkpoint_older_than_stems_is_imagenets(tmp_path: Path) -> None:
     assert init_stem(f"byol:{path}", "small") == "imagenet"
     with pytest.raises(ValueError, match="stem 'small' differs from the stem 'imagenet'"):
         build_model("resnet18", init=f"byol:{path}", stem="small")
+
+
+# --------------------------------------------------------------------------- widths
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "small-stride2"])
+def test_a_width_narrows_every_stage_and_keeps_the_stem(stem: str) -> None:
+    model = build_model("resnet18-w32", 4, 0, stem=stem).eval()
+    assert arch_width("resnet18-w32") == 32 and arch_width("resnet18") is None
+    assert model.conv1.out_channels == 32 and model_stem(model) == stem
+    widths = [stage[-1].conv2.out_channels for stage in
+              (model.layer1, model.layer2, model.layer3, model.layer4)]
+    assert widths == [32, 64, 128, 256] and feature_dim(model) == 256
+    with torch.no_grad():
+        assert model(torch.randn(2, 4, 32, 32)).shape == (2, 256)
+    full = build_model("resnet18", 4, 0, stem=stem)
+    count = sum(p.numel() for p in model.parameters())
+    assert 0.2 < count / sum(p.numel() for p in full.parameters()) < 0.3  # ~a quarter
+    # initialised as torchvision initialises a ResNet: He-normal convolutions (fan out)
+    std = model.layer4[0].conv1.weight.std().item()
+    assert std == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.1)
+    assert build_model("resnet50-w16", 4, 3).fc.in_features == 16 * 8 * 4  # Bottleneck x4
+
+
+def test_a_width_is_checked_and_refuses_imagenet_weights() -> None:
+    for arch in ("resnet18-w", "resnet18-w0", "resnet18-wide"):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            build_model(arch)
+    with pytest.raises(ValueError, match="a width needs a torchvision ResNet"):
+        build_model("vgg11-w32")
+    with pytest.raises(ValueError, match="init='imagenet' needs torchvision's own widths.*"
+                       "'resnet18'"):
+        build_model("resnet18-w32", init="imagenet")
+
+
+def test_a_narrow_byol_checkpoint_loads(tmp_path: Path) -> None:
+    encoder = build_model("resnet18-w32", num_classes=0, stem="small-stride2")
+    path = tmp_path / "byol.pt"
+    torch.save({"online_encoder": encoder.state_dict(),
+                "config": {"arch": "resnet18-w32", "stem": "small-stride2"}}, path)
+    model = build_model("resnet18-w32", num_classes=7, init=f"byol:{path}")
+    torch.testing.assert_close(model.layer4[1].conv2.weight, encoder.layer4[1].conv2.weight)
+    assert model.fc.in_features == 256

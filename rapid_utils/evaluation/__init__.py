@@ -1,7 +1,8 @@
 """Evaluation of frozen features and trained networks, in one place.
 
 - `features`: the one feature extractor (`extract_features`: encoders over a loader, leaving
-  torch's global random state as it was), `recalibrate_batchnorm` and the imagestats baseline.
+  torch's global random state as it was), `recalibrate_batchnorm`, `resize_images`
+  (evaluation at another size) and the imagestats baseline.
 - `classifiers`: the one kNN (centred, L2-normalised, distance-weighted vote) and the one
   logistic probe, each with the name output tables give it (`knn_name`, `probe_name`), and `score`.
 - `intervals`: means with Student-t intervals and the one difference of two results over
@@ -28,6 +29,7 @@ from rapid_utils.evaluation.features import (
     extract_features,
     imagestats_features,
     recalibrate_batchnorm,
+    resize_images,
 )
 from rapid_utils.evaluation.intervals import Difference, difference, mean_interval
 from rapid_utils.evaluation.protocol import (
@@ -51,5 +53,6 @@ __all__ = [
     "bootstrap_differences", "difference", "evaluate_frozen", "extract_features",
     "few_label_subsets", "imagestats_features", "knn_name", "knn_predict",
     "linear_probe_predict", "mean_interval", "paired_differences", "probe_name",
-    "recalibrate_batchnorm", "score", "summarise", "validation_subsets", "write_table",
+    "recalibrate_batchnorm", "resize_images", "score", "summarise", "validation_subsets",
+    "write_table",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -17,11 +18,27 @@ IMAGESTATS = "imagestats"  # the image-statistics baseline: per-band statistics,
 _PERCENTILES = (5, 25, 50, 75, 95)
 
 
+def resize_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(N, C, H, W) images resized to `size` x `size` px (bilinear, antialiased when shrinking);
+    None, or images already that size, are returned as they are.
+
+    Evaluating a network on chips enlarged beyond their own size ("Resize is all you need",
+    Corley et al. 2023: EuroSAT 64 -> 224 px) gives an ImageNet stem's feature maps more than
+    one cell at the last stage.
+    """
+    if size is None or images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
 def extract_features(encoders: Mapping[str, nn.Module], loader: DataLoader,
-                     device: torch.device, imagestats: bool = False, progress: bool = False
-                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                     device: torch.device, imagestats: bool = False, progress: bool = False,
+                     image_size: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Frozen features (N, D) of each encoder (name -> module) on `loader`'s images, and their
     labels (N,); with `imagestats`, `imagestats_features` of the same images as `IMAGESTATS`.
+    With `image_size`, the encoders see the images resized to it (`resize_images`); imagestats
+    reads them as they are (resizing only interpolates the same pixels).
 
     The images are read once, one date per item (date sampling "spread" or "first"; chips
     have one). Encoders run in eval mode, without gradients and in full precision, and are
@@ -46,8 +63,9 @@ def extract_features(encoders: Mapping[str, nn.Module], loader: DataLoader,
                                      f"date_sampling 'spread' or 'first'")
                 if imagestats:
                     parts[IMAGESTATS].append(imagestats_features(image.cpu().numpy()))
+                resized = resize_images(image, image_size)
                 for name, encoder in encoders.items():
-                    parts[name].append(encoder(image).float().cpu().numpy())
+                    parts[name].append(encoder(resized).float().cpu().numpy())
                 labels.append(np.asarray(batch["label"]))
     finally:
         for name, encoder in encoders.items():
@@ -56,8 +74,10 @@ def extract_features(encoders: Mapping[str, nn.Module], loader: DataLoader,
 
 
 def recalibrate_batchnorm(encoders: Mapping[str, nn.Module], loader: DataLoader,
-                          device: torch.device, progress: bool = False) -> None:
-    """Re-estimate every encoder's BatchNorm statistics on `loader`'s images, in place.
+                          device: torch.device, progress: bool = False,
+                          image_size: int | None = None) -> None:
+    """Re-estimate every encoder's BatchNorm statistics on `loader`'s images (resized to
+    `image_size` when given, as `extract_features` would), in place.
 
     A BYOL encoder's running statistics come from augmented training views (another size,
     jittered), a random-init encoder's are the identity it was built with: neither describes
@@ -68,7 +88,7 @@ def recalibrate_batchnorm(encoders: Mapping[str, nn.Module], loader: DataLoader,
     def images():
         for batch in tqdm(loader, desc="BatchNorm statistics", unit="batch",
                           disable=not progress):
-            yield to_device(batch["image"], device, loader.dataset)
+            yield resize_images(to_device(batch["image"], device, loader.dataset), image_size)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for encoder in encoders.values():
