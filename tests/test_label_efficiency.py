@@ -198,7 +198,7 @@ def test_tiny_real_s2_profile_runs_on_the_real_chips(tmp_path: Path, monkeypatch
         "chips_size: 32\nimage_size: 16\npretrain_epochs: 1\nhidden_dim: 64\n"
         "projection_dim: 32\nstats_sites: 32\nhist_sites: 4\nsuite_repeats: 2\n"
         "suite_finetune_repeats: 1\nsuite_labels_per_class: [1, all]\nfinetune_epochs: 1\n"
-        "min_samples_per_epoch: 0\n")
+        "min_samples_per_epoch: 0\nsuite_bn_images: 64\n")  # the profile's 224 px kept
     outcomes = notebook_batch.reproduce("real-s2", (override,))
     assert [(run.name, run.status) for run in outcomes] == [
         ("01b_chips_overview", "done"), ("03_byol_pretraining", "done"),
