@@ -52,6 +52,8 @@ the architecture's own width (64), without bias.
   quarter of "small"'s compute.
 """
 
+_SMALL_STEM_STRIDE = {"small": 1, "small-stride2": 2}  # conv1's stride in each small stem
+
 
 class WeightsUnavailableError(RuntimeError):
     """The initial weights an `init` asks for cannot be had (no network, missing or broken file)."""
@@ -137,7 +139,7 @@ def build_model(
     elif stem == "imagenet":
         model.conv1 = _replace_in_channels(model.conv1, in_channels)
     else:
-        model.conv1 = _small_conv1(model.conv1, in_channels, stride=1 if stem == "small" else 2)
+        model.conv1 = _small_conv1(model.conv1, in_channels, stride=_SMALL_STEM_STRIDE[stem])
         model.maxpool = nn.Identity()
 
     width = model.fc.in_features
@@ -543,15 +545,14 @@ def _plain_recipe(arch: str, stem: str, in_channels: int) -> str:
     if arch_width(arch) is not None:
         return (f"a narrowed ResNet that torchvision does not build: `rapid_utils.models."
                 f"build_model({arch!r}, {in_channels}, 0, stem={stem!r})`, then")
-    plain = f"`torchvision.models.get_model({arch!r})`, "
     if stem == "imagenet":
-        return plain + (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 7, stride=2, "
-                        "padding=3, bias=False)` (torchvision's stem, max-pool kept), fc by "
-                        "`nn.Identity()`, then")
-    stride = 1 if stem == "small" else 2
-    return plain + (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 3, stride={stride}, "
-                    f"padding=1, bias=False)` and maxpool by `nn.Identity()` (the {stem!r} "
-                    "stem), fc by `nn.Identity()`, then")
+        conv1 = (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 7, stride=2, padding=3, "
+                 "bias=False)` (torchvision's stem, max-pool kept)")
+    else:
+        conv1 = (f"conv1 replaced by `nn.Conv2d({in_channels}, 64, 3, "
+                 f"stride={_SMALL_STEM_STRIDE[stem]}, padding=1, bias=False)` and maxpool by "
+                 f"`nn.Identity()` (the {stem!r} stem)")
+    return f"`torchvision.models.get_model({arch!r})`, {conv1}, fc by `nn.Identity()`, then"
 
 
 def _model_card(d: dict) -> str:
